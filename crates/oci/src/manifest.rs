@@ -67,6 +67,8 @@ pub struct Index {
 }
 
 /// A manifest document of either kind, with the media type it was identified as.
+// Both variants are large and short-lived; boxing would only add indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ParsedManifest {
     Image(Manifest, String),

@@ -1,0 +1,632 @@
+//! The effectful side of composition: asks spec providers for specs, fetches images through the
+//! upstream client and the local store, runs the pure [`compose()`](crate::compose()) per
+//! platform, and remembers what it served so manifests stay addressable by digest and blob
+//! requests are answered from a blob table instead of re-resolving images.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::try_join_all;
+use rf_api::registryfacade::ImageSpec;
+use rf_oci::{media, Accept, Descriptor, Digest, ImageRef, Index, ParsedManifest, Platform};
+use rf_store::BlobStore;
+use rf_upstream::{Upstream, UpstreamError};
+use thiserror::Error;
+use tracing::{debug, warn};
+
+use crate::{compose, compose_index, spec_key, Addition, BlobEntry, ComposeError, ComposedImage, ComposedIndex, ImageParts, SpecError, SpecProvider};
+
+/// The only tag a facade repository has: what kubelet pulls for an untagged image.
+pub const TAG: &str = "latest";
+
+#[derive(Debug, Clone, Error)]
+pub enum ComposerError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("unknown spec provider {0:?}")]
+    UnknownProvider(String),
+    #[error("{image}: {source}")]
+    Upstream { image: String, source: Arc<UpstreamError> },
+    #[error(transparent)]
+    Compose(#[from] ComposeError),
+    #[error("{image}: {reason}")]
+    InvalidImage { image: String, reason: String },
+    #[error("{0}")]
+    NoPlatform(String),
+    #[error("{0}")]
+    ManifestUnknown(String),
+    #[error("{0}")]
+    BlobUnknown(String),
+    #[error("static layer {path}: {reason}")]
+    StaticLayer { path: String, reason: String },
+}
+
+impl ComposerError {
+    fn upstream(image: &ImageRef, source: UpstreamError) -> Self {
+        ComposerError::Upstream {
+            image: image.to_string(),
+            source: Arc::new(source),
+        }
+    }
+    fn invalid(image: &ImageRef, reason: impl ToString) -> Self {
+        ComposerError::InvalidImage {
+            image: image.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// A static layer from the configuration, in config order.
+#[derive(Debug, Clone)]
+pub enum StaticLayer {
+    /// A (gzipped) tar file on disk.
+    File(PathBuf),
+    /// All layers of an image.
+    Image(ImageRef),
+}
+
+#[derive(Debug, Clone)]
+pub struct ComposerSettings {
+    pub static_layers: Vec<StaticLayer>,
+    /// The platform served to clients that do not accept an index.
+    pub default_platform: Platform,
+    /// How long a composition (and a tag resolution) is reused.
+    pub cache_ttl: Duration,
+    /// How many manifests/blob entries are remembered for by-digest requests.
+    pub served_capacity: u64,
+    /// Largest image config accepted from upstream.
+    pub max_config_size: u64,
+}
+
+impl Default for ComposerSettings {
+    fn default() -> Self {
+        ComposerSettings {
+            static_layers: Vec::new(),
+            default_platform: Platform::linux_amd64(),
+            cache_ttl: Duration::from_secs(60),
+            served_capacity: 100_000,
+            max_config_size: 16 << 20,
+        }
+    }
+}
+
+/// An image as fetched: one manifest, or an index with its platform manifests.
+#[derive(Debug)]
+pub enum ResolvedImage {
+    Single(ImageParts),
+    Multi {
+        index: Index,
+        media_type: String,
+        children: Vec<(Descriptor, ImageParts)>,
+    },
+}
+
+impl ResolvedImage {
+    /// The image for `platform`. A single-platform image serves every platform (as Gitpod
+    /// does) unless `strict` and its config names another platform.
+    fn for_platform(&self, platform: Option<&Platform>, strict: bool) -> Option<&ImageParts> {
+        match self {
+            ResolvedImage::Single(parts) => match (platform, parts.platform()) {
+                (Some(want), Some(have)) if strict && !want.matches(&have) => None,
+                _ => Some(parts),
+            },
+            ResolvedImage::Multi { children, .. } => {
+                let want = platform?;
+                let descs: Vec<Descriptor> = children.iter().map(|(d, _)| d.clone()).collect();
+                let chosen = want.select(&descs)?;
+                children.iter().find(|(d, _)| d.digest == chosen.digest).map(|(_, p)| p)
+            }
+        }
+    }
+}
+
+/// Everything composed for one spec: one image per platform, plus an index when the base is
+/// multi-platform.
+#[derive(Debug)]
+pub struct ComposedSet {
+    pub index: Option<ComposedIndex>,
+    pub images: Vec<ComposedImage>,
+}
+
+impl ComposedSet {
+    fn image_for(&self, platform: &Platform) -> Option<&ComposedImage> {
+        if self.index.is_none() {
+            return self.images.first();
+        }
+        let descs: Vec<Descriptor> = self
+            .images
+            .iter()
+            .filter_map(|i| {
+                let mut d = Descriptor::new(i.media_type.clone(), i.digest.clone(), i.manifest.len() as u64);
+                d.platform = Some(i.platform.clone()?);
+                Some(d)
+            })
+            .collect();
+        let chosen = platform.select(&descs)?;
+        self.images.iter().find(|i| i.digest == chosen.digest)
+    }
+}
+
+/// A manifest ready to be served.
+#[derive(Debug, Clone)]
+pub struct ServedManifest {
+    pub bytes: Bytes,
+    pub media_type: String,
+    pub digest: Digest,
+}
+
+pub struct Composer {
+    providers: HashMap<String, Arc<dyn SpecProvider>>,
+    upstream: Upstream,
+    store: Option<BlobStore>,
+    settings: ComposerSettings,
+    /// Static layers in config order, files already hashed.
+    statics: Vec<StaticAddition>,
+    images: moka::future::Cache<String, Arc<ResolvedImage>>,
+    sets: moka::future::Cache<Digest, Arc<ComposedSet>>,
+    served: moka::sync::Cache<(String, Digest), ServedManifest>,
+    blobs: moka::sync::Cache<(String, Digest), BlobEntry>,
+}
+
+#[derive(Debug, Clone)]
+enum StaticAddition {
+    File(Addition),
+    Image(ImageRef),
+}
+
+impl Composer {
+    /// Hashes static file layers up front, so a bad file stops startup instead of every pull.
+    pub async fn new(
+        providers: HashMap<String, Arc<dyn SpecProvider>>,
+        upstream: Upstream,
+        store: Option<BlobStore>,
+        settings: ComposerSettings,
+    ) -> Result<Composer, ComposerError> {
+        let mut statics = Vec::new();
+        for layer in &settings.static_layers {
+            statics.push(match layer {
+                StaticLayer::Image(r) => StaticAddition::Image(r.clone()),
+                StaticLayer::File(path) => {
+                    let path = path.clone();
+                    let addition = tokio::task::spawn_blocking(move || hash_file_layer(path))
+                        .await
+                        .map_err(|e| ComposerError::StaticLayer {
+                            path: "?".into(),
+                            reason: e.to_string(),
+                        })??;
+                    StaticAddition::File(addition)
+                }
+            });
+        }
+        let ttl = settings.cache_ttl;
+        Ok(Composer {
+            providers,
+            upstream,
+            store,
+            statics,
+            images: moka::future::Cache::builder().max_capacity(1024).time_to_live(ttl).build(),
+            sets: moka::future::Cache::builder().max_capacity(4096).time_to_live(ttl).build(),
+            served: moka::sync::Cache::builder().max_capacity(settings.served_capacity).build(),
+            blobs: moka::sync::Cache::builder().max_capacity(settings.served_capacity).build(),
+            settings,
+        })
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    pub fn store(&self) -> Option<&BlobStore> {
+        self.store.as_ref()
+    }
+
+    async fn spec(&self, provider: &str, id: &str) -> Result<ImageSpec, ComposerError> {
+        let p = self
+            .providers
+            .get(provider)
+            .ok_or_else(|| ComposerError::UnknownProvider(provider.to_string()))?;
+        Ok(p.get_spec(id).await?)
+    }
+
+    /// The tags of a facade repository (after checking that its spec exists).
+    pub async fn tags(&self, provider: &str, id: &str) -> Result<Vec<String>, ComposerError> {
+        self.spec(provider, id).await?;
+        Ok(vec![TAG.to_string()])
+    }
+
+    /// The manifest for `reference` (a tag or a digest) of repository `<provider>/<id>`.
+    pub async fn manifest(
+        &self,
+        provider: &str,
+        id: &str,
+        reference: &str,
+        accept: &Accept,
+    ) -> Result<ServedManifest, ComposerError> {
+        let name = format!("{provider}/{id}");
+        if let Ok(digest) = reference.parse::<Digest>() {
+            if let Some(m) = self.served.get(&(name.clone(), digest.clone())) {
+                return Ok(m);
+            }
+            self.current_set(provider, id, &name).await?;
+            return self
+                .served
+                .get(&(name, digest.clone()))
+                .ok_or_else(|| ComposerError::ManifestUnknown(format!("manifest {digest} is not part of this image")));
+        }
+        if reference != TAG {
+            // Still check the spec, so that an unknown repository is reported as such.
+            self.spec(provider, id).await?;
+            return Err(ComposerError::ManifestUnknown(format!(
+                "unknown tag {reference:?}: facade images have only the tag {TAG:?}"
+            )));
+        }
+        let set = self.current_set(provider, id, &name).await?;
+        if let Some(index) = &set.index {
+            if accept.accepts_index_explicitly(&index.media_type) {
+                return Ok(ServedManifest {
+                    bytes: index.manifest.clone(),
+                    media_type: index.media_type.clone(),
+                    digest: index.digest.clone(),
+                });
+            }
+        }
+        let platform = &self.settings.default_platform;
+        let image = set.image_for(platform).ok_or_else(|| {
+            ComposerError::ManifestUnknown(format!(
+                "the composed image has no manifest for platform {platform}; accept an image index to choose another"
+            ))
+        })?;
+        if image.media_type == media::OCI_MANIFEST && !accept.accepts(media::OCI_MANIFEST) {
+            return Err(ComposerError::ManifestUnknown(
+                "OCI manifest found, but the Accept header does not support OCI manifests".into(),
+            ));
+        }
+        Ok(ServedManifest {
+            bytes: image.manifest.clone(),
+            media_type: image.media_type.clone(),
+            digest: image.digest.clone(),
+        })
+    }
+
+    /// Where the blob `digest` of repository `<provider>/<id>` comes from.
+    pub async fn blob(&self, provider: &str, id: &str, digest: &Digest) -> Result<BlobEntry, ComposerError> {
+        let name = format!("{provider}/{id}");
+        let key = (name.clone(), digest.clone());
+        if let Some(b) = self.blobs.get(&key) {
+            return Ok(b);
+        }
+        self.current_set(provider, id, &name).await?;
+        self.blobs
+            .get(&key)
+            .ok_or_else(|| ComposerError::BlobUnknown(format!("blob {digest} is not part of image {name}")))
+    }
+
+    /// Composes (or reuses) the set for the current spec and makes its manifests and blobs
+    /// addressable under `name`.
+    async fn current_set(&self, provider: &str, id: &str, name: &str) -> Result<Arc<ComposedSet>, ComposerError> {
+        let spec = self.spec(provider, id).await?;
+        let key = spec_key(&spec);
+        let set = self
+            .sets
+            .try_get_with(key, async { self.compose_set(&spec).await.map(Arc::new) })
+            .await
+            .map_err(unwrap_shared)?;
+        self.remember(name, &set);
+        Ok(set)
+    }
+
+    fn remember(&self, name: &str, set: &ComposedSet) {
+        if let Some(index) = &set.index {
+            self.served.insert(
+                (name.to_string(), index.digest.clone()),
+                ServedManifest {
+                    bytes: index.manifest.clone(),
+                    media_type: index.media_type.clone(),
+                    digest: index.digest.clone(),
+                },
+            );
+        }
+        for image in &set.images {
+            self.served.insert(
+                (name.to_string(), image.digest.clone()),
+                ServedManifest {
+                    bytes: image.manifest.clone(),
+                    media_type: image.media_type.clone(),
+                    digest: image.digest.clone(),
+                },
+            );
+            for (digest, entry) in &image.blobs {
+                self.blobs.insert((name.to_string(), digest.clone()), entry.clone());
+            }
+        }
+    }
+
+    async fn compose_set(&self, spec: &ImageSpec) -> Result<ComposedSet, ComposerError> {
+        if spec.base_ref.is_empty() {
+            return Err(ComposerError::Spec(SpecError::Invalid("spec has no base_ref".into())));
+        }
+        let base_ref = parse_ref(&spec.base_ref)?;
+        let mut image_refs = Vec::new();
+        for s in &self.statics {
+            if let StaticAddition::Image(r) = s {
+                image_refs.push(r.clone());
+            }
+        }
+        let spec_refs: Vec<&String> = [&spec.ide_ref, &spec.supervisor_ref]
+            .into_iter()
+            .chain(spec.ide_layer_ref.iter())
+            .filter(|r| !r.is_empty())
+            .collect();
+        for r in &spec_refs {
+            image_refs.push(parse_ref(r)?);
+        }
+        let (base, added) = futures::try_join!(
+            self.resolve(&base_ref),
+            try_join_all(image_refs.iter().map(|r| self.resolve(r)))
+        )?;
+        let added: HashMap<String, Arc<ResolvedImage>> =
+            image_refs.iter().map(|r| r.to_string()).zip(added).collect();
+        let content: Vec<Addition> = spec
+            .content_layer
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Addition::from_content_layer(i, l))
+            .collect::<Result<_, _>>()?;
+
+        // Additions for one platform, in Gitpod's order: static, ide, supervisor, ide layers, content.
+        let additions_for = |platform: Option<&Platform>, strict: bool| -> Result<Option<Vec<Addition>>, ComposerError> {
+            let mut out = Vec::new();
+            let statics = self.statics.iter().map(|s| match s {
+                StaticAddition::File(a) => Err(a.clone()),
+                StaticAddition::Image(r) => Ok(r.to_string()),
+            });
+            let specs = spec_refs.iter().map(|r| Ok(parse_ref(r).map(|r| r.to_string()).unwrap_or_default()));
+            for item in statics.chain(specs) {
+                match item {
+                    Err(file) => out.push(file),
+                    Ok(key) => {
+                        let resolved = &added[&key];
+                        let Some(parts) = resolved.for_platform(platform, strict) else {
+                            return Ok(None);
+                        };
+                        out.push(Addition::from_image(&key, parts)?);
+                    }
+                }
+            }
+            out.extend(content.iter().cloned());
+            Ok(Some(out))
+        };
+
+        match &*base {
+            ResolvedImage::Single(parts) => {
+                let platform = parts.platform().unwrap_or_else(|| self.settings.default_platform.clone());
+                let additions = additions_for(Some(&platform), false)?.ok_or_else(|| {
+                    ComposerError::NoPlatform(format!("an added image has no manifest for platform {platform}"))
+                })?;
+                let image = compose(parts, &spec.base_ref, &additions)?;
+                Ok(ComposedSet {
+                    index: None,
+                    images: vec![image],
+                })
+            }
+            ResolvedImage::Multi {
+                index,
+                media_type,
+                children,
+            } => {
+                let mut composed = Vec::new();
+                for (desc, parts) in children {
+                    let Some(platform) = desc.platform.as_ref() else { continue };
+                    match additions_for(Some(platform), true)? {
+                        Some(additions) => {
+                            let mut image = compose(parts, &spec.base_ref, &additions)?;
+                            image.platform = Some(platform.clone());
+                            composed.push((desc.clone(), image));
+                        }
+                        None => debug!(%platform, "skipping platform not provided by every added image"),
+                    }
+                }
+                if composed.is_empty() {
+                    return Err(ComposerError::NoPlatform(format!(
+                        "no platform of {} is provided by every added image",
+                        spec.base_ref
+                    )));
+                }
+                let images = composed.iter().map(|(_, i)| i.clone()).collect();
+                let index = compose_index(index, media_type, composed);
+                Ok(ComposedSet {
+                    index: Some(index),
+                    images,
+                })
+            }
+        }
+    }
+
+    /// Fetches an image (cached for `cache_ttl`): its manifest, and for an index every
+    /// platform manifest, each with its config.
+    pub async fn resolve(&self, image: &ImageRef) -> Result<Arc<ResolvedImage>, ComposerError> {
+        self.images
+            .try_get_with(image.to_string(), async { self.fetch_image(image).await.map(Arc::new) })
+            .await
+            .map_err(unwrap_shared)
+    }
+
+    async fn fetch_image(&self, image: &ImageRef) -> Result<ResolvedImage, ComposerError> {
+        let (bytes, media_type, digest) = self.fetch_manifest(image).await?;
+        let pinned = image.with_digest(digest.clone());
+        match ParsedManifest::parse(&bytes, Some(&media_type)).map_err(|e| ComposerError::invalid(image, e))? {
+            ParsedManifest::Image(manifest, media_type) => {
+                let config = self.fetch_config(&pinned, &manifest.config).await?;
+                Ok(ResolvedImage::Single(ImageParts {
+                    image: pinned,
+                    manifest,
+                    media_type,
+                    digest,
+                    config,
+                }))
+            }
+            ParsedManifest::Index(index, media_type) => {
+                let wanted: Vec<&Descriptor> = index
+                    .manifests
+                    .iter()
+                    .filter(|d| media::is_image_manifest(&d.media_type))
+                    .filter(|d| d.platform.as_ref().is_some_and(|p| p.os != "unknown"))
+                    .collect();
+                let children = try_join_all(wanted.into_iter().map(|d| async {
+                    let child_ref = image.with_digest(d.digest.clone());
+                    let (bytes, mt, digest) = self.fetch_manifest(&child_ref).await?;
+                    match ParsedManifest::parse(&bytes, Some(&mt)).map_err(|e| ComposerError::invalid(&child_ref, e))? {
+                        ParsedManifest::Image(manifest, media_type) => {
+                            let config = self.fetch_config(&child_ref, &manifest.config).await?;
+                            Ok::<_, ComposerError>((
+                                d.clone(),
+                                ImageParts {
+                                    image: child_ref,
+                                    manifest,
+                                    media_type,
+                                    digest,
+                                    config,
+                                },
+                            ))
+                        }
+                        ParsedManifest::Index(..) => Err(ComposerError::invalid(&child_ref, "nested image indexes are not supported")),
+                    }
+                }))
+                .await?;
+                if children.is_empty() {
+                    return Err(ComposerError::invalid(image, "the image index has no platform manifests"));
+                }
+                Ok(ResolvedImage::Multi {
+                    index,
+                    media_type,
+                    children,
+                })
+            }
+        }
+    }
+
+    /// Manifest bytes: from the store when pinned by digest, else from upstream (and then stored).
+    async fn fetch_manifest(&self, image: &ImageRef) -> Result<(Bytes, String, Digest), ComposerError> {
+        if let (Some(store), Some(digest)) = (&self.store, image.digest()) {
+            if let Ok(Some(bytes)) = store.get_bytes(digest).await {
+                if let Ok(Some(mt)) = store.get_media_type(digest).await {
+                    return Ok((bytes, mt, digest.clone()));
+                }
+            }
+        }
+        let fetched = self.upstream.fetch_manifest(image).await.map_err(|e| ComposerError::upstream(image, e))?;
+        if let Some(store) = &self.store {
+            let stored = async {
+                store.put_bytes(&fetched.digest, &fetched.bytes).await?;
+                store.put_media_type(&fetched.digest, &fetched.media_type).await
+            };
+            if let Err(e) = stored.await {
+                warn!(error = %e, "cannot cache manifest");
+            }
+        }
+        Ok((fetched.bytes, fetched.media_type, fetched.digest))
+    }
+
+    async fn fetch_config(&self, image: &ImageRef, desc: &Descriptor) -> Result<serde_json::Value, ComposerError> {
+        if !media::is_config(&desc.media_type) {
+            return Err(ComposerError::invalid(image, format!("unsupported config media type {:?}", desc.media_type)));
+        }
+        let cached = match &self.store {
+            Some(store) => store.get_bytes(&desc.digest).await.ok().flatten(),
+            None => None,
+        };
+        let bytes = match cached {
+            Some(b) => b,
+            None => {
+                let b = self
+                    .upstream
+                    .fetch_blob_bytes(image, &desc.digest, self.settings.max_config_size)
+                    .await
+                    .map_err(|e| ComposerError::upstream(image, e))?;
+                if let Some(store) = &self.store {
+                    if let Err(e) = store.put_bytes(&desc.digest, &b).await {
+                        warn!(error = %e, "cannot cache config");
+                    }
+                }
+                b
+            }
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| ComposerError::invalid(image, format!("config is not JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(ComposerError::invalid(image, "config is not a JSON object"));
+        }
+        Ok(value)
+    }
+}
+
+fn parse_ref(s: &str) -> Result<ImageRef, ComposerError> {
+    s.parse::<ImageRef>()
+        .map_err(|e| ComposerError::Spec(SpecError::Invalid(format!("image reference {s:?}: {e}"))))
+}
+
+/// moka shares one error between concurrent callers.
+fn unwrap_shared(e: Arc<ComposerError>) -> ComposerError {
+    Arc::try_unwrap(e).unwrap_or_else(|shared| (*shared).clone())
+}
+
+/// Digest, size and diff_id of a static `file` layer (gzipped tar or plain tar).
+fn hash_file_layer(path: PathBuf) -> Result<Addition, ComposerError> {
+    let err = |reason: String| ComposerError::StaticLayer {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut file = std::fs::File::open(&path).map_err(|e| err(e.to_string()))?;
+    let mut magic = [0u8; 2];
+    let gzipped = file.read(&mut magic).map_err(|e| err(e.to_string()))? == 2 && magic == [0x1f, 0x8b];
+    drop(file);
+    let file = std::fs::File::open(&path).map_err(|e| err(e.to_string()))?;
+    let mut digest = Digest::sha256_of(b"").hasher();
+    let mut size = 0u64;
+    let mut reader = HashingReader {
+        inner: file,
+        hasher: &mut digest,
+        size: &mut size,
+    };
+    let diff_id = if gzipped {
+        let mut diff = Digest::sha256_of(b"").hasher();
+        let mut gz = flate2::read::GzDecoder::new(&mut reader);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = gz.read(&mut buf).map_err(|e| err(format!("not a valid gzip file: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            diff.update(&buf[..n]);
+        }
+        // Drain trailing bytes after the gzip member so the blob digest covers the whole file.
+        std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| err(e.to_string()))?;
+        Some(diff.finish())
+    } else {
+        std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| err(e.to_string()))?;
+        None
+    };
+    let digest = digest.finish();
+    let diff_id = diff_id.unwrap_or_else(|| digest.clone());
+    let name = path.display().to_string();
+    Ok(Addition::from_file(&name, path, digest, size, diff_id, gzipped))
+}
+
+struct HashingReader<'a, R> {
+    inner: R,
+    hasher: &'a mut rf_oci::DigestHasher,
+    size: &'a mut u64,
+}
+
+impl<R: Read> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        *self.size += n as u64;
+        Ok(n)
+    }
+}

@@ -1,0 +1,34 @@
+//! Test support for the registry-facade workspace.
+//!
+//! * [`layout`]: build deterministic OCI/Docker images and OCI image layouts in memory, no external tools.
+//! * [`procs`]: start REAL servers and clients on 127.0.0.1 with ephemeral ports: CNCF distribution
+//!   (plain, htpasswd, token auth, pull-through proxy), a token server, containerd + ctr, redis, skopeo.
+//!   Every process is killed (and its temp dir removed) on `Drop`, also when a test panics.
+//! * [`wait`]: poll a condition with a deadline instead of sleeping.
+//! * [`examples`]: the tiny deterministic layouts used by the project's quickstart.
+//!
+//! The system packages are installed by `scripts/test`; a missing tool makes the starters fail with
+//! "`<tool>` is not installed: run scripts/test, which installs the system packages".
+
+#![warn(missing_docs)]
+
+pub mod examples;
+pub mod layout;
+pub mod procs;
+pub mod wait;
+
+pub use layout::{
+    busybox_entries, busybox_image, busybox_layer, BuiltImage, BuiltIndex, Compression, Entry,
+    ImageBuilder, IndexStyle, Layer, ManifestStyle, OciLayout, Platform,
+};
+pub use procs::{
+    free_port, push_layout, push_layout_all, require_tool, skopeo, Containerd, Redis, Registry,
+    RegistryAuth, TokenServer,
+};
+pub use wait::{try_wait_until, wait_until, wait_until_async};
+
+/// sha256 of `data` as an OCI digest string: `sha256:<64 hex chars>`.
+pub fn sha256_digest(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}

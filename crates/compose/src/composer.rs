@@ -18,7 +18,10 @@ use rf_upstream::{Upstream, UpstreamError};
 use thiserror::Error;
 use tracing::{debug, warn};
 
-use crate::{compose, compose_index, spec_key, Addition, BlobEntry, ComposeError, ComposedImage, ComposedIndex, ImageParts, SpecError, SpecProvider};
+use crate::{
+    compose, compose_index, spec_key, Addition, BlobEntry, ComposeError, ComposedImage,
+    ComposedIndex, ImageParts, SpecError, SpecProvider,
+};
 
 /// The only tag a facade repository has: what kubelet pulls for an untagged image.
 pub const TAG: &str = "latest";
@@ -30,7 +33,10 @@ pub enum ComposerError {
     #[error("unknown spec provider {0:?}")]
     UnknownProvider(String),
     #[error("{image}: {source}")]
-    Upstream { image: String, source: Arc<UpstreamError> },
+    Upstream {
+        image: String,
+        source: Arc<UpstreamError>,
+    },
     #[error(transparent)]
     Compose(#[from] ComposeError),
     #[error("{image}: {reason}")]
@@ -95,6 +101,8 @@ impl Default for ComposerSettings {
 }
 
 /// An image as fetched: one manifest, or an index with its platform manifests.
+// Lives behind an Arc in the cache; boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ResolvedImage {
     Single(ImageParts),
@@ -118,7 +126,10 @@ impl ResolvedImage {
                 let want = platform?;
                 let descs: Vec<Descriptor> = children.iter().map(|(d, _)| d.clone()).collect();
                 let chosen = want.select(&descs)?;
-                children.iter().find(|(d, _)| d.digest == chosen.digest).map(|(_, p)| p)
+                children
+                    .iter()
+                    .find(|(d, _)| d.digest == chosen.digest)
+                    .map(|(_, p)| p)
             }
         }
     }
@@ -141,7 +152,11 @@ impl ComposedSet {
             .images
             .iter()
             .filter_map(|i| {
-                let mut d = Descriptor::new(i.media_type.clone(), i.digest.clone(), i.manifest.len() as u64);
+                let mut d = Descriptor::new(
+                    i.media_type.clone(),
+                    i.digest.clone(),
+                    i.manifest.len() as u64,
+                );
                 d.platform = Some(i.platform.clone()?);
                 Some(d)
             })
@@ -208,10 +223,20 @@ impl Composer {
             upstream,
             store,
             statics,
-            images: moka::future::Cache::builder().max_capacity(1024).time_to_live(ttl).build(),
-            sets: moka::future::Cache::builder().max_capacity(4096).time_to_live(ttl).build(),
-            served: moka::sync::Cache::builder().max_capacity(settings.served_capacity).build(),
-            blobs: moka::sync::Cache::builder().max_capacity(settings.served_capacity).build(),
+            images: moka::future::Cache::builder()
+                .max_capacity(1024)
+                .time_to_live(ttl)
+                .build(),
+            sets: moka::future::Cache::builder()
+                .max_capacity(4096)
+                .time_to_live(ttl)
+                .build(),
+            served: moka::sync::Cache::builder()
+                .max_capacity(settings.served_capacity)
+                .build(),
+            blobs: moka::sync::Cache::builder()
+                .max_capacity(settings.served_capacity)
+                .build(),
             settings,
         })
     }
@@ -252,10 +277,11 @@ impl Composer {
                 return Ok(m);
             }
             self.current_set(provider, id, &name).await?;
-            return self
-                .served
-                .get(&(name, digest.clone()))
-                .ok_or_else(|| ComposerError::ManifestUnknown(format!("manifest {digest} is not part of this image")));
+            return self.served.get(&(name, digest.clone())).ok_or_else(|| {
+                ComposerError::ManifestUnknown(format!(
+                    "manifest {digest} is not part of this image"
+                ))
+            });
         }
         if reference != TAG {
             // Still check the spec, so that an unknown repository is reported as such.
@@ -293,21 +319,31 @@ impl Composer {
     }
 
     /// Where the blob `digest` of repository `<provider>/<id>` comes from.
-    pub async fn blob(&self, provider: &str, id: &str, digest: &Digest) -> Result<BlobEntry, ComposerError> {
+    pub async fn blob(
+        &self,
+        provider: &str,
+        id: &str,
+        digest: &Digest,
+    ) -> Result<BlobEntry, ComposerError> {
         let name = format!("{provider}/{id}");
         let key = (name.clone(), digest.clone());
         if let Some(b) = self.blobs.get(&key) {
             return Ok(b);
         }
         self.current_set(provider, id, &name).await?;
-        self.blobs
-            .get(&key)
-            .ok_or_else(|| ComposerError::BlobUnknown(format!("blob {digest} is not part of image {name}")))
+        self.blobs.get(&key).ok_or_else(|| {
+            ComposerError::BlobUnknown(format!("blob {digest} is not part of image {name}"))
+        })
     }
 
     /// Composes (or reuses) the set for the current spec and makes its manifests and blobs
     /// addressable under `name`.
-    async fn current_set(&self, provider: &str, id: &str, name: &str) -> Result<Arc<ComposedSet>, ComposerError> {
+    async fn current_set(
+        &self,
+        provider: &str,
+        id: &str,
+        name: &str,
+    ) -> Result<Arc<ComposedSet>, ComposerError> {
         let spec = self.spec(provider, id).await?;
         let key = spec_key(&spec);
         let set = self
@@ -340,14 +376,17 @@ impl Composer {
                 },
             );
             for (digest, entry) in &image.blobs {
-                self.blobs.insert((name.to_string(), digest.clone()), entry.clone());
+                self.blobs
+                    .insert((name.to_string(), digest.clone()), entry.clone());
             }
         }
     }
 
     async fn compose_set(&self, spec: &ImageSpec) -> Result<ComposedSet, ComposerError> {
         if spec.base_ref.is_empty() {
-            return Err(ComposerError::Spec(SpecError::Invalid("spec has no base_ref".into())));
+            return Err(ComposerError::Spec(SpecError::Invalid(
+                "spec has no base_ref".into(),
+            )));
         }
         let base_ref = parse_ref(&spec.base_ref)?;
         let mut image_refs = Vec::new();
@@ -368,8 +407,11 @@ impl Composer {
             self.resolve(&base_ref),
             try_join_all(image_refs.iter().map(|r| self.resolve(r)))
         )?;
-        let added: HashMap<String, Arc<ResolvedImage>> =
-            image_refs.iter().map(|r| r.to_string()).zip(added).collect();
+        let added: HashMap<String, Arc<ResolvedImage>> = image_refs
+            .iter()
+            .map(|r| r.to_string())
+            .zip(added)
+            .collect();
         let content: Vec<Addition> = spec
             .content_layer
             .iter()
@@ -378,13 +420,17 @@ impl Composer {
             .collect::<Result<_, _>>()?;
 
         // Additions for one platform, in Gitpod's order: static, ide, supervisor, ide layers, content.
-        let additions_for = |platform: Option<&Platform>, strict: bool| -> Result<Option<Vec<Addition>>, ComposerError> {
+        let additions_for = |platform: Option<&Platform>,
+                             strict: bool|
+         -> Result<Option<Vec<Addition>>, ComposerError> {
             let mut out = Vec::new();
             let statics = self.statics.iter().map(|s| match s {
                 StaticAddition::File(a) => Err(a.clone()),
                 StaticAddition::Image(r) => Ok(r.to_string()),
             });
-            let specs = spec_refs.iter().map(|r| Ok(parse_ref(r).map(|r| r.to_string()).unwrap_or_default()));
+            let specs = spec_refs
+                .iter()
+                .map(|r| Ok(parse_ref(r).map(|r| r.to_string()).unwrap_or_default()));
             for item in statics.chain(specs) {
                 match item {
                     Err(file) => out.push(file),
@@ -403,9 +449,13 @@ impl Composer {
 
         match &*base {
             ResolvedImage::Single(parts) => {
-                let platform = parts.platform().unwrap_or_else(|| self.settings.default_platform.clone());
+                let platform = parts
+                    .platform()
+                    .unwrap_or_else(|| self.settings.default_platform.clone());
                 let additions = additions_for(Some(&platform), false)?.ok_or_else(|| {
-                    ComposerError::NoPlatform(format!("an added image has no manifest for platform {platform}"))
+                    ComposerError::NoPlatform(format!(
+                        "an added image has no manifest for platform {platform}"
+                    ))
                 })?;
                 let image = compose(parts, &spec.base_ref, &additions)?;
                 Ok(ComposedSet {
@@ -420,14 +470,18 @@ impl Composer {
             } => {
                 let mut composed = Vec::new();
                 for (desc, parts) in children {
-                    let Some(platform) = desc.platform.as_ref() else { continue };
+                    let Some(platform) = desc.platform.as_ref() else {
+                        continue;
+                    };
                     match additions_for(Some(platform), true)? {
                         Some(additions) => {
                             let mut image = compose(parts, &spec.base_ref, &additions)?;
                             image.platform = Some(platform.clone());
                             composed.push((desc.clone(), image));
                         }
-                        None => debug!(%platform, "skipping platform not provided by every added image"),
+                        None => {
+                            debug!(%platform, "skipping platform not provided by every added image")
+                        }
                     }
                 }
                 if composed.is_empty() {
@@ -450,7 +504,9 @@ impl Composer {
     /// platform manifest, each with its config.
     pub async fn resolve(&self, image: &ImageRef) -> Result<Arc<ResolvedImage>, ComposerError> {
         self.images
-            .try_get_with(image.to_string(), async { self.fetch_image(image).await.map(Arc::new) })
+            .try_get_with(image.to_string(), async {
+                self.fetch_image(image).await.map(Arc::new)
+            })
             .await
             .map_err(unwrap_shared)
     }
@@ -458,7 +514,9 @@ impl Composer {
     async fn fetch_image(&self, image: &ImageRef) -> Result<ResolvedImage, ComposerError> {
         let (bytes, media_type, digest) = self.fetch_manifest(image).await?;
         let pinned = image.with_digest(digest.clone());
-        match ParsedManifest::parse(&bytes, Some(&media_type)).map_err(|e| ComposerError::invalid(image, e))? {
+        match ParsedManifest::parse(&bytes, Some(&media_type))
+            .map_err(|e| ComposerError::invalid(image, e))?
+        {
             ParsedManifest::Image(manifest, media_type) => {
                 let config = self.fetch_config(&pinned, &manifest.config).await?;
                 Ok(ResolvedImage::Single(ImageParts {
@@ -479,7 +537,9 @@ impl Composer {
                 let children = try_join_all(wanted.into_iter().map(|d| async {
                     let child_ref = image.with_digest(d.digest.clone());
                     let (bytes, mt, digest) = self.fetch_manifest(&child_ref).await?;
-                    match ParsedManifest::parse(&bytes, Some(&mt)).map_err(|e| ComposerError::invalid(&child_ref, e))? {
+                    match ParsedManifest::parse(&bytes, Some(&mt))
+                        .map_err(|e| ComposerError::invalid(&child_ref, e))?
+                    {
                         ParsedManifest::Image(manifest, media_type) => {
                             let config = self.fetch_config(&child_ref, &manifest.config).await?;
                             Ok::<_, ComposerError>((
@@ -493,12 +553,18 @@ impl Composer {
                                 },
                             ))
                         }
-                        ParsedManifest::Index(..) => Err(ComposerError::invalid(&child_ref, "nested image indexes are not supported")),
+                        ParsedManifest::Index(..) => Err(ComposerError::invalid(
+                            &child_ref,
+                            "nested image indexes are not supported",
+                        )),
                     }
                 }))
                 .await?;
                 if children.is_empty() {
-                    return Err(ComposerError::invalid(image, "the image index has no platform manifests"));
+                    return Err(ComposerError::invalid(
+                        image,
+                        "the image index has no platform manifests",
+                    ));
                 }
                 Ok(ResolvedImage::Multi {
                     index,
@@ -510,7 +576,10 @@ impl Composer {
     }
 
     /// Manifest bytes: from the store when pinned by digest, else from upstream (and then stored).
-    async fn fetch_manifest(&self, image: &ImageRef) -> Result<(Bytes, String, Digest), ComposerError> {
+    async fn fetch_manifest(
+        &self,
+        image: &ImageRef,
+    ) -> Result<(Bytes, String, Digest), ComposerError> {
         if let (Some(store), Some(digest)) = (&self.store, image.digest()) {
             if let Ok(Some(bytes)) = store.get_bytes(digest).await {
                 if let Ok(Some(mt)) = store.get_media_type(digest).await {
@@ -518,11 +587,17 @@ impl Composer {
                 }
             }
         }
-        let fetched = self.upstream.fetch_manifest(image).await.map_err(|e| ComposerError::upstream(image, e))?;
+        let fetched = self
+            .upstream
+            .fetch_manifest(image)
+            .await
+            .map_err(|e| ComposerError::upstream(image, e))?;
         if let Some(store) = &self.store {
             let stored = async {
                 store.put_bytes(&fetched.digest, &fetched.bytes).await?;
-                store.put_media_type(&fetched.digest, &fetched.media_type).await
+                store
+                    .put_media_type(&fetched.digest, &fetched.media_type)
+                    .await
             };
             if let Err(e) = stored.await {
                 warn!(error = %e, "cannot cache manifest");
@@ -531,9 +606,16 @@ impl Composer {
         Ok((fetched.bytes, fetched.media_type, fetched.digest))
     }
 
-    async fn fetch_config(&self, image: &ImageRef, desc: &Descriptor) -> Result<serde_json::Value, ComposerError> {
+    async fn fetch_config(
+        &self,
+        image: &ImageRef,
+        desc: &Descriptor,
+    ) -> Result<serde_json::Value, ComposerError> {
         if !media::is_config(&desc.media_type) {
-            return Err(ComposerError::invalid(image, format!("unsupported config media type {:?}", desc.media_type)));
+            return Err(ComposerError::invalid(
+                image,
+                format!("unsupported config media type {:?}", desc.media_type),
+            ));
         }
         let cached = match &self.store {
             Some(store) => store.get_bytes(&desc.digest).await.ok().flatten(),
@@ -555,8 +637,8 @@ impl Composer {
                 b
             }
         };
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| ComposerError::invalid(image, format!("config is not JSON: {e}")))?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ComposerError::invalid(image, format!("config is not JSON: {e}")))?;
         if !value.is_object() {
             return Err(ComposerError::invalid(image, "config is not a JSON object"));
         }
@@ -582,7 +664,8 @@ fn hash_file_layer(path: PathBuf) -> Result<Addition, ComposerError> {
     };
     let mut file = std::fs::File::open(&path).map_err(|e| err(e.to_string()))?;
     let mut magic = [0u8; 2];
-    let gzipped = file.read(&mut magic).map_err(|e| err(e.to_string()))? == 2 && magic == [0x1f, 0x8b];
+    let gzipped =
+        file.read(&mut magic).map_err(|e| err(e.to_string()))? == 2 && magic == [0x1f, 0x8b];
     drop(file);
     let file = std::fs::File::open(&path).map_err(|e| err(e.to_string()))?;
     let mut digest = Digest::sha256_of(b"").hasher();
@@ -597,7 +680,9 @@ fn hash_file_layer(path: PathBuf) -> Result<Addition, ComposerError> {
         let mut gz = flate2::read::GzDecoder::new(&mut reader);
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = gz.read(&mut buf).map_err(|e| err(format!("not a valid gzip file: {e}")))?;
+            let n = gz
+                .read(&mut buf)
+                .map_err(|e| err(format!("not a valid gzip file: {e}")))?;
             if n == 0 {
                 break;
             }
@@ -613,7 +698,9 @@ fn hash_file_layer(path: PathBuf) -> Result<Addition, ComposerError> {
     let digest = digest.finish();
     let diff_id = diff_id.unwrap_or_else(|| digest.clone());
     let name = path.display().to_string();
-    Ok(Addition::from_file(&name, path, digest, size, diff_id, gzipped))
+    Ok(Addition::from_file(
+        &name, path, digest, size, diff_id, gzipped,
+    ))
 }
 
 struct HashingReader<'a, R> {

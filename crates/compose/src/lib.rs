@@ -8,11 +8,11 @@
 //! * [`spec`] – spec providers: `fixed` (JSON file), `remote` (gRPC) and a caching wrapper.
 
 pub mod compose;
+pub mod composer;
 pub mod env;
 pub mod error;
 pub mod model;
 pub mod spec;
-// pub mod composer;
 
 pub use compose::{compose, compose_index};
 pub use env::{EnvDirective, EnvOp};

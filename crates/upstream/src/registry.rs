@@ -361,19 +361,23 @@ impl Client {
         async {
             let resp = match creds {
                 Some(Credential::IdentityToken { token, .. }) => {
-                    let mut form = url::form_urlencoded::Serializer::new(String::new());
-                    form.append_pair("grant_type", "refresh_token");
-                    if let Some(s) = &service {
-                        form.append_pair("service", s);
-                    }
-                    form.append_pair("scope", &scope);
-                    form.append_pair("client_id", "registry-facade");
-                    form.append_pair("refresh_token", token);
+                    // Built in its own scope: the serializer is not Send and must not live across an await.
+                    let body = {
+                        let mut form = url::form_urlencoded::Serializer::new(String::new());
+                        form.append_pair("grant_type", "refresh_token");
+                        if let Some(s) = &service {
+                            form.append_pair("service", s);
+                        }
+                        form.append_pair("scope", &scope);
+                        form.append_pair("client_id", "registry-facade");
+                        form.append_pair("refresh_token", token);
+                        form.finish()
+                    };
                     let resp = self
                         .http
                         .post(url.clone())
                         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                        .body(form.finish())
+                        .body(body)
                         .send()
                         .await
                         .map_err(|e| transport_error(&realm_host, e))?;

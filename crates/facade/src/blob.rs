@@ -1,0 +1,358 @@
+//! Opens the bytes of a blob from wherever the blob table says they live: the generated
+//! config, a content layer, a static file, the local store, or the upstream registry (teeing
+//! into the store, which only commits bytes that match the digest).
+
+use std::io;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use futures::stream::{self, BoxStream};
+use futures::{StreamExt, TryStreamExt};
+use rf_compose::{BlobEntry, BlobSource, LayerSource};
+use rf_oci::{Digest, ImageRef};
+use rf_store::{BlobStore, BlobWriter};
+use rf_upstream::{Upstream, UpstreamError};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tracing::{debug, warn};
+
+use crate::error::ApiError;
+
+pub type ByteStream = BoxStream<'static, Result<Bytes, io::Error>>;
+
+const CHUNK: usize = 1 << 20;
+
+/// Where a blob's bytes came from, for metrics (Gitpod's `blobSource` label values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Store,
+    Upstream,
+    Config,
+    Content,
+    File,
+}
+
+impl Origin {
+    pub fn label(self) -> &'static str {
+        match self {
+            Origin::Store => "blobstore",
+            Origin::Upstream => "proxy",
+            Origin::Config => "config",
+            Origin::Content | Origin::File => "composite",
+        }
+    }
+}
+
+pub enum BlobBody {
+    Redirect(String),
+    Stream { origin: Origin, stream: ByteStream },
+}
+
+#[derive(Clone)]
+pub struct BlobServer {
+    upstream: Upstream,
+    store: Option<BlobStore>,
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl BlobServer {
+    pub fn new(upstream: Upstream, store: Option<BlobStore>) -> Self {
+        BlobServer { upstream, store }
+    }
+
+    /// Opens `first..=last` of the blob (the whole blob when that is its full extent). The
+    /// stream yields exactly that many bytes or ends with an error, so a client never gets a
+    /// silently short or wrong body.
+    pub async fn open(
+        &self,
+        digest: &Digest,
+        entry: &BlobEntry,
+        first: u64,
+        last: u64,
+    ) -> Result<BlobBody, ApiError> {
+        let len = if entry.size == 0 { 0 } else { last - first + 1 };
+        let whole = first == 0 && len == entry.size;
+        let (origin, stream) = match &entry.source {
+            BlobSource::Config(bytes) => (Origin::Config, slice(bytes, first, len)),
+            BlobSource::Layer(LayerSource::Direct(bytes)) => {
+                (Origin::Content, slice(bytes, first, len))
+            }
+            BlobSource::Layer(LayerSource::Remote(url)) => {
+                return Ok(BlobBody::Redirect(url.clone()))
+            }
+            BlobSource::Layer(LayerSource::File(path)) => (
+                Origin::File,
+                file_stream(path.clone(), digest.clone(), first, whole).await?,
+            ),
+            BlobSource::Layer(LayerSource::Image(image)) => {
+                self.image_layer(image, digest, first, len, whole).await?
+            }
+        };
+        Ok(BlobBody::Stream {
+            origin,
+            stream: exact_length(stream, len),
+        })
+    }
+
+    async fn image_layer(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        first: u64,
+        len: u64,
+        whole: bool,
+    ) -> Result<(Origin, ByteStream), ApiError> {
+        if let Some(store) = &self.store {
+            match store.open_stream(digest, first).await {
+                Ok(Some(blob)) => {
+                    debug!(%digest, "serving blob from the store");
+                    return Ok((
+                        Origin::Store,
+                        take(blob.stream.map_err(io_err).boxed(), len),
+                    ));
+                }
+                Ok(None) => {}
+                Err(e) => warn!(%digest, error = %e, "store read failed; fetching from upstream"),
+            }
+        }
+        let map = |e: UpstreamError| ApiError::from_upstream_blob(&e, &image.to_string());
+        if whole {
+            let blob = self
+                .upstream
+                .open_blob(image, digest, 0)
+                .await
+                .map_err(map)?;
+            let writer = match &self.store {
+                Some(store) => store
+                    .writer(digest, Some(len))
+                    .await
+                    .map_err(|e| warn!(error = %e, "cannot cache blob"))
+                    .ok(),
+                None => None,
+            };
+            return Ok((
+                Origin::Upstream,
+                tee(blob.stream.map_err(io_err).boxed(), writer),
+            ));
+        }
+        let stream = match self.upstream.open_blob(image, digest, first).await {
+            Ok(blob) => blob.stream.map_err(io_err).boxed(),
+            Err(UpstreamError::RangeNotSupported) => {
+                let blob = self
+                    .upstream
+                    .open_blob(image, digest, 0)
+                    .await
+                    .map_err(map)?;
+                skip(blob.stream.map_err(io_err).boxed(), first)
+            }
+            Err(e) => return Err(map(e)),
+        };
+        Ok((Origin::Upstream, take(stream, len)))
+    }
+}
+
+fn slice(bytes: &Bytes, first: u64, len: u64) -> ByteStream {
+    let part = bytes.slice(first as usize..(first + len) as usize);
+    stream::iter(
+        part.chunks(CHUNK)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    )
+    .boxed()
+}
+
+/// Reads a static file layer; a whole read is verified against the digest computed at startup.
+async fn file_stream(
+    path: PathBuf,
+    digest: Digest,
+    first: u64,
+    whole: bool,
+) -> Result<ByteStream, ApiError> {
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError::blob_unknown(format!("static layer {}: {e}", path.display())))?;
+    file.seek(io::SeekFrom::Start(first))
+        .await
+        .map_err(|e| ApiError::blob_unknown(format!("static layer {}: {e}", path.display())))?;
+    let hasher = whole.then(|| digest.hasher());
+    let s = stream::unfold(Some((file, hasher)), move |state| {
+        let digest = digest.clone();
+        async move {
+            let (mut file, mut hasher) = state?;
+            let mut buf = vec![0u8; CHUNK];
+            match file.read(&mut buf).await {
+                Ok(0) => {
+                    let changed = hasher.is_some_and(|h| h.finish() != digest);
+                    changed.then(|| {
+                        (
+                            Err(io_err(format!(
+                                "static layer changed on disk: no longer {digest}"
+                            ))),
+                            None,
+                        )
+                    })
+                }
+                Ok(n) => {
+                    buf.truncate(n);
+                    if let Some(h) = hasher.as_mut() {
+                        h.update(&buf);
+                    }
+                    Some((Ok(Bytes::from(buf)), Some((file, hasher))))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        }
+    });
+    Ok(s.boxed())
+}
+
+/// Passes chunks through while writing them to the store; the store commits only if the
+/// whole blob arrived and matches its digest. A client that goes away drops the writer, which
+/// removes the partial file.
+fn tee(inner: ByteStream, writer: Option<BlobWriter>) -> ByteStream {
+    stream::unfold(Some((inner, writer)), |state| async move {
+        let (mut inner, mut writer) = state?;
+        match inner.next().await {
+            Some(Ok(chunk)) => {
+                if let Some(w) = writer.as_mut() {
+                    if let Err(e) = w.write(&chunk).await {
+                        warn!(error = %e, "cache write failed; serving without caching");
+                        writer = None;
+                    }
+                }
+                Some((Ok(chunk), Some((inner, writer))))
+            }
+            Some(Err(e)) => Some((Err(e), None)),
+            None => {
+                if let Some(w) = writer {
+                    if let Err(e) = w.commit().await {
+                        return Some((Err(io_err(format!("blob verification failed: {e}"))), None));
+                    }
+                }
+                None
+            }
+        }
+    })
+    .boxed()
+}
+
+/// The first `n` bytes of a stream.
+fn take(inner: ByteStream, n: u64) -> ByteStream {
+    stream::unfold((inner, n), |(mut inner, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        match inner.next().await? {
+            Ok(mut chunk) => {
+                if chunk.len() as u64 > left {
+                    chunk.truncate(left as usize);
+                }
+                let rest = left - chunk.len() as u64;
+                Some((Ok(chunk), (inner, rest)))
+            }
+            Err(e) => Some((Err(e), (inner, 0))),
+        }
+    })
+    .boxed()
+}
+
+/// Drops the first `n` bytes of a stream.
+fn skip(inner: ByteStream, n: u64) -> ByteStream {
+    stream::unfold((inner, n), |(mut inner, mut left)| async move {
+        loop {
+            match inner.next().await? {
+                Ok(mut chunk) if left > 0 => {
+                    if (chunk.len() as u64) <= left {
+                        left -= chunk.len() as u64;
+                        continue;
+                    }
+                    let rest = chunk.split_off(left as usize);
+                    return Some((Ok(rest), (inner, 0)));
+                }
+                other => return Some((other, (inner, left))),
+            }
+        }
+    })
+    .boxed()
+}
+
+/// Fails the stream if it ends before (or runs past) `expected` bytes.
+fn exact_length(inner: ByteStream, expected: u64) -> ByteStream {
+    stream::unfold(Some((inner, 0u64)), move |state| async move {
+        let (mut inner, seen) = state?;
+        match inner.next().await {
+            Some(Ok(chunk)) => {
+                let seen = seen + chunk.len() as u64;
+                if seen > expected {
+                    return Some((
+                        Err(io_err(format!(
+                            "blob is longer than its descriptor's {expected} bytes"
+                        ))),
+                        None,
+                    ));
+                }
+                Some((Ok(chunk), Some((inner, seen))))
+            }
+            Some(Err(e)) => Some((Err(e), None)),
+            None if seen != expected => Some((
+                Err(io_err(format!(
+                    "blob ended after {seen} of {expected} bytes"
+                ))),
+                None,
+            )),
+            None => None,
+        }
+    })
+    .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(v: &[&[u8]]) -> ByteStream {
+        stream::iter(
+            v.iter()
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        )
+        .boxed()
+    }
+
+    async fn collect(s: ByteStream) -> Result<Vec<u8>, io::Error> {
+        let parts: Vec<Bytes> = s.try_collect().await?;
+        Ok(parts.concat())
+    }
+
+    #[tokio::test]
+    async fn take_skip_and_length() {
+        assert_eq!(
+            collect(take(chunks(&[b"abc", b"def"]), 4)).await.unwrap(),
+            b"abcd"
+        );
+        assert_eq!(
+            collect(skip(chunks(&[b"abc", b"def"]), 4)).await.unwrap(),
+            b"ef"
+        );
+        assert_eq!(
+            collect(skip(chunks(&[b"abc", b"def"]), 3)).await.unwrap(),
+            b"def"
+        );
+        assert_eq!(
+            collect(exact_length(chunks(&[b"abc"]), 3)).await.unwrap(),
+            b"abc"
+        );
+        assert!(collect(exact_length(chunks(&[b"abc"]), 4)).await.is_err());
+        assert!(collect(exact_length(chunks(&[b"abc", b"d"]), 3))
+            .await
+            .is_err());
+        assert_eq!(
+            collect(slice(&Bytes::from_static(b"hello"), 1, 3))
+                .await
+                .unwrap(),
+            b"ell"
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! OCI error responses. Every failure the HTTP edge returns goes through [`ApiError`], so the
+//! mapping from internal errors to OCI codes and statuses lives in one place.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rf_compose::composer::ComposerError;
+use rf_compose::SpecError;
+use rf_upstream::UpstreamError;
+use serde_json::json;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Extra headers, e.g. `Allow` on 405 or `WWW-Authenticate` on 401.
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Self {
+        self.headers.push((name, HeaderValue::from_static(value)));
+        self
+    }
+
+    pub fn name_invalid(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "NAME_INVALID", msg)
+    }
+    pub fn name_unknown(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", msg)
+    }
+    pub fn manifest_unknown(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", msg)
+    }
+    pub fn blob_unknown(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", msg)
+    }
+    pub fn digest_invalid(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", msg)
+    }
+    pub fn range_unsatisfiable(size: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "BLOB_UNKNOWN",
+            "requested range not satisfiable",
+        );
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+            e.headers.push((header::CONTENT_RANGE, v));
+        }
+        e
+    }
+    pub fn unsupported(allow: &'static str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "registry-facade is a read-only registry: only GET and HEAD are supported",
+        )
+        .with_header(header::ALLOW, allow)
+    }
+    pub fn not_found_route() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "UNSUPPORTED",
+            "no such registry API route",
+        )
+    }
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "authentication required",
+        )
+        .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"registry-facade\"")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let err = json!({"code": self.code, "message": self.message});
+        let mut body = serde_json::to_vec(&json!({ "errors": [err] })).unwrap_or_default();
+        body.push(b'\n');
+        let mut resp = (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
+        for (k, v) in self.headers {
+            resp.headers_mut().insert(k, v);
+        }
+        resp
+    }
+}
+
+fn upstream_error(e: &UpstreamError, image: &str, unknown: fn(String) -> ApiError) -> ApiError {
+    let msg = format!("{image}: {e}");
+    match e {
+        UpstreamError::NotFound { .. } => unknown(msg),
+        UpstreamError::InvalidReference(_) => unknown(msg),
+        UpstreamError::Unauthorized { .. } => {
+            // The client did nothing wrong: our credentials for the upstream were refused.
+            ApiError::new(StatusCode::BAD_GATEWAY, "DENIED", msg)
+        }
+        UpstreamError::TooManyRequests { .. } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", msg)
+        }
+        UpstreamError::Unavailable { .. } | UpstreamError::Io(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", msg)
+        }
+        UpstreamError::DigestMismatch { .. }
+        | UpstreamError::TooLarge { .. }
+        | UpstreamError::RangeNotSupported
+        | UpstreamError::InvalidResponse(_) => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "UPSTREAM_ERROR", msg)
+        }
+    }
+}
+
+impl ApiError {
+    /// Maps a composition failure for a manifest request.
+    pub fn from_compose(e: &ComposerError) -> ApiError {
+        Self::map_compose(e, ApiError::manifest_unknown)
+    }
+
+    /// Maps a composition failure for a blob request.
+    pub fn from_compose_for_blob(e: &ComposerError) -> ApiError {
+        Self::map_compose(e, ApiError::blob_unknown)
+    }
+
+    fn map_compose(e: &ComposerError, unknown: fn(String) -> ApiError) -> ApiError {
+        match e {
+            ComposerError::Spec(SpecError::NotFound(m)) => {
+                ApiError::name_unknown(format!("no image spec: {m}"))
+            }
+            ComposerError::Spec(SpecError::Unavailable(m)) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                format!("spec provider unavailable: {m}"),
+            ),
+            ComposerError::Spec(SpecError::Invalid(m)) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "SPEC_INVALID",
+                format!("invalid image spec: {m}"),
+            ),
+            ComposerError::UnknownProvider(p) => {
+                ApiError::name_unknown(format!("unknown spec provider {p:?}"))
+            }
+            ComposerError::Upstream { image, source } => upstream_error(source, image, unknown),
+            ComposerError::ManifestUnknown(m) => ApiError::manifest_unknown(m.clone()),
+            ComposerError::BlobUnknown(m) => ApiError::blob_unknown(m.clone()),
+            ComposerError::NoPlatform(m) => ApiError::manifest_unknown(m.clone()),
+            other => ApiError::new(StatusCode::BAD_GATEWAY, "COMPOSE_FAILED", other.to_string()),
+        }
+    }
+
+    /// Maps a failure to open a blob's bytes.
+    pub fn from_upstream_blob(e: &UpstreamError, image: &str) -> ApiError {
+        upstream_error(e, image, ApiError::blob_unknown)
+    }
+}

@@ -1,0 +1,291 @@
+//! The HTTP edge: an OCI Distribution pull API over the composer. Routes, `Accept` and
+//! `Range` handling, OCI error JSON and metrics live here; what to serve is the composer's job.
+
+pub mod blob;
+pub mod error;
+pub mod metrics;
+pub mod path;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use futures::StreamExt;
+use rf_compose::composer::Composer;
+use rf_oci::name::validate_tag;
+use rf_oci::{Accept, ByteRange, Digest, RangeError};
+use tracing::{info, warn};
+
+pub use blob::BlobServer;
+pub use error::ApiError;
+pub use metrics::Metrics;
+use path::{FacadeName, Route};
+
+pub struct FacadeState {
+    pub composer: Arc<Composer>,
+    pub blobs: BlobServer,
+    pub metrics: Metrics,
+    /// Gitpod's `requireAuth`: clients must present Basic credentials.
+    pub require_auth: bool,
+}
+
+const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
+const READ_ONLY: &str = "GET, HEAD";
+
+/// The registry router; `prefix` (Gitpod's `registry.prefix`) is prepended to every route.
+pub fn router(state: Arc<FacadeState>, prefix: &str) -> Router {
+    let require_auth = state.require_auth;
+    let api = Router::new()
+        .route("/v2", any(api_base))
+        .route("/v2/", any(api_base))
+        .route("/v2/{*rest}", any(dispatch))
+        .fallback(|| async { ApiError::not_found_route() })
+        .with_state(state);
+    let api = if require_auth {
+        api.layer(middleware::from_fn(basic_auth_present))
+    } else {
+        api
+    };
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        api
+    } else {
+        Router::new()
+            .nest(&format!("/{prefix}"), api)
+            .fallback(|| async { ApiError::not_found_route() })
+    }
+}
+
+async fn basic_auth_present(req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.len() > 6 && v[..6].eq_ignore_ascii_case("basic "));
+    if ok {
+        next.run(req).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+async fn api_base(method: Method) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        return ApiError::unsupported(READ_ONLY).into_response();
+    }
+    let mut resp = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        "{}",
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
+    resp
+}
+
+async fn dispatch(
+    State(state): State<Arc<FacadeState>>,
+    method: Method,
+    headers: HeaderMap,
+    Path(rest): Path<String>,
+) -> Response {
+    let result = match Route::parse(&rest) {
+        Some(Route::Manifest { name, reference }) => {
+            manifest(&state, &method, &headers, &name, &reference).await
+        }
+        Some(Route::Blob { name, digest }) => blob(&state, &method, &headers, &name, &digest).await,
+        Some(Route::TagsList { name }) => tags(&state, &method, &name).await,
+        Some(Route::BlobUpload { name }) => {
+            FacadeName::parse(&name).and_then(|_| Err(ApiError::unsupported(READ_ONLY)))
+        }
+        Some(Route::Catalog) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "UNSUPPORTED",
+            "catalog listing is not supported",
+        )),
+        None => Err(ApiError::not_found_route()),
+    };
+    let mut resp = result.unwrap_or_else(|e| {
+        if e.status.is_server_error() {
+            warn!(path = %rest, code = e.code, message = %e.message, "request failed");
+        } else {
+            info!(path = %rest, code = e.code, message = %e.message, "request rejected");
+        }
+        e.into_response()
+    });
+    resp.headers_mut()
+        .insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
+    resp
+}
+
+fn read_only(method: &Method) -> Result<(), ApiError> {
+    if method == Method::GET || method == Method::HEAD {
+        Ok(())
+    } else {
+        Err(ApiError::unsupported(READ_ONLY))
+    }
+}
+
+async fn tags(state: &FacadeState, method: &Method, name: &str) -> Result<Response, ApiError> {
+    let n = FacadeName::parse(name)?;
+    read_only(method)?;
+    let tags = state
+        .composer
+        .tags(&n.provider, &n.id)
+        .await
+        .map_err(|e| ApiError::from_compose(&e))?;
+    let body = serde_json::json!({"name": name, "tags": tags}).to_string();
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+async fn manifest(
+    state: &FacadeState,
+    method: &Method,
+    headers: &HeaderMap,
+    name: &str,
+    reference: &str,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let n = FacadeName::parse(name)?;
+    read_only(method)?;
+    if reference.contains(':') {
+        reference
+            .parse::<Digest>()
+            .map_err(|e| ApiError::digest_invalid(e.to_string()))?;
+    } else if validate_tag(reference).is_err() {
+        return Err(ApiError::manifest_unknown(format!(
+            "invalid tag {reference:?}"
+        )));
+    }
+    let accept = Accept::parse(
+        headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let m = state
+        .composer
+        .manifest(&n.provider, &n.id, reference, &accept)
+        .await
+        .map_err(|e| ApiError::from_compose(&e))?;
+    state
+        .metrics
+        .manifest_req_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let digest = m.digest.to_string();
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(m.bytes.clone())
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    insert(h, header::CONTENT_TYPE, &m.media_type);
+    insert(h, header::CONTENT_LENGTH, &m.bytes.len().to_string());
+    insert(h, "docker-content-digest", &digest);
+    insert(h, header::ETAG, &format!("\"{digest}\""));
+    Ok(resp)
+}
+
+fn insert(h: &mut HeaderMap, name: impl header::IntoHeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+async fn blob(
+    state: &FacadeState,
+    method: &Method,
+    headers: &HeaderMap,
+    name: &str,
+    digest: &str,
+) -> Result<Response, ApiError> {
+    state.metrics.blob_req.inc();
+    let n = FacadeName::parse(name)?;
+    read_only(method)?;
+    let digest: Digest = digest
+        .parse()
+        .map_err(|e: rf_oci::OciError| ApiError::digest_invalid(e.to_string()))?;
+    let entry = state
+        .composer
+        .blob(&n.provider, &n.id, &digest)
+        .await
+        .map_err(|e| ApiError::from_compose_for_blob(&e))?;
+    let size = entry.size;
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        None => None,
+        Some(v) => match ByteRange::parse(v).and_then(|r| r.resolve(size)) {
+            Ok(r) => Some(r),
+            Err(RangeError::Ignored) => None,
+            Err(RangeError::Unsatisfiable) => return Err(ApiError::range_unsatisfiable(size)),
+        },
+    };
+    let (first, last) = range.unwrap_or((0, size.saturating_sub(1)));
+    let len = if size == 0 { 0 } else { last - first + 1 };
+
+    let mut resp = if method == Method::HEAD {
+        if let rf_compose::BlobSource::Layer(rf_compose::LayerSource::Remote(url)) = &entry.source {
+            return Ok(redirect(url));
+        }
+        Response::new(Body::empty())
+    } else {
+        match state.blobs.open(&digest, &entry, first, last).await? {
+            blob::BlobBody::Redirect(url) => {
+                state.metrics.blob_done("composite", true);
+                return Ok(redirect(&url));
+            }
+            blob::BlobBody::Stream { origin, stream } => {
+                let metrics = state.metrics.clone();
+                let label = origin.label();
+                let counted = stream.map(move |item| {
+                    match &item {
+                        Ok(chunk) => metrics.blob_bytes(label, chunk.len() as u64),
+                        Err(e) => {
+                            warn!(error = %e, "blob stream failed; aborting the response");
+                            metrics.blob_done(label, false);
+                        }
+                    }
+                    item
+                });
+                state.metrics.blob_done(label, true);
+                Response::new(Body::from_stream(counted))
+            }
+        }
+    };
+    if range.is_some() {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        insert(
+            resp.headers_mut(),
+            header::CONTENT_RANGE,
+            &format!("bytes {first}-{last}/{size}"),
+        );
+    }
+    let h = resp.headers_mut();
+    insert(h, header::CONTENT_TYPE, &entry.media_type);
+    insert(h, header::CONTENT_LENGTH, &len.to_string());
+    insert(h, "docker-content-digest", &digest.to_string());
+    insert(h, header::ETAG, &format!("\"{digest}\""));
+    insert(h, header::ACCEPT_RANGES, "bytes");
+    Ok(resp)
+}
+
+fn redirect(url: &str) -> Response {
+    let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+    insert(resp.headers_mut(), header::LOCATION, url);
+    resp
+}
+
+#[allow(dead_code)]
+fn assert_send(s: Arc<FacadeState>) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(manifest(&s, &Method::GET, &HeaderMap::new(), "a", "b"));
+    is_send(blob(&s, &Method::GET, &HeaderMap::new(), "a", "b"));
+    is_send(tags(&s, &Method::GET, "a"));
+}

@@ -1,0 +1,136 @@
+//! Assembles the running service from a [`Config`]: spec providers, upstream client, store,
+//! composer and the HTTP router.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use rf_compose::composer::{Composer, ComposerSettings, StaticLayer};
+use rf_compose::{
+    CachingSpecProvider, FixedSpecProvider, RemoteAddr, RemoteSpecProvider, SpecProvider, TlsFiles,
+};
+use rf_facade::{BlobServer, FacadeState, Metrics};
+use rf_store::BlobStore;
+use rf_upstream::{Upstream, UpstreamConfig};
+use tracing::warn;
+
+use crate::config::{Config, StaticLayerKind};
+
+/// Provider keys in repository names, as in Gitpod (`/v2/remote/<id>/...`).
+pub const PROVIDER_REMOTE: &str = "remote";
+pub const PROVIDER_FIXED: &str = "fixed";
+
+pub struct App {
+    pub router: Router,
+    pub state: Arc<FacadeState>,
+    /// Ids of the fixed spec file, for the startup banner.
+    pub fixed_ids: Vec<String>,
+}
+
+pub async fn build(cfg: &Config) -> anyhow::Result<App> {
+    let r = &cfg.registry;
+    if r.redis
+        .as_ref()
+        .and_then(|v| v.get("enabled"))
+        .and_then(|v| v.as_bool())
+        == Some(true)
+    {
+        warn!("registry.redis is enabled, but this implementation caches in registry.store only; ignoring redis");
+    }
+    if r.ipfs
+        .as_ref()
+        .and_then(|v| v.get("enabled"))
+        .and_then(|v| v.as_bool())
+        == Some(true)
+    {
+        warn!("registry.ipfs is enabled, but IPFS is not supported; ignoring it");
+    }
+    if cfg.pprof_addr.as_deref().is_some_and(|a| !a.is_empty()) {
+        warn!("pprofAddr is not supported by this implementation; ignoring it");
+    }
+
+    let mut providers: HashMap<String, Arc<dyn SpecProvider>> = HashMap::new();
+    let mut fixed_ids = Vec::new();
+    if let Some(path) = &r.fixed_spec_fn {
+        let fixed = FixedSpecProvider::from_file(path)
+            .with_context(|| format!("registry.fixedSpecFN {}", path.display()))?;
+        fixed_ids = fixed.ids().map(str::to_string).collect();
+        fixed_ids.sort();
+        providers.insert(PROVIDER_FIXED.into(), Arc::new(fixed));
+    }
+    if !r.remote_spec_provider.is_empty() {
+        let addrs = r
+            .remote_spec_provider
+            .iter()
+            .map(|p| RemoteAddr {
+                addr: p.addr.clone(),
+                tls: p.tls.as_ref().map(|t| TlsFiles {
+                    ca: t.ca.clone(),
+                    crt: t.crt.clone(),
+                    key: t.key.clone(),
+                }),
+            })
+            .collect();
+        let remote =
+            RemoteSpecProvider::new(addrs, r.spec_provider_timeout, r.spec_provider_timeout)
+                .context("registry.remoteSpecProvider")?;
+        providers.insert(
+            PROVIDER_REMOTE.into(),
+            Arc::new(CachingSpecProvider::new(
+                remote,
+                r.spec_cache.max_entries,
+                r.spec_cache.ttl,
+            )),
+        );
+    }
+
+    let upstream = Upstream::new(UpstreamConfig {
+        docker_auth: cfg
+            .docker_auth
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty()),
+        plain_http: r.plain_http_registries.clone(),
+        ..UpstreamConfig::default()
+    })
+    .context("upstream client")?;
+
+    let store = match r.store.as_ref().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => Some(
+            BlobStore::open(dir.clone())
+                .with_context(|| format!("registry.store {}", dir.display()))?,
+        ),
+        None => None,
+    };
+
+    let static_layers = r
+        .static_layer
+        .iter()
+        .map(|l| match l.kind {
+            StaticLayerKind::File => Ok(StaticLayer::File(PathBuf::from(&l.reference))),
+            StaticLayerKind::Image => Ok(StaticLayer::Image(l.reference.parse()?)),
+        })
+        .collect::<Result<Vec<_>, rf_oci::OciError>>()?;
+    let settings = ComposerSettings {
+        static_layers,
+        default_platform: r.default_platform.parse()?,
+        cache_ttl: r.cache_ttl,
+        ..ComposerSettings::default()
+    };
+    let composer = Composer::new(providers, upstream.clone(), store.clone(), settings)
+        .await
+        .context("registry.staticLayer")?;
+    let state = Arc::new(FacadeState {
+        composer: Arc::new(composer),
+        blobs: BlobServer::new(upstream, store),
+        metrics: Metrics::new(),
+        require_auth: r.require_auth,
+    });
+    let router = rf_facade::router(state.clone(), &r.prefix);
+    Ok(App {
+        router,
+        state,
+        fixed_ids,
+    })
+}

@@ -1,0 +1,320 @@
+//! The configuration file: Gitpod's registry-facade JSON, accepted as is, plus our own keys
+//! (each with a safe default). Unknown keys and wrong types stop startup with the key's path.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    pub registry: RegistryConfig,
+    /// docker config.json with upstream credentials (reloaded when it changes).
+    #[serde(default)]
+    pub docker_auth: Option<PathBuf>,
+    /// Accepted for compatibility; Go's pprof has no equivalent here.
+    #[serde(default)]
+    pub pprof_addr: Option<String>,
+    /// `host:port` for Prometheus metrics at `/metrics`.
+    #[serde(default)]
+    pub prometheus_addr: Option<String>,
+    /// `host:port` for `/ready` and `/live`.
+    #[serde(default)]
+    pub readiness_probe_addr: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegistryConfig {
+    pub port: u16,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub static_layer: Vec<StaticLayerConfig>,
+    #[serde(default)]
+    pub remote_spec_provider: Vec<RemoteSpecProviderConfig>,
+    #[serde(default, rename = "fixedSpecFN")]
+    pub fixed_spec_fn: Option<PathBuf>,
+    /// Directory of the local content-addressed cache; empty = no cache.
+    #[serde(default)]
+    pub store: Option<PathBuf>,
+    #[serde(default)]
+    pub require_auth: bool,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Accepted for compatibility with Gitpod configs; not used (see README).
+    #[serde(default)]
+    pub ipfs: Option<serde_json::Value>,
+    /// Accepted for compatibility with Gitpod configs; not used (see README).
+    #[serde(default)]
+    pub redis: Option<serde_json::Value>,
+
+    // ---- our keys ----
+    /// Interface to listen on (Gitpod listens on all interfaces).
+    #[serde(default = "default_listen")]
+    pub listen_address: String,
+    /// Registries (host[:port]) spoken to over plain HTTP besides loopback hosts.
+    #[serde(default, rename = "plainHTTPRegistries")]
+    pub plain_http_registries: Vec<String>,
+    /// Platform served to clients that do not accept an image index.
+    #[serde(default = "default_platform")]
+    pub default_platform: String,
+    /// How long a composition and a tag resolution are reused.
+    #[serde(
+        default = "default_cache_ttl",
+        deserialize_with = "duration",
+        rename = "cacheTTL"
+    )]
+    pub cache_ttl: Duration,
+    #[serde(default)]
+    pub spec_cache: SpecCacheConfig,
+    /// Connect and request timeout for remote spec providers.
+    #[serde(default = "default_spec_timeout", deserialize_with = "duration")]
+    pub spec_provider_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SpecCacheConfig {
+    #[serde(default = "default_spec_entries")]
+    pub max_entries: u64,
+    #[serde(default = "default_spec_ttl", deserialize_with = "duration")]
+    pub ttl: Duration,
+}
+
+impl Default for SpecCacheConfig {
+    fn default() -> Self {
+        SpecCacheConfig {
+            max_entries: default_spec_entries(),
+            ttl: default_spec_ttl(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticLayerConfig {
+    #[serde(rename = "ref")]
+    pub reference: String,
+    #[serde(rename = "type")]
+    pub kind: StaticLayerKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StaticLayerKind {
+    File,
+    Image,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteSpecProviderConfig {
+    pub addr: String,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub crt: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0".into()
+}
+fn default_platform() -> String {
+    "linux/amd64".into()
+}
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_spec_entries() -> u64 {
+    1024
+}
+fn default_spec_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_spec_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Go-style duration strings (`"90s"`, `"1m30s"`, `"250ms"`) or a number of seconds.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(f64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Seconds(s) if s >= 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+        Raw::Seconds(s) => Err(serde::de::Error::custom(format!("invalid duration {s}"))),
+        Raw::Text(t) => parse_duration(&t).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid duration {t:?} (use e.g. \"30s\", \"5m\", \"1h30m\")"
+            ))
+        }),
+    }
+}
+
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        if num_len == 0 {
+            return None;
+        }
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += n * factor;
+        rest = &rest[unit_len..];
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+impl Config {
+    /// Reads and validates a config file; errors name the offending key.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        Self::from_json(&bytes).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+    }
+
+    pub fn from_json(bytes: &[u8]) -> anyhow::Result<Config> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            anyhow::anyhow!("key {path:?}: {}", e.inner())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let r = &self.registry;
+        if r.remote_spec_provider.is_empty() && r.fixed_spec_fn.is_none() {
+            anyhow::bail!("key \"registry\": configure at least one of \"remoteSpecProvider\" or \"fixedSpecFN\"");
+        }
+        for (i, p) in r.remote_spec_provider.iter().enumerate() {
+            if p.addr.trim().is_empty() {
+                anyhow::bail!("key \"registry.remoteSpecProvider[{i}].addr\": must not be empty");
+            }
+        }
+        for (i, l) in r.static_layer.iter().enumerate() {
+            if l.kind == StaticLayerKind::Image {
+                l.reference
+                    .parse::<rf_oci::ImageRef>()
+                    .map_err(|e| anyhow::anyhow!("key \"registry.staticLayer[{i}].ref\": {e}"))?;
+            }
+        }
+        r.default_platform
+            .parse::<rf_oci::Platform>()
+            .map_err(|e| anyhow::anyhow!("key \"registry.defaultPlatform\": {e}"))?;
+        if let Some(tls) = &r.tls {
+            if tls.crt.is_none() || tls.key.is_none() {
+                anyhow::bail!("key \"registry.tls\": both \"crt\" and \"key\" are required");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(json: &str) -> String {
+        Config::from_json(json.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn gitpod_production_config_is_accepted() {
+        let cfg = Config::from_json(
+            br#"{
+            "registry": {
+                "port": 31750, "prefix": "", "store": "/mnt/cache/registry", "requireAuth": false,
+                "tls": {"crt": "/mnt/certificates/tls.crt", "key": "/mnt/certificates/tls.key"},
+                "staticLayer": [{"ref": "eu.gcr.io/gitpod-core-dev/build/supervisor:commit-x", "type": "image"},
+                                {"ref": "/layers/example.tar.gz", "type": "file"}],
+                "remoteSpecProvider": [{"addr": "dns:///ws-manager-mk2:8080",
+                                        "tls": {"ca": "/ws-manager-client-tls-certs/ca.crt", "crt": "/c/tls.crt", "key": "/c/tls.key"}}],
+                "redis": {"enabled": false},
+                "ipfs": {"enabled": false, "ipfsAddr": ""}
+            },
+            "dockerAuth": "/mnt/pull-secret/pull-secret.json",
+            "pprofAddr": ":6060", "prometheusAddr": "127.0.0.1:9500", "readinessProbeAddr": ":8086"
+        }"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.registry.port, 31750);
+        assert_eq!(cfg.registry.static_layer[1].kind, StaticLayerKind::File);
+        assert_eq!(cfg.registry.cache_ttl, Duration::from_secs(60));
+        assert_eq!(cfg.registry.default_platform, "linux/amd64");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err(r#"{"registry": {"port": "x", "fixedSpecFN": "a"}}"#).contains("registry.port"));
+        assert!(
+            err(r#"{"registry": {"port": 1, "fixedSpecFN": "a", "bogus": 1}}"#).contains("bogus")
+        );
+        assert!(
+            err(r#"{"registry": {"port": 1, "fixedSpecFN": "a"}, "nope": 1}"#).contains("nope")
+        );
+        assert!(err(r#"{"registry": {"port": 1, "fixedSpecFN": "a", "staticLayer": [{"ref": "x", "type": "zip"}]}}"#)
+            .contains("registry.staticLayer[0].type"));
+        assert!(err(r#"{"registry": {"port": 1}}"#).contains("remoteSpecProvider"));
+        assert!(
+            err(r#"{"registry": {"port": 1, "fixedSpecFN": "a", "cacheTTL": "soon"}}"#)
+                .contains("registry.cacheTTL")
+        );
+        assert!(err(
+            r#"{"registry": {"port": 1, "fixedSpecFN": "a", "defaultPlatform": "linux"}}"#
+        )
+        .contains("registry.defaultPlatform"));
+        assert!(err(r#"{"registry": {"port": 1, "fixedSpecFN": "a", "staticLayer": [{"ref": "UPPER", "type": "image"}]}}"#)
+            .contains("registry.staticLayer[0].ref"));
+        assert!(
+            err(r#"{"registry": {"port": 70000, "fixedSpecFN": "a"}}"#).contains("registry.port")
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+}

@@ -1,0 +1,129 @@
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use registry_facade::config::Config;
+use registry_facade::{app, serve};
+use tracing::info;
+
+/// A container registry facade: serves workspace images composed at pull time from a base
+/// image, IDE and supervisor images, static layers and workspace content layers.
+#[derive(Parser)]
+#[command(name = "registry-facade", version, propagate_version = true)]
+struct Cli {
+    /// Log format; `auto` is text on a terminal and JSON otherwise.
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the registry described by a Gitpod-style config.json (log level: RUST_LOG).
+    Run {
+        /// Path to the JSON configuration file.
+        config: PathBuf,
+    },
+    /// Validate a config.json and exit (non-zero, naming the key, when it is wrong).
+    CheckConfig {
+        /// Path to the JSON configuration file.
+        config: PathBuf,
+    },
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+    info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::CheckConfig { config } => {
+            Config::load(&config)?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+        Command::Run { config: path } => {
+            let cfg = Config::load(&path)?;
+            let app = app::build(&cfg).await?;
+            let r = &cfg.registry;
+            let listener = serve::bind(&format!("{}:{}", r.listen_address, r.port))
+                .await
+                .context("registry.port")?;
+            let local = listener.local_addr()?;
+            if let Some(addr) = cfg.prometheus_addr.as_deref().filter(|a| !a.is_empty()) {
+                serve::spawn_metrics(addr, app.state.metrics.clone()).await?;
+            }
+            if let Some(addr) = cfg
+                .readiness_probe_addr
+                .as_deref()
+                .filter(|a| !a.is_empty())
+            {
+                serve::spawn_readiness(addr).await?;
+            }
+            let scheme = if r.tls.is_some() { "https" } else { "http" };
+            info!(addr = %local, "registry-facade listening");
+            print_banner(scheme, local, &r.prefix, &app.fixed_ids);
+            serve::serve(listener, app.router, r.tls.as_ref(), shutdown_signal()).await
+        }
+    }
+}
+
+/// What a person needs to pull from the running facade (tests read the first line too).
+fn print_banner(scheme: &str, local: std::net::SocketAddr, prefix: &str, fixed_ids: &[String]) {
+    let host = if local.ip().is_unspecified() {
+        format!("127.0.0.1:{}", local.port())
+    } else {
+        local.to_string()
+    };
+    println!("registry-facade listening on {scheme}://{local}");
+    let prefix = prefix.trim_matches('/');
+    let base = if prefix.is_empty() {
+        host.clone()
+    } else {
+        format!("{host}/{prefix}")
+    };
+    for id in fixed_ids {
+        println!("  image fixed/{id}:");
+        println!("    curl -s {scheme}://{base}/v2/fixed/{id}/manifests/latest -H 'Accept: application/vnd.oci.image.manifest.v1+json'");
+        println!("    skopeo inspect --tls-verify=false docker://{host}/fixed/{id}:latest");
+        println!("    skopeo copy --src-tls-verify=false docker://{host}/fixed/{id}:latest oci:/tmp/{id}:latest");
+        println!("    ctr images pull --plain-http {host}/fixed/{id}:latest");
+    }
+}

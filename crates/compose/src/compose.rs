@@ -26,12 +26,16 @@ pub const REF_ANNOTATION: &str = "io.gitpod.workspace-image.ref";
 /// `comment` of the history entries added for added layers.
 pub const HISTORY_COMMENT: &str = "added by registry-facade";
 
-/// The media type an added layer gets inside a manifest of `manifest_media_type`: gzip layer
-/// types are translated to the manifest's family, everything else is kept.
+/// The media type an added layer gets inside a manifest of `manifest_media_type`: gzip and
+/// uncompressed tar layer types are translated to the manifest's family (containers/image,
+/// i.e. skopeo, podman and CRI-O, rejects a Docker schema2 manifest with an OCI layer type),
+/// everything else is kept.
 pub fn layer_media_type(manifest_media_type: &str, layer_media_type: &str) -> String {
     match (manifest_media_type, layer_media_type) {
         (media::OCI_MANIFEST, media::DOCKER_LAYER_GZIP) => media::OCI_LAYER_GZIP.into(),
         (media::DOCKER_MANIFEST, media::OCI_LAYER_GZIP) => media::DOCKER_LAYER_GZIP.into(),
+        (media::OCI_MANIFEST, media::DOCKER_LAYER_TAR) => media::OCI_LAYER_TAR.into(),
+        (media::DOCKER_MANIFEST, media::OCI_LAYER_TAR) => media::DOCKER_LAYER_TAR.into(),
         (_, other) => other.into(),
     }
 }
@@ -658,7 +662,7 @@ mod tests {
             cd = a.config_digest,
             cs = a.config.len(),
             dl = media::DOCKER_LAYER_GZIP,
-            ot = media::OCI_LAYER_TAR,
+            ot = media::DOCKER_LAYER_TAR,
             l1 = d(1),
             l2 = d(2),
             l24 = d(24),

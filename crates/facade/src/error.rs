@@ -50,7 +50,8 @@ impl ApiError {
     pub fn range_unsatisfiable(size: u64) -> Self {
         let mut e = Self::new(
             StatusCode::RANGE_NOT_SATISFIABLE,
-            "BLOB_UNKNOWN",
+            // distribution's code for an unsatisfiable range; the blob itself is known
+            "RANGE_INVALID",
             "requested range not satisfiable",
         );
         if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -53,13 +54,15 @@ pub fn router(state: Arc<FacadeState>, prefix: &str) -> Router {
         api
     };
     let prefix = prefix.trim_matches('/');
-    if prefix.is_empty() {
+    let router = if prefix.is_empty() {
         api
     } else {
         Router::new()
             .nest(&format!("/{prefix}"), api)
             .fallback(|| async { ApiError::not_found_route() })
-    }
+    };
+    // Access log at debug level: method, path, status and latency of every request.
+    router.layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
 async fn basic_auth_present(req: Request, next: Next) -> Response {
@@ -94,8 +97,11 @@ async fn dispatch(
     State(state): State<Arc<FacadeState>>,
     method: Method,
     headers: HeaderMap,
-    Path(rest): Path<String>,
+    rest: Result<Path<String>, PathRejection>,
 ) -> Response {
+    // A path that does not percent-decode to UTF-8 names nothing (axum's own rejection would
+    // be a text/plain 400, not an OCI error).
+    let rest = rest.map(|Path(rest)| rest).unwrap_or_default();
     let result = match Route::parse(&rest) {
         Some(Route::Manifest { name, reference }) => {
             manifest(&state, &method, &headers, &name, &reference).await

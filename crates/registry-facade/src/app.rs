@@ -92,6 +92,9 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
             .clone()
             .filter(|p| !p.as_os_str().is_empty()),
         plain_http: r.plain_http_registries.clone(),
+        connect_timeout: r.upstream.connect_timeout,
+        read_timeout: r.upstream.read_timeout,
+        max_attempts: r.upstream.max_attempts,
         ..UpstreamConfig::default()
     })
     .context("upstream client")?;

@@ -69,6 +69,9 @@ pub struct RegistryConfig {
     pub cache_ttl: Duration,
     #[serde(default)]
     pub spec_cache: SpecCacheConfig,
+    /// Upstream registry client: timeouts and attempts for transient errors.
+    #[serde(default)]
+    pub upstream: UpstreamClientConfig,
     /// Connect and request timeout for remote spec providers.
     #[serde(default = "default_spec_timeout", deserialize_with = "duration")]
     pub spec_provider_timeout: Duration,
@@ -90,6 +93,39 @@ impl Default for SpecCacheConfig {
             ttl: default_spec_ttl(),
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamClientConfig {
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes of a response before the attempt counts as failed.
+    #[serde(default = "default_read_timeout", deserialize_with = "duration")]
+    pub read_timeout: Duration,
+    /// Attempts (including the first) for transient errors: connect failures, resets, 5xx, 429.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+impl Default for UpstreamClientConfig {
+    fn default() -> Self {
+        UpstreamClientConfig {
+            connect_timeout: default_connect_timeout(),
+            read_timeout: default_read_timeout(),
+            max_attempts: default_max_attempts(),
+        }
+    }
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_attempts() -> u32 {
+    4
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -237,6 +273,9 @@ impl Config {
         r.default_platform
             .parse::<rf_oci::Platform>()
             .map_err(|e| anyhow::anyhow!("key \"registry.defaultPlatform\": {e}"))?;
+        if r.upstream.max_attempts == 0 {
+            anyhow::bail!("key \"registry.upstream.maxAttempts\": must be at least 1");
+        }
         if let Some(tls) = &r.tls {
             if tls.crt.is_none() || tls.key.is_none() {
                 anyhow::bail!("key \"registry.tls\": both \"crt\" and \"key\" are required");

@@ -1,5 +1,6 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -10,7 +11,15 @@ use tracing::info;
 /// A container registry facade: serves workspace images composed at pull time from a base
 /// image, IDE and supervisor images, static layers and workspace content layers.
 #[derive(Parser)]
-#[command(name = "registry-facade", version, propagate_version = true)]
+#[command(
+    name = "registry-facade",
+    version,
+    propagate_version = true,
+    after_help = "The config file is Gitpod's registry-facade config.json (README.md, \"Configuration reference\").\n\
+                  Examples:\n  \
+                  registry-facade check-config config.json\n  \
+                  registry-facade run examples/quickstart/config.json"
+)]
 struct Cli {
     /// Log format; `auto` is text on a terminal and JSON otherwise.
     #[arg(long, value_enum, default_value_t = LogFormat::Auto, global = true)]
@@ -29,11 +38,21 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the registry described by a Gitpod-style config.json (log level: RUST_LOG).
+    ///
+    /// Listens on registry.listenAddress:registry.port (port 0 = any free port) and prints
+    /// `registry-facade listening on <url>` as the first line on stdout; logs go to stderr.
+    /// Pull `<host>/<provider>/<id>:latest`, where provider is `fixed` (registry.fixedSpecFN)
+    /// or `remote` (registry.remoteSpecProvider). A config with an unknown key or a wrong type
+    /// stops startup with the key's path. SIGTERM or Ctrl-C stops the server.
     Run {
         /// Path to the JSON configuration file.
         config: PathBuf,
     },
     /// Validate a config.json and exit (non-zero, naming the key, when it is wrong).
+    ///
+    /// Checks the structure and values of the config file (unknown keys, wrong types,
+    /// durations, platforms, image references) without starting anything; exits 0 and prints
+    /// `<file>: ok` when it is valid.
     CheckConfig {
         /// Path to the JSON configuration file.
         config: PathBuf,
@@ -70,9 +89,21 @@ async fn shutdown_signal() {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the whole cause chain (e.g. the config key), and no stack
+            // backtrace even when RUST_BACKTRACE is set: these are operator errors, not bugs.
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig { config } => {
             Config::load(&config)?;

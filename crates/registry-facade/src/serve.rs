@@ -135,5 +135,6 @@ pub async fn spawn_readiness(addr: &str) -> anyhow::Result<SocketAddr> {
             warn!(error = %e, "readiness server stopped");
         }
     });
+    info!(addr = %local, "readiness probe on /ready and /live");
     Ok(local)
 }

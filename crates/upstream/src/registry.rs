@@ -30,6 +30,22 @@ use crate::{
 };
 
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+
+/// The `Docker-Content-Digest` header, if the registry sent one.
+fn content_digest(
+    resp: &reqwest::Response,
+    registry: &str,
+) -> Result<Option<Digest>, UpstreamError> {
+    header_str(resp, DOCKER_CONTENT_DIGEST)
+        .map(|h| {
+            h.trim().parse::<Digest>().map_err(|e| {
+                UpstreamError::InvalidResponse(format!(
+                    "{registry}: bad Docker-Content-Digest: {e}"
+                ))
+            })
+        })
+        .transpose()
+}
 /// Largest token-server answer read.
 const MAX_TOKEN_RESPONSE: u64 = 1 << 20;
 /// Error bodies are read up to this much (to keep the connection reusable and to quote them).
@@ -699,18 +715,9 @@ impl Client {
         self.with_retries(&t, || async {
             let resp = self.request(&t, Method::GET, &url, &headers, &what).await?;
             let ct = content_type(&resp);
-            let header_digest = header_str(&resp, DOCKER_CONTENT_DIGEST).map(str::to_string);
+            let header_digest = content_digest(&resp, t.registry)?;
             let bytes = read_body(t.registry, resp, MAX_MANIFEST_SIZE).await?;
-            let expected = match (&reference.digest, header_digest) {
-                (Some(d), _) => Some(d.clone()),
-                (None, Some(h)) => Some(h.trim().parse::<Digest>().map_err(|e| {
-                    UpstreamError::InvalidResponse(format!(
-                        "{}: bad Docker-Content-Digest: {e}",
-                        t.registry
-                    ))
-                })?),
-                (None, None) => None,
-            };
+            let expected = reference.digest.clone().or(header_digest);
             let digest = match expected {
                 Some(d) => {
                     let mut h = d.hasher();
@@ -753,15 +760,8 @@ impl Client {
                 let resp = self
                     .request(&t, Method::HEAD, &url, &headers, &what)
                     .await?;
-                let digest = match header_str(&resp, DOCKER_CONTENT_DIGEST) {
-                    Some(h) => Some(h.trim().parse::<Digest>().map_err(|e| {
-                        UpstreamError::InvalidResponse(format!(
-                            "{}: bad Docker-Content-Digest: {e}",
-                            t.registry
-                        ))
-                    })?),
-                    None => reference.digest.clone(),
-                };
+                let digest =
+                    content_digest(&resp, t.registry)?.or_else(|| reference.digest.clone());
                 if let (Some(want), Some(got)) = (&reference.digest, &digest) {
                     if want != got {
                         return Err(UpstreamError::DigestMismatch {

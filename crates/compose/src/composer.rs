@@ -1,7 +1,23 @@
-//! The effectful side of composition: asks spec providers for specs, fetches images through the
-//! upstream client and the local store, runs the pure [`compose()`](crate::compose()) per
-//! platform, and remembers what it served so manifests stay addressable by digest and blob
-//! requests are answered from a blob table instead of re-resolving images.
+//! The effectful side of composition: asks spec providers for specs, resolves images through
+//! the image cache (upstream client and local store behind it), runs the pure
+//! [`compose()`](crate::compose()) per platform, and remembers what it served so manifests stay
+//! addressable by digest and blob requests are answered from a blob table instead of
+//! re-resolving images.
+//!
+//! Caching, from the bottom up:
+//!
+//! * manifests and configs are kept in the local store (when configured), by digest;
+//! * resolved images are kept in the image cache (`composer/images.rs`) for the freshness window
+//!   (`cache_ttl`), then revalidated with a HEAD; digest-pinned references never are; when
+//!   upstream is unavailable the cached image is served stale;
+//! * compositions are pure, so they are cached by the spec and the digests of every input
+//!   image: a revalidation that finds the same digests reuses the same composed bytes, a
+//!   moved tag gives a new composition;
+//! * every composed manifest and blob is remembered by digest (`served`, `blobs`), so a
+//!   composition stays pullable by digest after a newer one replaced it.
+
+mod fetch;
+mod images;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -12,11 +28,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::try_join_all;
 use rf_api::registryfacade::ImageSpec;
-use rf_oci::{media, Accept, Descriptor, Digest, ImageRef, Index, ParsedManifest, Platform};
+use rf_oci::{media, Accept, Descriptor, Digest, ImageRef, Index, Platform};
 use rf_store::BlobStore;
 use rf_upstream::{Upstream, UpstreamError};
 use thiserror::Error;
-use tracing::{debug, warn};
+use tracing::debug;
+
+use fetch::UpstreamSource;
+pub use images::ImageCacheStats;
+use images::{ImageCache, Resolved};
 
 use crate::{
     compose, compose_index, spec_key, Addition, BlobEntry, ComposeError, ComposedImage,
@@ -52,6 +72,14 @@ pub enum ComposerError {
 }
 
 impl ComposerError {
+    /// Whether trying again later may succeed (upstream unavailable or rate limiting).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ComposerError::Upstream { source, .. } => source.is_transient(),
+            _ => false,
+        }
+    }
+
     fn upstream(image: &ImageRef, source: UpstreamError) -> Self {
         ComposerError::Upstream {
             image: image.to_string(),
@@ -80,8 +108,15 @@ pub struct ComposerSettings {
     pub static_layers: Vec<StaticLayer>,
     /// The platform served to clients that do not accept an index.
     pub default_platform: Platform,
-    /// How long a composition (and a tag resolution) is reused.
+    /// Freshness window: how long a resolved image (tag → digest, manifest, config) is used
+    /// without asking upstream. After it, a HEAD revalidates the tag.
     pub cache_ttl: Duration,
+    /// Longest wait for a revalidation's HEAD before the cached image is served stale.
+    pub revalidate_timeout: Duration,
+    /// How many resolved images are cached.
+    pub image_cache_entries: u64,
+    /// How many compositions are cached.
+    pub composition_cache_entries: u64,
     /// How many manifests/blob entries are remembered for by-digest requests.
     pub served_capacity: u64,
     /// Largest image config accepted from upstream.
@@ -94,6 +129,9 @@ impl Default for ComposerSettings {
             static_layers: Vec::new(),
             default_platform: Platform::linux_amd64(),
             cache_ttl: Duration::from_secs(60),
+            revalidate_timeout: Duration::from_secs(10),
+            image_cache_entries: 1024,
+            composition_cache_entries: 4096,
             served_capacity: 100_000,
             max_config_size: 16 << 20,
         }
@@ -181,7 +219,8 @@ pub struct Composer {
     settings: ComposerSettings,
     /// Static layers in config order, files already hashed.
     statics: Vec<StaticAddition>,
-    images: moka::future::Cache<String, Arc<ResolvedImage>>,
+    images: Arc<ImageCache<ResolvedImage>>,
+    /// Compositions by [`Inputs::key`].
     sets: moka::future::Cache<Digest, Arc<ComposedSet>>,
     served: moka::sync::Cache<(String, Digest), ServedManifest>,
     blobs: moka::sync::Cache<(String, Digest), BlobEntry>,
@@ -217,19 +256,24 @@ impl Composer {
                 }
             });
         }
-        let ttl = settings.cache_ttl;
+        let source = UpstreamSource {
+            upstream: upstream.clone(),
+            store: store.clone(),
+            max_config_size: settings.max_config_size,
+        };
         Ok(Composer {
             providers,
             upstream,
             store,
             statics,
-            images: moka::future::Cache::builder()
-                .max_capacity(1024)
-                .time_to_live(ttl)
-                .build(),
+            images: Arc::new(ImageCache::new(
+                Arc::new(source),
+                settings.image_cache_entries,
+                settings.cache_ttl,
+                settings.revalidate_timeout,
+            )),
             sets: moka::future::Cache::builder()
-                .max_capacity(4096)
-                .time_to_live(ttl)
+                .max_capacity(settings.composition_cache_entries)
                 .build(),
             served: moka::sync::Cache::builder()
                 .max_capacity(settings.served_capacity)
@@ -247,6 +291,11 @@ impl Composer {
 
     pub fn store(&self) -> Option<&BlobStore> {
         self.store.as_ref()
+    }
+
+    /// Counters of the image cache (hits, revalidations, stale answers).
+    pub fn image_cache_stats(&self) -> ImageCacheStats {
+        self.images.stats()
     }
 
     async fn spec(&self, provider: &str, id: &str) -> Result<ImageSpec, ComposerError> {
@@ -345,10 +394,12 @@ impl Composer {
         name: &str,
     ) -> Result<Arc<ComposedSet>, ComposerError> {
         let spec = self.spec(provider, id).await?;
-        let key = spec_key(&spec);
+        let inputs = self.resolve_inputs(&spec).await?;
         let set = self
             .sets
-            .try_get_with(key, async { self.compose_set(&spec).await.map(Arc::new) })
+            .try_get_with(inputs.key(&spec), async {
+                self.compose_set(&spec, &inputs).map(Arc::new)
+            })
             .await
             .map_err(unwrap_shared)?;
         self.remember(name, &set);
@@ -382,7 +433,9 @@ impl Composer {
         }
     }
 
-    async fn compose_set(&self, spec: &ImageSpec) -> Result<ComposedSet, ComposerError> {
+    /// Resolves the base image and every added image of `spec` (static images first, then
+    /// `ide_ref`, `supervisor_ref`, `ide_layer_ref...`).
+    async fn resolve_inputs(&self, spec: &ImageSpec) -> Result<Inputs, ComposerError> {
         if spec.base_ref.is_empty() {
             return Err(ComposerError::Spec(SpecError::Invalid(
                 "spec has no base_ref".into(),
@@ -395,22 +448,36 @@ impl Composer {
                 image_refs.push(r.clone());
             }
         }
-        let spec_refs: Vec<&String> = [&spec.ide_ref, &spec.supervisor_ref]
+        let spec_refs: Vec<String> = [&spec.ide_ref, &spec.supervisor_ref]
             .into_iter()
             .chain(spec.ide_layer_ref.iter())
             .filter(|r| !r.is_empty())
+            .cloned()
             .collect();
         for r in &spec_refs {
             image_refs.push(parse_ref(r)?);
         }
         let (base, added) = futures::try_join!(
-            self.resolve(&base_ref),
-            try_join_all(image_refs.iter().map(|r| self.resolve(r)))
+            self.images.resolve(&base_ref),
+            try_join_all(image_refs.iter().map(|r| self.images.resolve(r)))
         )?;
-        let added: HashMap<String, Arc<ResolvedImage>> = image_refs
+        Ok(Inputs {
+            base,
+            added: image_refs
+                .iter()
+                .map(|r| r.to_string())
+                .zip(added)
+                .collect(),
+            spec_refs,
+        })
+    }
+
+    fn compose_set(&self, spec: &ImageSpec, inputs: &Inputs) -> Result<ComposedSet, ComposerError> {
+        let spec_refs = &inputs.spec_refs;
+        let added: HashMap<&str, &Arc<ResolvedImage>> = inputs
+            .added
             .iter()
-            .map(|r| r.to_string())
-            .zip(added)
+            .map(|(k, r)| (k.as_str(), &r.value))
             .collect();
         let content: Vec<Addition> = spec
             .content_layer
@@ -435,7 +502,7 @@ impl Composer {
                 match item {
                     Err(file) => out.push(file),
                     Ok(key) => {
-                        let resolved = &added[&key];
+                        let resolved = added[key.as_str()];
                         let Some(parts) = resolved.for_platform(platform, strict) else {
                             return Ok(None);
                         };
@@ -447,7 +514,7 @@ impl Composer {
             Ok(Some(out))
         };
 
-        match &*base {
+        match &*inputs.base.value {
             ResolvedImage::Single(parts) => {
                 let platform = parts
                     .platform()
@@ -500,149 +567,31 @@ impl Composer {
         }
     }
 
-    /// Fetches an image (cached for `cache_ttl`): its manifest, and for an index every
-    /// platform manifest, each with its config.
+    /// An image: its manifest, and for an index every platform manifest, each with its config.
+    /// Cached for the freshness window (`cache_ttl`), then revalidated with a HEAD.
     pub async fn resolve(&self, image: &ImageRef) -> Result<Arc<ResolvedImage>, ComposerError> {
-        self.images
-            .try_get_with(image.to_string(), async {
-                self.fetch_image(image).await.map(Arc::new)
-            })
-            .await
-            .map_err(unwrap_shared)
+        Ok(self.images.resolve(image).await?.value)
     }
+}
 
-    async fn fetch_image(&self, image: &ImageRef) -> Result<ResolvedImage, ComposerError> {
-        let (bytes, media_type, digest) = self.fetch_manifest(image).await?;
-        let pinned = image.with_digest(digest.clone());
-        match ParsedManifest::parse(&bytes, Some(&media_type))
-            .map_err(|e| ComposerError::invalid(image, e))?
-        {
-            ParsedManifest::Image(manifest, media_type) => {
-                let config = self.fetch_config(&pinned, &manifest.config).await?;
-                Ok(ResolvedImage::Single(ImageParts {
-                    image: pinned,
-                    manifest,
-                    media_type,
-                    digest,
-                    config,
-                }))
-            }
-            ParsedManifest::Index(index, media_type) => {
-                let wanted: Vec<&Descriptor> = index
-                    .manifests
-                    .iter()
-                    .filter(|d| media::is_image_manifest(&d.media_type))
-                    .filter(|d| d.platform.as_ref().is_some_and(|p| p.os != "unknown"))
-                    .collect();
-                let children = try_join_all(wanted.into_iter().map(|d| async {
-                    let child_ref = image.with_digest(d.digest.clone());
-                    let (bytes, mt, digest) = self.fetch_manifest(&child_ref).await?;
-                    match ParsedManifest::parse(&bytes, Some(&mt))
-                        .map_err(|e| ComposerError::invalid(&child_ref, e))?
-                    {
-                        ParsedManifest::Image(manifest, media_type) => {
-                            let config = self.fetch_config(&child_ref, &manifest.config).await?;
-                            Ok::<_, ComposerError>((
-                                d.clone(),
-                                ImageParts {
-                                    image: child_ref,
-                                    manifest,
-                                    media_type,
-                                    digest,
-                                    config,
-                                },
-                            ))
-                        }
-                        ParsedManifest::Index(..) => Err(ComposerError::invalid(
-                            &child_ref,
-                            "nested image indexes are not supported",
-                        )),
-                    }
-                }))
-                .await?;
-                if children.is_empty() {
-                    return Err(ComposerError::invalid(
-                        image,
-                        "the image index has no platform manifests",
-                    ));
-                }
-                Ok(ResolvedImage::Multi {
-                    index,
-                    media_type,
-                    children,
-                })
-            }
-        }
-    }
+/// The resolved images a composition is made of.
+struct Inputs {
+    base: Resolved<ResolvedImage>,
+    /// Static images, then the spec's images, by reference (`ImageRef` display form).
+    added: Vec<(String, Resolved<ResolvedImage>)>,
+    /// The spec's non-empty image references, in addition order.
+    spec_refs: Vec<String>,
+}
 
-    /// Manifest bytes: from the store when pinned by digest, else from upstream (and then stored).
-    async fn fetch_manifest(
-        &self,
-        image: &ImageRef,
-    ) -> Result<(Bytes, String, Digest), ComposerError> {
-        if let (Some(store), Some(digest)) = (&self.store, image.digest()) {
-            if let Ok(Some(bytes)) = store.get_bytes(digest).await {
-                if let Ok(Some(mt)) = store.get_media_type(digest).await {
-                    return Ok((bytes, mt, digest.clone()));
-                }
-            }
+impl Inputs {
+    /// What a composition depends on: the spec and the digest of every input image. Static
+    /// file layers and the default platform are fixed for the composer's lifetime.
+    fn key(&self, spec: &ImageSpec) -> Digest {
+        let mut key = format!("{}\nbase {}\n", spec_key(spec), self.base.digest);
+        for (r, resolved) in &self.added {
+            key.push_str(&format!("{r} {}\n", resolved.digest));
         }
-        let fetched = self
-            .upstream
-            .fetch_manifest(image)
-            .await
-            .map_err(|e| ComposerError::upstream(image, e))?;
-        if let Some(store) = &self.store {
-            let stored = async {
-                store.put_bytes(&fetched.digest, &fetched.bytes).await?;
-                store
-                    .put_media_type(&fetched.digest, &fetched.media_type)
-                    .await
-            };
-            if let Err(e) = stored.await {
-                warn!(error = %e, "cannot cache manifest");
-            }
-        }
-        Ok((fetched.bytes, fetched.media_type, fetched.digest))
-    }
-
-    async fn fetch_config(
-        &self,
-        image: &ImageRef,
-        desc: &Descriptor,
-    ) -> Result<serde_json::Value, ComposerError> {
-        if !media::is_config(&desc.media_type) {
-            return Err(ComposerError::invalid(
-                image,
-                format!("unsupported config media type {:?}", desc.media_type),
-            ));
-        }
-        let cached = match &self.store {
-            Some(store) => store.get_bytes(&desc.digest).await.ok().flatten(),
-            None => None,
-        };
-        let bytes = match cached {
-            Some(b) => b,
-            None => {
-                let b = self
-                    .upstream
-                    .fetch_blob_bytes(image, &desc.digest, self.settings.max_config_size)
-                    .await
-                    .map_err(|e| ComposerError::upstream(image, e))?;
-                if let Some(store) = &self.store {
-                    if let Err(e) = store.put_bytes(&desc.digest, &b).await {
-                        warn!(error = %e, "cannot cache config");
-                    }
-                }
-                b
-            }
-        };
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ComposerError::invalid(image, format!("config is not JSON: {e}")))?;
-        if !value.is_object() {
-            return Err(ComposerError::invalid(image, "config is not a JSON object"));
-        }
-        Ok(value)
+        Digest::sha256_of(key.as_bytes())
     }
 }
 

@@ -1,21 +1,30 @@
 //! Opens the bytes of a blob from wherever the blob table says they live: the generated
-//! config, a content layer, a static file, the local store, or the upstream registry (teeing
-//! into the store, which only commits bytes that match the digest).
+//! config, a content layer, a static file, or, for image layers, the local store.
+//!
+//! With a store, image layers go through [`BlobStore::fetch`]: served from the store when
+//! there (size checked, content verified), else from the one download of that digest in
+//! flight (single flight: concurrent requests share it; it resumes with `Range` requests
+//! after the upstream connection breaks; it is verified before it is committed). Without a
+//! store every request streams from upstream on its own (no single flight, no resume).
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use axum::http::StatusCode;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream};
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use rf_compose::{BlobEntry, BlobSource, LayerSource};
 use rf_oci::{Digest, ImageRef};
-use rf_store::{BlobStore, BlobWriter};
+use rf_store::{BlobStore, ByteSource, ReadOrigin, SourceError, SourceStream, StoreError};
 use rf_upstream::{Upstream, UpstreamError};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 
 pub type ByteStream = BoxStream<'static, Result<Bytes, io::Error>>;
 
@@ -51,6 +60,7 @@ pub enum BlobBody {
 pub struct BlobServer {
     upstream: Upstream,
     store: Option<BlobStore>,
+    metrics: Metrics,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -58,8 +68,13 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 }
 
 impl BlobServer {
-    pub fn new(upstream: Upstream, store: Option<BlobStore>) -> Self {
-        BlobServer { upstream, store }
+    /// `metrics` counts upstream downloads and bytes (share it with the [`crate::FacadeState`]).
+    pub fn new(upstream: Upstream, store: Option<BlobStore>, metrics: Metrics) -> Self {
+        BlobServer {
+            upstream,
+            store,
+            metrics,
+        }
     }
 
     /// Opens `first..=last` of the blob (the whole blob when that is its full extent). The
@@ -87,7 +102,8 @@ impl BlobServer {
                 file_stream(path.clone(), digest.clone(), first, whole).await?,
             ),
             BlobSource::Layer(LayerSource::Image(image)) => {
-                self.image_layer(image, digest, first, len, whole).await?
+                self.image_layer(image, digest, entry.size, first, len)
+                    .await?
             }
         };
         Ok(BlobBody::Stream {
@@ -100,56 +116,128 @@ impl BlobServer {
         &self,
         image: &ImageRef,
         digest: &Digest,
+        size: u64,
         first: u64,
         len: u64,
-        whole: bool,
     ) -> Result<(Origin, ByteStream), ApiError> {
+        let source = UpstreamSource {
+            upstream: self.upstream.clone(),
+            image: image.clone(),
+            digest: digest.clone(),
+            size,
+            metrics: self.metrics.clone(),
+        };
         if let Some(store) = &self.store {
-            match store.open_stream(digest, first).await {
-                Ok(Some(blob)) => {
-                    debug!(%digest, "serving blob from the store");
-                    return Ok((
-                        Origin::Store,
-                        take(blob.stream.map_err(io_err).boxed(), len),
-                    ));
+            match store
+                .fetch(digest, size, first, Arc::new(source.clone()))
+                .await
+            {
+                Ok(reader) => {
+                    let origin = match reader.origin {
+                        ReadOrigin::Stored => Origin::Store,
+                        ReadOrigin::Joined | ReadOrigin::Started => Origin::Upstream,
+                    };
+                    return Ok((origin, take(reader.stream.map_err(io_err).boxed(), len)));
                 }
-                Ok(None) => {}
-                Err(e) => warn!(%digest, error = %e, "store read failed; fetching from upstream"),
+                Err(StoreError::Fetch { error, .. }) => {
+                    return Err(match error.cause::<UpstreamError>() {
+                        Some(e) => ApiError::from_upstream_blob(e, &image.to_string()),
+                        None => ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            "UPSTREAM_ERROR",
+                            format!("{image}: {digest}: {error}"),
+                        ),
+                    })
+                }
+                // The store itself failed (disk full, permissions): serve without it.
+                Err(e) => {
+                    warn!(%digest, error = %e, "store unusable; streaming from upstream uncached")
+                }
             }
         }
         let map = |e: UpstreamError| ApiError::from_upstream_blob(&e, &image.to_string());
-        if whole {
-            let blob = self
-                .upstream
-                .open_blob(image, digest, 0)
-                .await
-                .map_err(map)?;
-            let writer = match &self.store {
-                Some(store) => store
-                    .writer(digest, Some(len))
-                    .await
-                    .map_err(|e| warn!(error = %e, "cannot cache blob"))
-                    .ok(),
-                None => None,
-            };
-            return Ok((
-                Origin::Upstream,
-                tee(blob.stream.map_err(io_err).boxed(), writer),
-            ));
-        }
-        let stream = match self.upstream.open_blob(image, digest, first).await {
-            Ok(blob) => blob.stream.map_err(io_err).boxed(),
+        let stream = match source.open_upstream(first).await {
+            Ok(stream) => stream,
             Err(UpstreamError::RangeNotSupported) => {
-                let blob = self
-                    .upstream
-                    .open_blob(image, digest, 0)
-                    .await
-                    .map_err(map)?;
-                skip(blob.stream.map_err(io_err).boxed(), first)
+                skip(source.open_upstream(0).await.map_err(map)?, first)
             }
             Err(e) => return Err(map(e)),
         };
         Ok((Origin::Upstream, take(stream, len)))
+    }
+}
+
+/// An image layer's bytes from its upstream registry (or OCI layout), counted in the metrics.
+/// The store's download source.
+#[derive(Clone)]
+struct UpstreamSource {
+    upstream: Upstream,
+    image: ImageRef,
+    digest: Digest,
+    /// The descriptor's size.
+    size: u64,
+    metrics: Metrics,
+}
+
+impl UpstreamSource {
+    async fn open_upstream(&self, offset: u64) -> Result<ByteStream, UpstreamError> {
+        Ok(self.open_counted(offset).await?.map_err(io_err).boxed())
+    }
+
+    async fn open_counted(
+        &self,
+        offset: u64,
+    ) -> Result<BoxStream<'static, Result<Bytes, UpstreamError>>, UpstreamError> {
+        if offset == 0 {
+            self.metrics.upstream_blob_downloads.inc();
+        } else {
+            self.metrics.upstream_blob_resumes.inc();
+        }
+        let blob = self
+            .upstream
+            .open_blob(&self.image, &self.digest, offset)
+            .await?;
+        let bytes = self.metrics.upstream_blob_bytes.clone();
+        Ok(blob
+            .stream
+            .inspect_ok(move |chunk| {
+                bytes.inc_by(chunk.len() as u64);
+            })
+            .boxed())
+    }
+}
+
+fn source_error(e: UpstreamError) -> SourceError {
+    let transient = e.is_transient();
+    SourceError::from_cause(e, transient)
+}
+
+impl ByteSource for UpstreamSource {
+    fn open(&self, offset: u64) -> BoxFuture<'static, Result<SourceStream, SourceError>> {
+        let this = self.clone();
+        async move {
+            let stream = this.open_counted(offset).await.map_err(source_error)?;
+            // The upstream client reports a body that ends early without a transport error
+            // (no Content-Length) as a digest or length mismatch: for the store that is a
+            // truncation, worth resuming from where it ended.
+            let size = this.size;
+            let mut at = offset;
+            Ok(stream
+                .map(move |item| match item {
+                    Ok(chunk) => {
+                        at += chunk.len() as u64;
+                        Ok(chunk)
+                    }
+                    Err(e @ UpstreamError::DigestMismatch { .. }) if at < size => {
+                        Err(SourceError::transient(format!(
+                            "the body ended early, at byte {at} of {size} ({e})"
+                        )))
+                    }
+                    Err(e) => Err(source_error(e)),
+                })
+                .boxed())
+        }
+        .boxed()
     }
 }
 
@@ -206,36 +294,6 @@ async fn file_stream(
         }
     });
     Ok(s.boxed())
-}
-
-/// Passes chunks through while writing them to the store; the store commits only if the
-/// whole blob arrived and matches its digest. A client that goes away drops the writer, which
-/// removes the partial file.
-fn tee(inner: ByteStream, writer: Option<BlobWriter>) -> ByteStream {
-    stream::unfold(Some((inner, writer)), |state| async move {
-        let (mut inner, mut writer) = state?;
-        match inner.next().await {
-            Some(Ok(chunk)) => {
-                if let Some(w) = writer.as_mut() {
-                    if let Err(e) = w.write(&chunk).await {
-                        warn!(error = %e, "cache write failed; serving without caching");
-                        writer = None;
-                    }
-                }
-                Some((Ok(chunk), Some((inner, writer))))
-            }
-            Some(Err(e)) => Some((Err(e), None)),
-            None => {
-                if let Some(w) = writer {
-                    if let Err(e) = w.commit().await {
-                        return Some((Err(io_err(format!("blob verification failed: {e}"))), None));
-                    }
-                }
-                None
-            }
-        }
-    })
-    .boxed()
 }
 
 /// The first `n` bytes of a stream.

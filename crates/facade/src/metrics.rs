@@ -17,6 +17,13 @@ pub struct Metrics {
     pub blob_req: Counter,
     pub blob_req_dl: Family<Labels, Counter>,
     pub blob_req_bytes: Family<Labels, Counter>,
+    /// Blob downloads started from upstream (from byte 0; resumes are counted apart).
+    pub upstream_blob_downloads: Counter,
+    /// Downloads continued from an offset after the upstream connection broke (and ranged
+    /// reads without a store).
+    pub upstream_blob_resumes: Counter,
+    /// Blob bytes received from upstream.
+    pub upstream_blob_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -49,8 +56,29 @@ impl Metrics {
             "bytes served by blob source",
             blob_req_bytes.clone(),
         );
+        let upstream_blob_downloads = Counter::default();
+        registry.register(
+            "upstream_blob_downloads",
+            "blob downloads started from upstream registries",
+            upstream_blob_downloads.clone(),
+        );
+        let upstream_blob_resumes = Counter::default();
+        registry.register(
+            "upstream_blob_resumes",
+            "blob downloads from upstream continued at an offset",
+            upstream_blob_resumes.clone(),
+        );
+        let upstream_blob_bytes = Counter::default();
+        registry.register(
+            "upstream_blob_bytes",
+            "blob bytes received from upstream registries",
+            upstream_blob_bytes.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            upstream_blob_downloads,
+            upstream_blob_resumes,
+            upstream_blob_bytes,
             manifest_req_seconds,
             blob_req,
             blob_req_dl,

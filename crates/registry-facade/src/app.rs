@@ -12,7 +12,7 @@ use rf_compose::{
     CachingSpecProvider, FixedSpecProvider, RemoteAddr, RemoteSpecProvider, SpecProvider, TlsFiles,
 };
 use rf_facade::{BlobServer, FacadeState, Metrics};
-use rf_store::BlobStore;
+use rf_store::{BlobStore, FetchSettings, StoreSettings};
 use rf_upstream::{Upstream, UpstreamConfig};
 use tracing::warn;
 
@@ -78,11 +78,10 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
                 .context("registry.remoteSpecProvider")?;
         providers.insert(
             PROVIDER_REMOTE.into(),
-            Arc::new(CachingSpecProvider::new(
-                remote,
-                r.spec_cache.max_entries,
-                r.spec_cache.ttl,
-            )),
+            Arc::new(
+                CachingSpecProvider::new(remote, r.spec_cache.max_entries, r.spec_cache.ttl)
+                    .serve_stale_for(r.spec_cache.stale_if_unavailable),
+            ),
         );
     }
 
@@ -99,9 +98,20 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
     })
     .context("upstream client")?;
 
+    let store_settings = StoreSettings {
+        max_bytes: r.store_max_bytes,
+        fetch: FetchSettings {
+            max_attempts: r.resume.max_attempts,
+            initial_backoff: r.resume.initial_backoff,
+            max_backoff: r.resume.max_backoff,
+            // The upstream client fails a stalled body after its read timeout; this is the
+            // store's own guard for sources without one.
+            stall_timeout: Some(r.upstream.read_timeout),
+        },
+    };
     let store = match r.store.as_ref().filter(|p| !p.as_os_str().is_empty()) {
         Some(dir) => Some(
-            BlobStore::open(dir.clone())
+            BlobStore::open_with(dir.clone(), store_settings)
                 .with_context(|| format!("registry.store {}", dir.display()))?,
         ),
         None => None,
@@ -124,10 +134,11 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
     let composer = Composer::new(providers, upstream.clone(), store.clone(), settings)
         .await
         .context("registry.staticLayer")?;
+    let metrics = Metrics::new();
     let state = Arc::new(FacadeState {
         composer: Arc::new(composer),
-        blobs: BlobServer::new(upstream, store),
-        metrics: Metrics::new(),
+        blobs: BlobServer::new(upstream, store, metrics.clone()),
+        metrics,
         require_auth: r.require_auth,
     });
     let router = rf_facade::router(state.clone(), &r.prefix);

@@ -60,7 +60,8 @@ pub struct RegistryConfig {
     /// Platform served to clients that do not accept an image index.
     #[serde(default = "default_platform")]
     pub default_platform: String,
-    /// How long a composition and a tag resolution are reused.
+    /// Freshness window: how long resolved images (tag → digest, manifest, config) and so
+    /// compositions are used without asking upstream; after it a HEAD revalidates each tag.
     #[serde(
         default = "default_cache_ttl",
         deserialize_with = "duration",
@@ -75,6 +76,45 @@ pub struct RegistryConfig {
     /// Connect and request timeout for remote spec providers.
     #[serde(default = "default_spec_timeout", deserialize_with = "duration")]
     pub spec_provider_timeout: Duration,
+    /// Size limit of `store` in bytes (least recently used blobs are evicted); 0 = none.
+    #[serde(default)]
+    pub store_max_bytes: u64,
+    /// How blob downloads into the store resume after the upstream connection breaks.
+    #[serde(default)]
+    pub resume: ResumeConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResumeConfig {
+    /// Consecutive attempts without progress before a download gives up (first included).
+    #[serde(default = "default_resume_attempts")]
+    pub max_attempts: u32,
+    /// Pause before the first reconnection; doubled per attempt without progress.
+    #[serde(default = "default_resume_backoff", deserialize_with = "duration")]
+    pub initial_backoff: Duration,
+    #[serde(default = "default_resume_max_backoff", deserialize_with = "duration")]
+    pub max_backoff: Duration,
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        ResumeConfig {
+            max_attempts: default_resume_attempts(),
+            initial_backoff: default_resume_backoff(),
+            max_backoff: default_resume_max_backoff(),
+        }
+    }
+}
+
+fn default_resume_attempts() -> u32 {
+    5
+}
+fn default_resume_backoff() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_resume_max_backoff() -> Duration {
+    Duration::from_secs(5)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,6 +124,10 @@ pub struct SpecCacheConfig {
     pub max_entries: u64,
     #[serde(default = "default_spec_ttl", deserialize_with = "duration")]
     pub ttl: Duration,
+    /// While the remote spec provider is unavailable, serve the last spec fetched for an id
+    /// if it is at most this old (`0` disables).
+    #[serde(default = "default_spec_stale", deserialize_with = "duration")]
+    pub stale_if_unavailable: Duration,
 }
 
 impl Default for SpecCacheConfig {
@@ -91,6 +135,7 @@ impl Default for SpecCacheConfig {
         SpecCacheConfig {
             max_entries: default_spec_entries(),
             ttl: default_spec_ttl(),
+            stale_if_unavailable: default_spec_stale(),
         }
     }
 }
@@ -177,6 +222,9 @@ fn default_spec_entries() -> u64 {
 }
 fn default_spec_ttl() -> Duration {
     Duration::from_secs(30)
+}
+fn default_spec_stale() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_spec_timeout() -> Duration {
     Duration::from_secs(5)
@@ -276,6 +324,9 @@ impl Config {
         if r.upstream.max_attempts == 0 {
             anyhow::bail!("key \"registry.upstream.maxAttempts\": must be at least 1");
         }
+        if r.resume.max_attempts == 0 {
+            anyhow::bail!("key \"registry.resume.maxAttempts\": must be at least 1");
+        }
         if let Some(tls) = &r.tls {
             if tls.crt.is_none() || tls.key.is_none() {
                 anyhow::bail!("key \"registry.tls\": both \"crt\" and \"key\" are required");
@@ -315,7 +366,41 @@ mod tests {
         assert_eq!(cfg.registry.port, 31750);
         assert_eq!(cfg.registry.static_layer[1].kind, StaticLayerKind::File);
         assert_eq!(cfg.registry.cache_ttl, Duration::from_secs(60));
+        assert_eq!(
+            cfg.registry.spec_cache.stale_if_unavailable,
+            Duration::from_secs(300)
+        );
         assert_eq!(cfg.registry.default_platform, "linux/amd64");
+        assert_eq!(cfg.registry.store_max_bytes, 0);
+        assert_eq!(cfg.registry.resume.max_attempts, 5);
+    }
+
+    #[test]
+    fn blob_path_keys() {
+        let cfg = Config::from_json(
+            br#"{"registry": {"port": 1, "fixedSpecFN": "a", "storeMaxBytes": 1073741824,
+                 "resume": {"maxAttempts": 3, "initialBackoff": "50ms", "maxBackoff": "1s"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.registry.store_max_bytes, 1 << 30);
+        assert_eq!(cfg.registry.resume.max_attempts, 3);
+        assert_eq!(
+            cfg.registry.resume.initial_backoff,
+            Duration::from_millis(50)
+        );
+        assert_eq!(cfg.registry.resume.max_backoff, Duration::from_secs(1));
+        assert!(err(
+            r#"{"registry": {"port": 1, "fixedSpecFN": "a", "resume": {"maxAttempts": 0}}}"#
+        )
+        .contains("registry.resume.maxAttempts"));
+        assert!(
+            err(r#"{"registry": {"port": 1, "fixedSpecFN": "a", "storeMaxBytes": -1}}"#)
+                .contains("registry.storeMaxBytes")
+        );
+        assert!(
+            err(r#"{"registry": {"port": 1, "fixedSpecFN": "a", "resume": {"tries": 1}}}"#)
+                .contains("tries")
+        );
     }
 
     #[test]

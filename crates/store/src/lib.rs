@@ -11,10 +11,21 @@
 //! Every byte is verified against its digest in a temp file *before* an atomic rename makes
 //! it visible, so a reader never sees partial or unverified content. Reads verify again:
 //! [`BlobStore::get_bytes`] hashes the whole item and [`BlobStore::open_stream`] hashes as it
-//! streams, so on-disk corruption (bit flips, truncation) is detected and the file removed.
+//! streams (and withholds the last chunk until the hash matched), so on-disk corruption (bit
+//! flips, truncation) is detected and the file removed.
+//!
+//! Blobs fetched from elsewhere go through [`BlobStore::fetch`]: one download per digest at a
+//! time (single flight), shared by every reader that asks for it meanwhile, resumed after
+//! transient failures, verified and committed by a task the store owns (see [`flight`]).
+//!
+//! With a size limit ([`StoreSettings::max_bytes`]) the least recently used blobs are evicted
+//! whenever the committed blobs plus the downloads in flight exceed it; a blob with an open
+//! reader is never evicted (the store may then exceed the limit until that reader is done).
 //!
 //! One `BlobStore` should own a root at a time: `open` deletes whatever is in `tmp/`.
 
+pub mod flight;
+mod index;
 mod stream;
 mod writer;
 
@@ -24,15 +35,18 @@ use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use rf_oci::{Algorithm, Digest};
 
+pub use flight::{BlobReader, ByteSource, FetchSettings, ReadOrigin, SourceError, SourceStream};
 pub use stream::StoredBlob;
 pub use writer::BlobWriter;
 
-/// Size of the chunks [`BlobStore::open_stream`] yields.
+use index::Index;
+
+/// Size of the chunks the store's readers yield (at most).
 pub const CHUNK_SIZE: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +61,19 @@ pub enum StoreError {
     Corrupt { digest: Digest },
     #[error("offset {offset} is beyond the end of a {size}-byte blob")]
     OffsetOutOfRange { offset: u64, size: u64 },
+    /// The download behind [`BlobStore::fetch`] failed (the source refused, resuming was not
+    /// possible, the content did not match the digest, or the temp file could not be written).
+    #[error("fetching {digest} failed: {error}")]
+    Fetch { digest: Digest, error: SourceError },
+}
+
+/// How the store behaves beyond plain storage.
+#[derive(Debug, Clone, Default)]
+pub struct StoreSettings {
+    /// Upper bound for the bytes under `blobs/` plus downloads in flight; `0` = unlimited.
+    pub max_bytes: u64,
+    /// Resume and stall settings of [`BlobStore::fetch`] downloads.
+    pub fetch: FetchSettings,
 }
 
 /// Handle to the on-disk store; cheap to clone.
@@ -58,14 +85,25 @@ pub struct BlobStore {
 struct Inner {
     root: PathBuf,
     tmp: PathBuf,
+    settings: StoreSettings,
+    index: Mutex<Index>,
 }
 
 const ALGORITHMS: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Sha512];
 
 impl BlobStore {
-    /// Creates `<root>/blobs/<alg>/`, `<root>/media-types/<alg>/` and `<root>/tmp/`, and
-    /// deletes leftover temp files from a previous crash. Blocking; call it at startup.
+    /// [`Self::open_with`] with default settings (no size limit).
     pub fn open(root: impl Into<PathBuf>) -> Result<BlobStore, StoreError> {
+        Self::open_with(root, StoreSettings::default())
+    }
+
+    /// Creates `<root>/blobs/<alg>/`, `<root>/media-types/<alg>/` and `<root>/tmp/`, deletes
+    /// leftover temp files from a previous crash, and indexes the stored blobs (size, and
+    /// last access initialised from the file's mtime). Blocking; call it at startup.
+    pub fn open_with(
+        root: impl Into<PathBuf>,
+        settings: StoreSettings,
+    ) -> Result<BlobStore, StoreError> {
         let root = root.into();
         for alg in ALGORITHMS {
             fs::create_dir_all(root.join("blobs").join(alg.as_str()))?;
@@ -87,13 +125,35 @@ impl BlobStore {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(BlobStore {
-            inner: Arc::new(Inner { root, tmp }),
-        })
+        let index = Index::scan(&root, &ALGORITHMS)?;
+        let store = BlobStore {
+            inner: Arc::new(Inner {
+                root,
+                tmp,
+                settings,
+                index: Mutex::new(index),
+            }),
+        };
+        store.evict_blocking();
+        Ok(store)
     }
 
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    pub fn settings(&self) -> &StoreSettings {
+        &self.inner.settings
+    }
+
+    /// Total bytes of the committed blobs, as indexed.
+    pub fn total_bytes(&self) -> u64 {
+        self.index().total
+    }
+
+    /// Digests with a download in flight.
+    pub fn downloads_in_flight(&self) -> usize {
+        self.index().flights.len()
     }
 
     pub async fn contains(&self, digest: &Digest) -> bool {
@@ -112,10 +172,12 @@ impl BlobStore {
     }
 
     /// Reads a small item (manifest, config) fully and verifies it. A corrupt file is removed
-    /// and reported as `None` (with a warning). Not for large layers: use [`Self::open_stream`].
+    /// and reported as `None` (with a warning). Not for large layers: use [`Self::fetch`] or
+    /// [`Self::open_stream`].
     pub async fn get_bytes(&self, digest: &Digest) -> Result<Option<Bytes>, StoreError> {
         let path = self.blob_path(digest);
         let digest = digest.clone();
+        let store = self.clone();
         blocking(move || {
             let Some(mut file) = open_if_exists(&path)? else {
                 return Ok(None);
@@ -124,9 +186,10 @@ impl BlobStore {
             let mut data = Vec::with_capacity(meta.len() as usize);
             file.read_to_end(&mut data)?;
             if digest.verify(&data) {
+                store.index().touch(&digest, true);
                 Ok(Some(Bytes::from(data)))
             } else {
-                discard_corrupt(&digest, &path, &meta);
+                store.discard_corrupt(&digest, &meta);
                 Ok(None)
             }
         })
@@ -149,9 +212,14 @@ impl BlobStore {
             return Ok(());
         }
         let tmp = self.temp_path();
-        let dest = self.blob_path(digest);
         let data = data.to_vec();
-        blocking(move || write_atomic(&tmp, &dest, &data)).await
+        let store = self.clone();
+        let digest = digest.clone();
+        blocking(move || {
+            write_synced(&tmp, &data)?;
+            store.publish_blob(&tmp, &digest, data.len() as u64)
+        })
+        .await
     }
 
     /// Stores the media type of a blob (for manifests), atomically like the blob itself.
@@ -163,7 +231,11 @@ impl BlobStore {
         let tmp = self.temp_path();
         let dest = self.media_type_path(digest);
         let data = media_type.as_bytes().to_vec();
-        blocking(move || write_atomic(&tmp, &dest, &data)).await
+        blocking(move || {
+            write_synced(&tmp, &data)?;
+            publish(&tmp, &dest)
+        })
+        .await
     }
 
     /// The media type stored with [`Self::put_media_type`], if any. Independent of whether
@@ -178,13 +250,13 @@ impl BlobStore {
 
     /// Opens a stored blob for streaming from `offset`; `None` if absent. See [`StoredBlob`].
     /// `offset` beyond the end is [`StoreError::OffsetOutOfRange`]; `offset == size` yields
-    /// an empty stream.
+    /// an empty stream. The blob is not evicted while the stream is alive.
     pub async fn open_stream(
         &self,
         digest: &Digest,
         offset: u64,
     ) -> Result<Option<StoredBlob>, StoreError> {
-        stream::open(self.blob_path(digest), digest.clone(), offset).await
+        stream::open_stored(self.clone(), digest.clone(), offset).await
     }
 
     /// A writer for streaming a blob in; see [`BlobWriter`].
@@ -194,8 +266,8 @@ impl BlobStore {
         expected_size: Option<u64>,
     ) -> Result<BlobWriter, StoreError> {
         BlobWriter::create(
+            self.clone(),
             self.temp_path(),
-            self.blob_path(digest),
             digest.clone(),
             expected_size,
         )
@@ -204,14 +276,18 @@ impl BlobStore {
 
     /// Removes a blob and its media type; absent is fine.
     pub async fn remove(&self, digest: &Digest) -> Result<(), StoreError> {
-        for path in [self.blob_path(digest), self.media_type_path(digest)] {
-            match tokio::fs::remove_file(&path).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
+        let store = self.clone();
+        let digest = digest.clone();
+        blocking(move || {
+            {
+                let mut index = store.index();
+                remove_if_exists(&store.blob_path(&digest))?;
+                index.forget(&digest);
             }
-        }
-        Ok(())
+            remove_if_exists(&store.media_type_path(&digest))?;
+            Ok(())
+        })
+        .await
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -240,6 +316,148 @@ impl BlobStore {
             .tmp
             .join(format!("{}-{n}-{random:016x}", std::process::id()))
     }
+
+    fn index(&self) -> MutexGuard<'_, Index> {
+        self.inner.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Renames a complete, synced and verified temp file into place (replacing identical
+    /// content if a concurrent writer got there first), records it in the index, fsyncs the
+    /// directory and evicts if over the limit. Removes `tmp` on failure. Blocking.
+    fn publish_blob(&self, tmp: &Path, digest: &Digest, size: u64) -> Result<(), StoreError> {
+        self.publish_blob_with(tmp, digest, size, |_| {})
+    }
+
+    /// [`Self::publish_blob`], running `also` on the index under the same lock as the rename
+    /// (the flight uses it to retire itself atomically with the commit).
+    fn publish_blob_with(
+        &self,
+        tmp: &Path,
+        digest: &Digest,
+        size: u64,
+        also: impl FnOnce(&mut Index),
+    ) -> Result<(), StoreError> {
+        let dest = self.blob_path(digest);
+        {
+            let mut index = self.index();
+            if let Err(e) = fs::rename(tmp, &dest) {
+                drop(index);
+                let _ = fs::remove_file(tmp);
+                return Err(e.into());
+            }
+            index.insert(digest, size);
+            also(&mut index);
+        }
+        sync_parent(&dest);
+        self.evict_blocking();
+        Ok(())
+    }
+
+    /// Removes a blob found corrupt, unless the path meanwhile holds a different file (a fresh
+    /// copy renamed into place by a concurrent writer). `opened` is the metadata of the file
+    /// that was read. Blocking.
+    fn discard_corrupt(&self, digest: &Digest, opened: &Metadata) {
+        let path = self.blob_path(digest);
+        tracing::warn!(%digest, path = %path.display(), "stored blob is corrupt; removing it");
+        let mut index = self.index();
+        let current = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(_) => return,
+        };
+        if !same_file(opened, &current) {
+            return;
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => index.forget(digest),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => index.forget(digest),
+            Err(e) => tracing::warn!(%digest, error = %e, "failed to remove corrupt blob"),
+        }
+    }
+
+    /// Evicts least recently used blobs without readers until the committed blobs plus the
+    /// downloads in flight fit the limit (or nothing evictable is left). Blocking.
+    fn evict_blocking(&self) {
+        let limit = self.inner.settings.max_bytes;
+        if limit == 0 {
+            return;
+        }
+        let mut doomed = Vec::new();
+        {
+            let mut index = self.index();
+            for (digest, size) in index.victims(limit) {
+                // Moved out of sight under the lock (a cheap rename), deleted outside it.
+                let tmp = self.temp_path();
+                match fs::rename(self.blob_path(&digest), &tmp) {
+                    Ok(()) => doomed.push(tmp),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(%digest, error = %e, "cannot evict blob");
+                        continue;
+                    }
+                }
+                index.forget(&digest);
+                let _ = fs::remove_file(self.media_type_path(&digest));
+                tracing::debug!(%digest, size, "evicted least recently used blob");
+            }
+        }
+        for path in doomed {
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "failed to delete evicted blob");
+            }
+        }
+    }
+
+    /// [`Self::evict_blocking`] off the async threads.
+    async fn evict(&self) {
+        if self.inner.settings.max_bytes == 0 {
+            return;
+        }
+        let store = self.clone();
+        let _ = blocking(move || {
+            store.evict_blocking();
+            Ok(())
+        })
+        .await;
+    }
+}
+
+/// Counts an open reader of a blob, so that eviction leaves the blob alone; on drop, evicts
+/// if the store is over its limit (what this reader held back may go now).
+pub(crate) struct ReadGuard {
+    store: BlobStore,
+    digest: Digest,
+}
+
+impl ReadGuard {
+    pub(crate) fn new(store: &BlobStore, index: &mut Index, digest: &Digest) -> ReadGuard {
+        index.add_reader(digest);
+        ReadGuard {
+            store: store.clone(),
+            digest: digest.clone(),
+        }
+    }
+}
+
+impl Drop for ReadGuard {
+    fn drop(&mut self) {
+        let limit = self.store.inner.settings.max_bytes;
+        let over = {
+            let mut index = self.store.index();
+            index.remove_reader(&self.digest);
+            // Used until now: the last access is when the last reader finished.
+            index.touch(&self.digest, false);
+            limit > 0 && index.total + index.reserved > limit
+        };
+        if over {
+            let store = self.store.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn_blocking(move || store.evict_blocking());
+                }
+                Err(_) => store.evict_blocking(),
+            }
+        }
+    }
 }
 
 /// Runs blocking file work off the async threads.
@@ -259,8 +477,15 @@ fn open_if_exists(path: &Path) -> io::Result<Option<File>> {
     }
 }
 
-/// Writes `data` to the new file `tmp`, fsyncs it and publishes it at `dest`.
-fn write_atomic(tmp: &Path, dest: &Path, data: &[u8]) -> Result<(), StoreError> {
+fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `data` to the new file `tmp` and fsyncs it; removes it on failure.
+fn write_synced(tmp: &Path, data: &[u8]) -> Result<(), StoreError> {
     let written = File::create_new(tmp).and_then(|mut f| {
         f.write_all(data)?;
         f.sync_all()
@@ -269,11 +494,11 @@ fn write_atomic(tmp: &Path, dest: &Path, data: &[u8]) -> Result<(), StoreError> 
         let _ = fs::remove_file(tmp);
         return Err(e.into());
     }
-    publish(tmp, dest)
+    Ok(())
 }
 
-/// Renames a complete, synced temp file into place (replacing identical content if a
-/// concurrent writer got there first) and fsyncs the directory. Removes `tmp` on failure.
+/// Renames a complete, synced temp file into place and fsyncs the directory. Removes `tmp` on
+/// failure. (Blobs go through [`BlobStore::publish_blob`], which also indexes them.)
 fn publish(tmp: &Path, dest: &Path) -> Result<(), StoreError> {
     if let Err(e) = fs::rename(tmp, dest) {
         let _ = fs::remove_file(tmp);
@@ -295,25 +520,6 @@ fn sync_parent(path: &Path) {
     let _ = path;
 }
 
-/// Removes a blob found corrupt, unless the path meanwhile holds a different file (a fresh
-/// copy renamed into place by a concurrent writer). `opened` is the metadata of the file
-/// that was read.
-fn discard_corrupt(digest: &Digest, path: &Path, opened: &Metadata) {
-    tracing::warn!(%digest, path = %path.display(), "stored blob is corrupt; removing it");
-    let current = match fs::metadata(path) {
-        Ok(m) => m,
-        Err(_) => return,
-    };
-    if !same_file(opened, &current) {
-        return;
-    }
-    if let Err(e) = fs::remove_file(path) {
-        if e.kind() != io::ErrorKind::NotFound {
-            tracing::warn!(%digest, error = %e, "failed to remove corrupt blob");
-        }
-    }
-}
-
 #[cfg(unix)]
 fn same_file(a: &Metadata, b: &Metadata) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -325,5 +531,51 @@ fn same_file(_: &Metadata, _: &Metadata) -> bool {
     true
 }
 
+/// Positional read of up to `buf.len()` bytes at `offset` (stops early only at EOF); does not
+/// move any file cursor, so readers can share one open file.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match read_at(file, &mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
+}
+
+#[cfg(unix)]
+fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = std::os::windows::fs::FileExt::seek_write(file, buf, offset)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod flight_tests;

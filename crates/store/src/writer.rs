@@ -6,16 +6,16 @@ use rf_oci::{Digest, DigestHasher};
 use tokio::fs::File;
 use tokio::io::AsyncWriteExt;
 
-use crate::{blocking, publish, StoreError};
+use crate::{blocking, BlobStore, StoreError};
 
 /// Streams one blob into the store. Bytes go to a unique temp file while being hashed;
 /// [`BlobWriter::commit`] verifies size and digest before the blob becomes visible.
 /// Dropping the writer without `commit` or `abort` removes the temp file.
 pub struct BlobWriter {
+    store: BlobStore,
     /// Taken by `commit`.
     file: Option<File>,
     tmp: PathBuf,
-    dest: PathBuf,
     digest: Digest,
     expected_size: Option<u64>,
     hasher: DigestHasher,
@@ -27,8 +27,8 @@ pub struct BlobWriter {
 
 impl BlobWriter {
     pub(crate) async fn create(
+        store: BlobStore,
         tmp: PathBuf,
-        dest: PathBuf,
         digest: Digest,
         expected_size: Option<u64>,
     ) -> Result<BlobWriter, StoreError> {
@@ -38,9 +38,9 @@ impl BlobWriter {
             .open(&tmp)
             .await?;
         Ok(BlobWriter {
+            store,
             file: Some(file),
             tmp,
-            dest,
             hasher: digest.hasher(),
             digest,
             expected_size,
@@ -101,9 +101,14 @@ impl BlobWriter {
         file.flush().await?;
         file.sync_all().await?;
         drop(file);
-        let (tmp, dest) = (self.tmp.clone(), self.dest.clone());
-        // `publish` removes the temp file itself if the rename fails.
-        blocking(move || publish(&tmp, &dest)).await
+        let (store, tmp, digest, size) = (
+            self.store.clone(),
+            self.tmp.clone(),
+            self.digest.clone(),
+            self.written,
+        );
+        // `publish_blob` removes the temp file itself if the rename fails.
+        blocking(move || store.publish_blob(&tmp, &digest, size)).await
     }
 
     /// Drops the temp file.

@@ -155,6 +155,23 @@ impl Upstream {
         &self.inner.cfg
     }
 
+    /// A client that uses exactly `credentials` (registry domain such as `127.0.0.1:5000` or
+    /// `docker.io` → credential) and nothing else: the docker config file of this client is
+    /// not consulted. It shares this client's settings and HTTP connection pool, but has its
+    /// own token cache, so tokens obtained with these credentials are never seen by other
+    /// clients (and vice versa). For credentials that arrive with a request (the image
+    /// builder's `BuildRegistryAuth`); cheap enough to create per request, cheaper still to
+    /// keep per credential set. No credentials = anonymous.
+    pub fn with_credentials(
+        &self,
+        credentials: impl IntoIterator<Item = (String, Credential)>,
+    ) -> Upstream {
+        let store = CredentialStore::from_config(DockerConfig::from_credentials(credentials));
+        Upstream {
+            inner: Arc::new(self.inner.derive(store)),
+        }
+    }
+
     /// Re-check the docker config file on the next request instead of waiting for the
     /// once-a-second check.
     pub fn reload_credentials(&self) {

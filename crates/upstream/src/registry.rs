@@ -280,6 +280,21 @@ impl Client {
         })
     }
 
+    /// A client with the same settings and connection pool (`reqwest::Client` clones share
+    /// it) but its own credential store, token cache and challenge memory.
+    pub(crate) fn derive(&self, creds: CredentialStore) -> Client {
+        Client {
+            cfg: UpstreamConfig {
+                docker_auth: None,
+                ..self.cfg.clone()
+            },
+            http: self.http.clone(),
+            creds,
+            tokens: TokenCache::default(),
+            challenges: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn is_plain_http(&self, reference: &Reference) -> bool {
         let hosts = [reference.domain.as_str(), reference.api_host()];
         if hosts.iter().any(|h| is_loopback_host(h)) {

@@ -179,6 +179,63 @@ async fn htpasswd_registry_with_docker_config() {
 }
 
 #[tokio::test]
+async fn with_credentials_uses_exactly_the_given_credentials() {
+    let reg = Registry::start(RegistryAuth::htpasswd("dora", "in-memory-pw")).unwrap();
+    let img = test_image("static");
+    reg.push_image(&img, "base:latest").unwrap();
+    let image = image_ref(&reg, "base:latest");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("config.json");
+    std::fs::write(
+        &file,
+        docker_config_json(&reg.addr(), "dora", "in-memory-pw"),
+    )
+    .unwrap();
+    let base = Upstream::new(UpstreamConfig {
+        docker_auth: Some(file),
+        ..fast_config()
+    })
+    .unwrap();
+    let basic = |u: &str, p: &str| rf_upstream::Credential::Basic {
+        username: u.into(),
+        password: p.into(),
+    };
+
+    // No credentials: anonymous, the base client's docker config is not consulted.
+    let none = base.with_credentials([]);
+    let e = none.fetch_manifest(&image).await.unwrap_err();
+    assert!(matches!(e, UpstreamError::Unauthorized { .. }), "{e}");
+    assert_eq!(none.config().docker_auth, None);
+
+    // Wrong in-memory credentials win over the (right) file of the base client.
+    let wrong = base.with_credentials([(reg.addr(), basic("dora", "not-it-pw"))]);
+    let e = wrong.head_manifest(&image).await.unwrap_err();
+    assert!(matches!(e, UpstreamError::Unauthorized { .. }), "{e}");
+    for text in [e.to_string(), format!("{e:?}"), format!("{wrong:?}")] {
+        assert!(!text.contains("not-it-pw"), "{text}");
+    }
+
+    // Right ones work, for manifests and blobs; other hosts get nothing.
+    let right = base.with_credentials([
+        (reg.addr(), basic("dora", "in-memory-pw")),
+        ("other.example:5000".to_string(), basic("x", "y")),
+    ]);
+    let m = right.fetch_manifest(&image).await.unwrap();
+    assert_eq!(m.digest, d(&img.manifest_digest));
+    assert_eq!(right.head_manifest(&image).await.unwrap().digest, m.digest);
+    let cfg = right
+        .fetch_blob_bytes(&image, &d(&img.config_digest), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(cfg, img.config);
+
+    // Deriving leaves the base client as it was.
+    assert_eq!(base.fetch_manifest(&image).await.unwrap().digest, m.digest);
+    let e = wrong.fetch_manifest(&image).await.unwrap_err();
+    assert!(matches!(e, UpstreamError::Unauthorized { .. }), "{e}");
+}
+
+#[tokio::test]
 async fn docker_config_is_reloaded_when_it_changes() {
     let reg = Registry::start(RegistryAuth::htpasswd("bob", "right")).unwrap();
     let img = test_image("reload");

@@ -285,6 +285,23 @@ impl DockerConfig {
     pub fn is_empty(&self) -> bool {
         self.auths.is_empty() && self.cred_helpers.is_empty() && self.creds_store.is_none()
     }
+
+    /// A config holding only `credentials` (registry domain → credential), as if they were
+    /// `auths` entries of a file: no credential helpers. Keys are matched like file keys
+    /// ([`DockerConfig::file_credential`]), so `docker.io` also serves Docker Hub's aliases.
+    /// For callers that get credentials from elsewhere than a file (e.g. a gRPC request).
+    pub fn from_credentials(
+        credentials: impl IntoIterator<Item = (String, Credential)>,
+    ) -> DockerConfig {
+        let mut auths: Vec<(String, Credential)> = credentials.into_iter().collect();
+        auths.sort_by(|a, b| a.0.cmp(&b.0));
+        auths.dedup_by(|later, first| later.0 == first.0);
+        DockerConfig {
+            auths,
+            cred_helpers: HashMap::new(),
+            creds_store: None,
+        }
+    }
 }
 
 /// Output of `docker-credential-<helper> get`.
@@ -669,6 +686,25 @@ mod tests {
         );
         let c = DockerConfig::parse(cfg.as_bytes()).unwrap();
         assert_eq!(c.file_credential("docker.io"), Some(&basic("legacy", "y")));
+    }
+
+    #[test]
+    fn from_credentials_matches_like_file_keys() {
+        let c = DockerConfig::from_credentials([
+            ("127.0.0.1:5000".to_string(), basic("a", "1")),
+            ("docker.io".to_string(), basic("hub", "2")),
+            ("127.0.0.1:5000".to_string(), basic("dup", "3")),
+        ]);
+        assert_eq!(c.file_credential("127.0.0.1:5000"), Some(&basic("a", "1")));
+        assert_eq!(c.file_credential("127.0.0.1:5001"), None);
+        assert_eq!(
+            c.file_credential("registry-1.docker.io"),
+            Some(&basic("hub", "2"))
+        );
+        assert_eq!(c.helper_for("127.0.0.1:5000"), None);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("\"1\"") && !dbg.contains("hub"), "{dbg}");
+        assert!(DockerConfig::from_credentials([]).is_empty());
     }
 
     #[test]

@@ -1,0 +1,698 @@
+//! Single-flight downloads into the store, with fan-out to every reader.
+//!
+//! [`BlobStore::fetch`] serves a blob from the store if it is there (checked: the size at
+//! open, the content hashed the first time this process serves it). Otherwise it joins the
+//! download of that digest in flight, or starts one: a task owned by the store (not by the
+//! request) that streams the source into a temp file, hashing every byte. Readers share the
+//! temp file's open descriptor and read with positional reads up to the bytes written so far,
+//! waiting on a `watch` channel for more: the first byte reaches every reader as soon as it
+//! is on disk, a late reader reads what is there and then follows the live download, a
+//! ranged reader waits until its offset is written. A reader going away cancels nothing.
+//!
+//! When the source breaks off (reset, early end, no data for [`FetchSettings::stall_timeout`])
+//! the download reopens it at the byte it has reached, with exponential backoff, giving up
+//! after [`FetchSettings::max_attempts`] consecutive attempts without progress. A permanent
+//! error, a source that cannot resume, or content that does not hash to the digest fails the
+//! download: every reader's stream ends with [`StoreError::Fetch`] and nothing is kept.
+//! Readers get the blob's last byte only after the download verified and committed it, so a
+//! reader of the whole blob (or of any range reaching its end) never receives a complete-
+//! looking wrong blob.
+
+use std::fmt;
+use std::fs::{File, Metadata};
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use rf_oci::{Digest, DigestHasher};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::index::Index;
+use crate::stream::Reader;
+use crate::{blocking, read_full_at, write_all_at, BlobStore, ReadGuard, StoreError, CHUNK_SIZE};
+
+/// The bytes of a blob from some offset to its end, as a source delivers them.
+pub type SourceStream = BoxStream<'static, Result<Bytes, SourceError>>;
+
+/// Where [`BlobStore::fetch`] downloads a blob from (an upstream registry, in the facade).
+/// The store verifies everything it receives, so a source need not.
+pub trait ByteSource: Send + Sync + 'static {
+    /// The blob's bytes from `offset` to the end. A source that cannot start at `offset`
+    /// fails with a permanent error.
+    fn open(&self, offset: u64) -> BoxFuture<'static, Result<SourceStream, SourceError>>;
+}
+
+/// Why a source (or a download) failed. `transient` errors are worth another attempt.
+#[derive(Clone)]
+pub struct SourceError {
+    pub transient: bool,
+    pub message: String,
+    /// The source's own error, for callers that want to classify it (downcast it).
+    pub cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl SourceError {
+    pub fn transient(message: impl Into<String>) -> SourceError {
+        SourceError {
+            transient: true,
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> SourceError {
+        SourceError {
+            transient: false,
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// Wraps a source's own error, keeping it as the `cause`.
+    pub fn from_cause<E: std::error::Error + Send + Sync + 'static>(
+        error: E,
+        transient: bool,
+    ) -> SourceError {
+        SourceError {
+            transient,
+            message: error.to_string(),
+            cause: Some(Arc::new(error)),
+        }
+    }
+
+    /// The cause, if it is an `E`.
+    pub fn cause<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        self.cause.as_deref().and_then(|c| c.downcast_ref::<E>())
+    }
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Debug for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceError")
+            .field("transient", &self.transient)
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+impl std::error::Error for SourceError {}
+
+/// How downloads resume.
+#[derive(Debug, Clone)]
+pub struct FetchSettings {
+    /// Consecutive attempts without progress before a download gives up (the first attempt
+    /// included; an attempt that delivered bytes resets the count). At least 1.
+    pub max_attempts: u32,
+    /// Pause before the first reconnection; doubled after each attempt without progress.
+    pub initial_backoff: Duration,
+    /// Upper bound of the pause.
+    pub max_backoff: Duration,
+    /// No bytes of an open body for this long counts as a transient failure.
+    pub stall_timeout: Option<Duration>,
+}
+
+impl Default for FetchSettings {
+    fn default() -> Self {
+        FetchSettings {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+            stall_timeout: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// Where the bytes of a [`BlobReader`] come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOrigin {
+    /// The committed file.
+    Stored,
+    /// A download another request started.
+    Joined,
+    /// A download this call started.
+    Started,
+}
+
+/// A blob opened by [`BlobStore::fetch`]. `stream` yields the bytes from the requested offset
+/// to the end in chunks of at most [`CHUNK_SIZE`], or ends with an error (never short).
+pub struct BlobReader {
+    /// Total size of the blob.
+    pub size: u64,
+    pub origin: ReadOrigin,
+    pub stream: BoxStream<'static, Result<Bytes, StoreError>>,
+}
+
+/// A download in progress, as readers see it.
+pub(crate) struct Flight {
+    /// The temp file, open for reading and writing; readers use positional reads.
+    file: Arc<File>,
+    size: u64,
+    pub(crate) progress: watch::Receiver<Progress>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Progress {
+    /// Bytes written to the temp file (and hashed) so far.
+    pub written: u64,
+    /// The source has been opened (first response received); readers wait for this (or a
+    /// failure) so that a source refusing at once becomes an error before any byte is served.
+    pub opened: bool,
+    pub status: Status,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Status {
+    Running,
+    /// Verified and committed.
+    Done,
+    Failed(SourceError),
+}
+
+enum Found {
+    Flight(Arc<Flight>, ReadGuard),
+    Stored(ReadGuard),
+    Nothing,
+}
+
+impl BlobStore {
+    /// The blob `digest` of `size` bytes from `offset`: from the store, from the download of
+    /// it in flight, or from a new download from `source` (see the [module docs](self)).
+    /// Returns once the bytes can flow: an error opening the source that no resume attempt
+    /// overcame is returned here as [`StoreError::Fetch`]; later failures end the stream.
+    pub async fn fetch(
+        &self,
+        digest: &Digest,
+        size: u64,
+        offset: u64,
+        source: Arc<dyn ByteSource>,
+    ) -> Result<BlobReader, StoreError> {
+        if offset > size {
+            return Err(StoreError::OffsetOutOfRange { offset, size });
+        }
+        // A few rounds: a stored blob found corrupt, or a race with another request starting
+        // the same download, sends us round again.
+        for _ in 0..4 {
+            let found = {
+                let mut index = self.index();
+                if let Some(flight) = index.flights.get(digest).cloned() {
+                    Found::Flight(flight, ReadGuard::new(self, &mut index, digest))
+                } else if index.entries.contains_key(digest) {
+                    index.touch(digest, false);
+                    Found::Stored(ReadGuard::new(self, &mut index, digest))
+                } else {
+                    Found::Nothing
+                }
+            };
+            match found {
+                Found::Flight(flight, guard) => {
+                    return self
+                        .follow(flight, digest, offset, ReadOrigin::Joined, guard)
+                        .await
+                }
+                Found::Stored(guard) => {
+                    if let Some(reader) = self.open_committed(digest, size, offset, guard).await? {
+                        return Ok(reader);
+                    }
+                }
+                Found::Nothing => {
+                    if let Some((flight, guard)) = self.start(digest, size, &source).await? {
+                        return self
+                            .follow(flight, digest, offset, ReadOrigin::Started, guard)
+                            .await;
+                    }
+                }
+            }
+        }
+        Err(StoreError::Io(io::Error::other(format!(
+            "{digest}: the store kept changing under the request"
+        ))))
+    }
+
+    /// Whether this process has verified the stored blob (hashed it or written it).
+    pub fn is_verified(&self, digest: &Digest) -> bool {
+        self.index().is_verified(digest)
+    }
+
+    /// Opens the committed file after checking its size and (the first time) its content.
+    /// `None` if it is gone or was found corrupt and removed.
+    async fn open_committed(
+        &self,
+        digest: &Digest,
+        size: u64,
+        offset: u64,
+        guard: ReadGuard,
+    ) -> Result<Option<BlobReader>, StoreError> {
+        let path = self.blob_path(digest);
+        let opened = blocking(move || {
+            let Some(file) = crate::open_if_exists(&path)? else {
+                return Ok(None);
+            };
+            // Best effort: the mtime is the last access when the index is rebuilt at open.
+            let _ = file.set_modified(std::time::SystemTime::now());
+            let meta = file.metadata()?;
+            Ok(Some((file, meta)))
+        })
+        .await?;
+        let Some((file, meta)) = opened else {
+            warn!(%digest, "indexed blob is missing from the store");
+            self.index().forget(digest);
+            return Ok(None);
+        };
+        if meta.len() != size {
+            warn!(%digest, expected = size, actual = meta.len(), "stored blob has the wrong size");
+            self.discard(digest, &meta).await;
+            return Ok(None);
+        }
+        let file = Arc::new(file);
+        if !self.ensure_verified(digest, &file, &meta).await? {
+            return Ok(None);
+        }
+        debug!(%digest, offset, "serving blob from the store");
+        let reader = Reader::stored(self.clone(), file, digest.clone(), meta, offset, guard);
+        Ok(Some(BlobReader {
+            size,
+            origin: ReadOrigin::Stored,
+            stream: reader.into_stream(),
+        }))
+    }
+
+    /// Hashes a stored blob unless this process did already; a mismatch removes it.
+    async fn ensure_verified(
+        &self,
+        digest: &Digest,
+        file: &Arc<File>,
+        meta: &Metadata,
+    ) -> Result<bool, StoreError> {
+        let lock = {
+            let mut index = self.index();
+            if index.is_verified(digest) {
+                return Ok(true);
+            }
+            index
+                .verify_locks
+                .entry(digest.clone())
+                .or_default()
+                .clone()
+        };
+        let _one_at_a_time = lock.lock().await;
+        let verified = self.index().is_verified(digest);
+        if verified {
+            return Ok(true);
+        }
+        let (f, d) = (file.clone(), digest.clone());
+        let ok = blocking(move || Ok(hash_file(&f, &d)?)).await?;
+        {
+            let mut index = self.index();
+            index.verify_locks.remove(digest);
+            if ok {
+                index.mark_verified(digest);
+            }
+        }
+        if !ok {
+            self.discard(digest, meta).await;
+        }
+        Ok(ok)
+    }
+
+    async fn discard(&self, digest: &Digest, meta: &Metadata) {
+        let (store, digest, meta) = (self.clone(), digest.clone(), meta.clone());
+        let _ = blocking(move || {
+            store.discard_corrupt(&digest, &meta);
+            Ok(())
+        })
+        .await;
+    }
+
+    /// Starts a download unless another request just did (or just committed the blob).
+    async fn start(
+        &self,
+        digest: &Digest,
+        size: u64,
+        source: &Arc<dyn ByteSource>,
+    ) -> Result<Option<(Arc<Flight>, ReadGuard)>, StoreError> {
+        let tmp = self.temp_path();
+        let path = tmp.clone();
+        let file = blocking(move || {
+            Ok(File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)?)
+        })
+        .await?;
+        let file = Arc::new(file);
+        let started = {
+            let mut index = self.index();
+            if index.flights.contains_key(digest) || index.entries.contains_key(digest) {
+                None
+            } else {
+                let (tx, rx) = watch::channel(Progress {
+                    written: 0,
+                    opened: false,
+                    status: Status::Running,
+                });
+                let flight = Arc::new(Flight {
+                    file: file.clone(),
+                    size,
+                    progress: rx,
+                });
+                index.flights.insert(digest.clone(), flight.clone());
+                index.reserved += size;
+                let guard = ReadGuard::new(self, &mut index, digest);
+                Some((flight, tx, guard))
+            }
+        };
+        let Some((flight, tx, guard)) = started else {
+            drop(file);
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Ok(None);
+        };
+        debug!(%digest, size, "starting download");
+        let download = Download {
+            store: self.clone(),
+            digest: digest.clone(),
+            size,
+            file,
+            tmp,
+            tx,
+            source: source.clone(),
+            flight: flight.clone(),
+            finished: false,
+        };
+        tokio::spawn(download.run());
+        // Make room for it now rather than after it is complete.
+        self.evict().await;
+        Ok(Some((flight, guard)))
+    }
+
+    /// A reader of a download, once the source is open (or the download failed).
+    async fn follow(
+        &self,
+        flight: Arc<Flight>,
+        digest: &Digest,
+        offset: u64,
+        origin: ReadOrigin,
+        guard: ReadGuard,
+    ) -> Result<BlobReader, StoreError> {
+        if offset > flight.size {
+            return Err(StoreError::OffsetOutOfRange {
+                offset,
+                size: flight.size,
+            });
+        }
+        let mut rx = flight.progress.clone();
+        let status = rx
+            .wait_for(|p| p.opened || !matches!(p.status, Status::Running))
+            .await
+            .map(|p| p.status.clone());
+        match status {
+            Err(_) => {
+                return Err(StoreError::Fetch {
+                    digest: digest.clone(),
+                    error: SourceError::permanent("the download ended without finishing"),
+                })
+            }
+            Ok(Status::Failed(error)) => {
+                return Err(StoreError::Fetch {
+                    digest: digest.clone(),
+                    error,
+                })
+            }
+            Ok(_) => {}
+        }
+        let reader = Reader::following(
+            self.clone(),
+            flight.file.clone(),
+            digest.clone(),
+            flight.size,
+            offset,
+            rx,
+            guard,
+        );
+        Ok(BlobReader {
+            size: flight.size,
+            origin,
+            stream: reader.into_stream(),
+        })
+    }
+}
+
+/// Hashes a whole file; whether it matches `digest`.
+fn hash_file(file: &File, digest: &Digest) -> io::Result<bool> {
+    let mut hasher = digest.hasher();
+    let mut buf = vec![0u8; CHUNK_SIZE];
+    let mut pos = 0u64;
+    loop {
+        let n = read_full_at(file, &mut buf, pos)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        pos += n as u64;
+    }
+    Ok(hasher.finish() == *digest)
+}
+
+/// Removes the flight from the index and releases its reservation, once: only if the index
+/// still holds this very flight.
+fn retire(index: &mut Index, digest: &Digest, flight: &Arc<Flight>) {
+    if index
+        .flights
+        .get(digest)
+        .is_some_and(|f| Arc::ptr_eq(f, flight))
+    {
+        index.flights.remove(digest);
+        index.reserved -= flight.size;
+    }
+}
+
+/// The task that fills one temp file. Dropped without finishing (runtime shutdown, panic),
+/// it fails the flight and removes the temp file.
+struct Download {
+    store: BlobStore,
+    digest: Digest,
+    size: u64,
+    file: Arc<File>,
+    tmp: PathBuf,
+    tx: watch::Sender<Progress>,
+    source: Arc<dyn ByteSource>,
+    flight: Arc<Flight>,
+    finished: bool,
+}
+
+impl Download {
+    async fn run(mut self) {
+        let result = match self.transfer().await {
+            Ok(()) => self.commit().await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                self.finished = true;
+                debug!(digest = %self.digest, size = self.size, "download committed");
+                self.tx.send_modify(|p| p.status = Status::Done);
+            }
+            Err(e) => {
+                warn!(digest = %self.digest, error = %e, "blob download failed; nothing cached");
+                self.fail(e);
+            }
+        }
+    }
+
+    fn fail(&mut self, error: SourceError) {
+        self.finished = true;
+        retire(&mut self.store.index(), &self.digest, &self.flight);
+        self.tx.send_modify(|p| p.status = Status::Failed(error));
+        if let Err(e) = std::fs::remove_file(&self.tmp) {
+            if e.kind() != io::ErrorKind::NotFound {
+                warn!(path = %self.tmp.display(), error = %e, "failed to remove temp file");
+            }
+        }
+    }
+
+    /// Downloads all bytes, resuming after transient failures, and checks the digest.
+    async fn transfer(&mut self) -> Result<(), SourceError> {
+        let settings = self.store.settings().fetch.clone();
+        let mut hasher = Some(self.digest.hasher());
+        let mut written = 0u64;
+        let mut failures = 0u32;
+        let mut backoff = settings.initial_backoff;
+        if self.size == 0 {
+            self.tx.send_modify(|p| p.opened = true);
+        }
+        while written < self.size {
+            let before = written;
+            let error = match self.attempt(&settings, &mut written, &mut hasher).await {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            if !error.transient {
+                return Err(error);
+            }
+            if written > before {
+                failures = 0;
+                backoff = settings.initial_backoff;
+            }
+            failures += 1;
+            if failures >= settings.max_attempts.max(1) {
+                return Err(SourceError {
+                    message: format!(
+                        "giving up after {failures} attempts without progress at byte {written} of {}: {}",
+                        self.size, error.message
+                    ),
+                    ..error
+                });
+            }
+            warn!(
+                digest = %self.digest, written, size = self.size, error = %error,
+                backoff_ms = backoff.as_millis() as u64,
+                "blob download interrupted; resuming"
+            );
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(settings.max_backoff.max(settings.initial_backoff));
+        }
+        let actual = hasher.take().expect("hasher is put back").finish();
+        if actual != self.digest {
+            return Err(SourceError::permanent(format!(
+                "content does not match its digest {} (got {actual}): the source changed or is corrupt",
+                self.digest
+            )));
+        }
+        Ok(())
+    }
+
+    /// One connection: open at `written`, copy until the end or a failure.
+    async fn attempt(
+        &mut self,
+        settings: &FetchSettings,
+        written: &mut u64,
+        hasher: &mut Option<DigestHasher>,
+    ) -> Result<(), SourceError> {
+        // Opening is bounded by the source itself (the upstream client has connect and read
+        // timeouts, and waits out `Retry-After` between its own retries).
+        let mut stream = self.source.open(*written).await?;
+        if !self.tx.borrow().opened {
+            self.tx.send_modify(|p| p.opened = true);
+        }
+        // An item already taken from the stream while batching (its end or an error).
+        let mut pending: Option<Option<Result<Bytes, SourceError>>> = None;
+        loop {
+            let next = match pending.take() {
+                Some(item) => item,
+                None => match settings.stall_timeout {
+                    Some(t) => tokio::time::timeout(t, stream.next()).await.map_err(|_| {
+                        SourceError::transient(format!("no data from the source for {t:?}"))
+                    })?,
+                    None => stream.next().await,
+                },
+            };
+            let first = match next {
+                None if *written == self.size => return Ok(()),
+                None => {
+                    return Err(SourceError::transient(format!(
+                        "the source ended after {written} of {} bytes",
+                        self.size
+                    )))
+                }
+                Some(Err(e)) => return Err(e),
+                Some(Ok(chunk)) => chunk,
+            };
+            // Take whatever else is ready, up to a chunk, and write it in one go.
+            let mut batch = vec![first];
+            let mut len = batch[0].len();
+            while len < CHUNK_SIZE {
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(chunk))) => {
+                        len += chunk.len();
+                        batch.push(chunk);
+                    }
+                    Some(other) => {
+                        pending = Some(other);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if *written + len as u64 > self.size {
+                return Err(SourceError::permanent(format!(
+                    "the source sent more than the {} bytes of the descriptor",
+                    self.size
+                )));
+            }
+            self.write(batch, *written, hasher).await?;
+            *written += len as u64;
+            let now = *written;
+            self.tx.send_modify(|p| p.written = now);
+        }
+    }
+
+    async fn write(
+        &self,
+        batch: Vec<Bytes>,
+        at: u64,
+        hasher: &mut Option<DigestHasher>,
+    ) -> Result<(), SourceError> {
+        let data = if batch.len() == 1 {
+            batch.into_iter().next().expect("one chunk")
+        } else {
+            let mut all = BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
+            for chunk in &batch {
+                all.extend_from_slice(chunk);
+            }
+            all.freeze()
+        };
+        let file = self.file.clone();
+        let mut h = hasher.take();
+        let result = tokio::task::spawn_blocking(move || {
+            write_all_at(&file, &data, at)?;
+            if let Some(h) = h.as_mut() {
+                h.update(&data);
+            }
+            Ok::<_, io::Error>(h)
+        })
+        .await
+        .map_err(io::Error::other)
+        .and_then(|r| r);
+        match result {
+            Ok(h) => {
+                *hasher = h;
+                Ok(())
+            }
+            Err(e) => Err(SourceError::permanent(format!(
+                "writing to the store's temp file: {e}"
+            ))),
+        }
+    }
+
+    /// fsync, rename into place and retire the flight, all or nothing.
+    async fn commit(&mut self) -> Result<(), SourceError> {
+        let (store, file, tmp) = (self.store.clone(), self.file.clone(), self.tmp.clone());
+        let (digest, size, flight) = (self.digest.clone(), self.size, self.flight.clone());
+        blocking(move || {
+            file.sync_all()?;
+            store.publish_blob_with(&tmp, &digest, size, |index| retire(index, &digest, &flight))
+        })
+        .await
+        .map_err(|e| SourceError::permanent(format!("committing to the store: {e}")))
+    }
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.fail(SourceError::permanent("the download was cancelled"));
+        }
+    }
+}

@@ -1,0 +1,828 @@
+//! Tests of `BlobStore::fetch`: single flight, fan-out, resume, failure, verification of
+//! stored blobs and eviction. The source is an in-memory `ByteSource` whose pace and faults
+//! the tests control (a gate of how many bytes it may deliver), so every interleaving below
+//! is forced, not hoped for.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::{self, StreamExt};
+use futures::FutureExt;
+use rf_oci::Digest;
+use tempfile::TempDir;
+use tokio::sync::watch;
+
+use crate::flight::{ByteSource, FetchSettings, ReadOrigin, SourceError, SourceStream};
+use crate::{BlobReader, BlobStore, StoreError, StoreSettings, CHUNK_SIZE};
+
+const GUARD: Duration = Duration::from_secs(20);
+const MIB: usize = 1024 * 1024;
+
+/// What one `open` of the [`TestSource`] does.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    None,
+    /// Deliver up to this absolute offset, then fail with a transient error (a reset).
+    ResetAt(u64),
+    /// Deliver up to this absolute offset, then end cleanly (a truncated body).
+    EndAt(u64),
+    /// Deliver up to this absolute offset, then never deliver again (a stall).
+    StallAt(u64),
+    /// Fail the open itself.
+    FailOpen {
+        transient: bool,
+    },
+}
+
+#[derive(Debug)]
+struct Refused;
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("refused by the test source")
+    }
+}
+
+impl std::error::Error for Refused {}
+
+struct Shared {
+    data: Bytes,
+    chunk: usize,
+    /// Faults for the next opens, in order; `Fault::None` once empty.
+    faults: Mutex<VecDeque<Fault>>,
+    /// Offsets the source was opened at.
+    opens: Mutex<Vec<u64>>,
+    /// Opens at an offset > 0 fail permanently (a source without Range support).
+    refuse_ranges: bool,
+    /// How many bytes (absolute) the source may have delivered; the tests raise it.
+    gate: watch::Receiver<u64>,
+}
+
+#[derive(Clone)]
+struct TestSource(Arc<Shared>);
+
+struct Gate(watch::Sender<u64>);
+
+impl Gate {
+    /// Lets the source deliver bytes up to offset `n` (and end if `n` is past its end).
+    fn open_to(&self, n: usize) {
+        self.0.send_replace(n as u64);
+    }
+
+    fn open_all(&self) {
+        self.0.send_replace(u64::MAX);
+    }
+}
+
+impl TestSource {
+    fn new(data: Bytes, chunk: usize, faults: &[Fault], refuse_ranges: bool) -> (Self, Gate) {
+        let (tx, rx) = watch::channel(u64::MAX);
+        let source = TestSource(Arc::new(Shared {
+            data,
+            chunk,
+            faults: Mutex::new(faults.iter().copied().collect()),
+            opens: Mutex::new(Vec::new()),
+            refuse_ranges,
+            gate: rx,
+        }));
+        (source, Gate(tx))
+    }
+
+    /// An ungated, faultless source.
+    fn plain(data: &Bytes) -> Arc<dyn ByteSource> {
+        Arc::new(TestSource::new(data.clone(), 64 * 1024, &[], false).0)
+    }
+
+    fn opens(&self) -> Vec<u64> {
+        self.0.opens.lock().unwrap().clone()
+    }
+}
+
+impl ByteSource for TestSource {
+    fn open(&self, offset: u64) -> BoxFuture<'static, Result<SourceStream, SourceError>> {
+        let shared = self.0.clone();
+        async move {
+            shared.opens.lock().unwrap().push(offset);
+            let fault = shared
+                .faults
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Fault::None);
+            if offset > 0 && shared.refuse_ranges {
+                return Err(SourceError::from_cause(Refused, false));
+            }
+            if let Fault::FailOpen { transient } = fault {
+                return Err(SourceError::from_cause(Refused, transient));
+            }
+            let len = shared.data.len() as u64;
+            let (stop, after) = match fault {
+                Fault::ResetAt(n) => (n.min(len), Fault::ResetAt(0)),
+                Fault::EndAt(n) => (n.min(len), Fault::EndAt(0)),
+                Fault::StallAt(n) => (n.min(len), Fault::StallAt(0)),
+                _ => (len, Fault::None),
+            };
+            let state = (shared, offset, stop, after, false);
+            let s = stream::unfold(state, |(shared, pos, stop, after, done)| async move {
+                if done {
+                    return None;
+                }
+                if pos >= stop {
+                    return match after {
+                        Fault::ResetAt(_) => Some((
+                            Err(SourceError::transient("test source: connection reset")),
+                            (shared, pos, stop, after, true),
+                        )),
+                        Fault::StallAt(_) => futures::future::pending().await,
+                        _ => {
+                            // A gated source holds its end until the gate is past the end.
+                            let mut gate = shared.gate.clone();
+                            let _ = gate.wait_for(|g| *g > stop).await;
+                            None
+                        }
+                    };
+                }
+                let mut gate = shared.gate.clone();
+                let allowed = *gate.wait_for(|g| *g > pos).await.expect("gate alive");
+                let end = (pos + shared.chunk as u64).min(stop).min(allowed);
+                let chunk = shared.data.slice(pos as usize..end as usize);
+                Some((Ok(chunk), (shared, end, stop, after, false)))
+            });
+            Ok(s.boxed())
+        }
+        .boxed()
+    }
+}
+
+fn settings() -> StoreSettings {
+    StoreSettings {
+        max_bytes: 0,
+        fetch: FetchSettings {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+            stall_timeout: Some(Duration::from_secs(10)),
+        },
+    }
+}
+
+fn store_with(settings: StoreSettings) -> (TempDir, BlobStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open_with(dir.path(), settings).unwrap();
+    (dir, store)
+}
+
+/// Incompressible test content.
+fn content(len: usize, seed: u32) -> Bytes {
+    let mut x: u32 = 0x9e37_79b9 ^ seed.wrapping_mul(0x85eb_ca6b);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+fn tmp_files(store: &BlobStore) -> usize {
+    fs::read_dir(store.root().join("tmp")).unwrap().count()
+}
+
+fn blob_file(store: &BlobStore, digest: &Digest) -> std::path::PathBuf {
+    store.root().join("blobs/sha256").join(digest.hex())
+}
+
+async fn fetch(
+    store: &BlobStore,
+    data: &Bytes,
+    offset: u64,
+    source: Arc<dyn ByteSource>,
+) -> BlobReader {
+    let digest = Digest::sha256_of(data);
+    tokio::time::timeout(
+        GUARD,
+        store.fetch(&digest, data.len() as u64, offset, source),
+    )
+    .await
+    .expect("fetch hung")
+    .unwrap_or_else(|e| panic!("fetch failed: {e}"))
+}
+
+/// All bytes of a reader, or the bytes before its error and the error.
+async fn drain(reader: BlobReader) -> (Vec<u8>, Option<StoreError>) {
+    let mut stream = reader.stream;
+    let mut out = Vec::new();
+    let run = async {
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(chunk) => {
+                    assert!(chunk.len() <= CHUNK_SIZE);
+                    out.extend_from_slice(&chunk);
+                }
+                Err(e) => {
+                    assert!(
+                        stream.next().await.is_none(),
+                        "stream continues after error"
+                    );
+                    return Some(e);
+                }
+            }
+        }
+        None
+    };
+    let err = tokio::time::timeout(GUARD, run).await.expect("reader hung");
+    (out, err)
+}
+
+/// Waits (with a deadline) until no download is in flight.
+async fn settle(store: &BlobStore) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while store.downloads_in_flight() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "download never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_joining_at_various_points_get_identical_bytes() {
+    let (_dir, store) = store_with(settings());
+    let data = content(3 * MIB + 12345, 1);
+    let digest = Digest::sha256_of(&data);
+    let (source, gate) = TestSource::new(data.clone(), 64 * 1024, &[], false);
+    gate.open_to(0);
+    let src: Arc<dyn ByteSource> = Arc::new(source.clone());
+
+    // The first reader starts the download; nothing has arrived yet.
+    let first = fetch(&store, &data, 0, src.clone()).await;
+    assert_eq!(first.origin, ReadOrigin::Started);
+    let mut first_stream = first.stream;
+    gate.open_to(100_000);
+    let head = tokio::time::timeout(GUARD, first_stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(!head.is_empty() && head.len() <= 100_000);
+    assert!(head[..] == data[..head.len()]);
+
+    // Joiners: one from the start (reads what is on disk, then follows), one at an offset
+    // not written yet (waits for it), one within the written part.
+    let from_start = fetch(&store, &data, 0, src.clone()).await;
+    let ahead = fetch(&store, &data, 2 * MIB as u64, src.clone()).await;
+    let inside = fetch(&store, &data, 50_000, src.clone()).await;
+    for r in [&from_start, &ahead, &inside] {
+        assert_eq!(r.origin, ReadOrigin::Joined);
+    }
+    let mut ahead_stream = ahead.stream;
+    // The ranged reader has nothing to read until its offset is written.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), ahead_stream.next())
+            .await
+            .is_err(),
+        "a reader ahead of the download must wait"
+    );
+    let tasks = vec![
+        tokio::spawn(drain(from_start)),
+        tokio::spawn(drain(inside)),
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            while let Some(chunk) = ahead_stream.next().await {
+                out.extend_from_slice(&chunk.unwrap());
+            }
+            (out, None)
+        }),
+    ];
+    gate.open_to(2 * MIB + 10);
+    gate.open_all();
+    let mut rest = head.to_vec();
+    while let Some(chunk) = first_stream.next().await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(rest == data[..], "first reader");
+    let expected = [&data[..], &data[50_000..], &data[2 * MIB..]];
+    for (task, want) in tasks.into_iter().zip(expected) {
+        let (got, err) = task.await.unwrap();
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(got.len(), want.len());
+        assert!(got == want);
+    }
+    assert_eq!(source.opens(), vec![0], "exactly one download");
+    assert_eq!(fs::read(blob_file(&store, &digest)).unwrap(), data);
+    assert!(store.is_verified(&digest));
+    settle(&store).await;
+    assert_eq!(tmp_files(&store), 0);
+
+    // Later readers get the committed file.
+    let later = fetch(&store, &data, 7, src).await;
+    assert_eq!(later.origin, ReadOrigin::Stored);
+    assert!(drain(later).await.0 == data[7..]);
+    assert_eq!(source.opens(), vec![0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_fetches_one_download() {
+    let (_dir, store) = store_with(settings());
+    let data = content(2 * MIB + 1, 2);
+    let (source, gate) = TestSource::new(data.clone(), 32 * 1024, &[], false);
+    gate.open_to(0);
+    let src: Arc<dyn ByteSource> = Arc::new(source.clone());
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (store, data, src) = (store.clone(), data.clone(), src.clone());
+            tokio::spawn(async move { drain(fetch(&store, &data, 0, src).await).await })
+        })
+        .collect();
+    // Let them all queue up on the same download before any byte flows.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while source.opens().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gate.open_all();
+    for t in tasks {
+        let (got, err) = t.await.unwrap();
+        assert!(err.is_none(), "{err:?}");
+        assert!(got == data[..]);
+    }
+    assert_eq!(source.opens(), vec![0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_going_away_cancels_nothing() {
+    let (_dir, store) = store_with(settings());
+    let data = content(2 * MIB, 3);
+    let digest = Digest::sha256_of(&data);
+    let (source, gate) = TestSource::new(data.clone(), 64 * 1024, &[], false);
+    gate.open_to(64 * 1024);
+    let reader = fetch(&store, &data, 0, Arc::new(source.clone())).await;
+    let mut s = reader.stream;
+    s.next().await.unwrap().unwrap();
+    drop(s);
+    gate.open_all();
+    settle(&store).await;
+    assert_eq!(fs::read(blob_file(&store, &digest)).unwrap(), data);
+    assert_eq!(tmp_files(&store), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_after_reset_truncation_and_stall() {
+    for (fault, what) in [
+        (Fault::ResetAt(700_000), "reset"),
+        (Fault::EndAt(700_000), "truncated body"),
+        (Fault::StallAt(700_000), "stall"),
+    ] {
+        let mut quick_stall = settings();
+        quick_stall.fetch.stall_timeout = Some(Duration::from_millis(300));
+        let (_dir, store) = store_with(quick_stall);
+        let data = content(2 * MIB + 3, 4);
+        let digest = Digest::sha256_of(&data);
+        // Two faults in a row, the second without progress at all: still within 3 attempts
+        // without progress, since the first made progress.
+        let (source, _gate) = TestSource::new(
+            data.clone(),
+            64 * 1024,
+            &[fault, Fault::FailOpen { transient: true }],
+            false,
+        );
+        let (got, err) = drain(fetch(&store, &data, 0, Arc::new(source.clone())).await).await;
+        assert!(err.is_none(), "{what}: {err:?}");
+        assert!(got == data[..], "{what}");
+        assert_eq!(source.opens(), vec![0, 700_000, 700_000], "{what}");
+        assert_eq!(
+            fs::read(blob_file(&store, &digest)).unwrap(),
+            data,
+            "{what}"
+        );
+        settle(&store).await;
+        assert_eq!(tmp_files(&store), 0, "{what}");
+    }
+}
+
+/// A failed download errors every reader (joined early, late, ranged), keeps nothing, and a
+/// later fetch starts afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_download_errors_all_readers_and_leaves_nothing() {
+    let data = content(2 * MIB, 5);
+    let digest = Digest::sha256_of(&data);
+    let cases: Vec<(&str, TestSource, Gate)> = vec![
+        {
+            // Reset, and the source cannot resume.
+            let (s, g) =
+                TestSource::new(data.clone(), 64 * 1024, &[Fault::ResetAt(MIB as u64)], true);
+            ("no range support", s, g)
+        },
+        {
+            // Same size, different bytes: only the digest check at the end can tell.
+            let mut other = data.to_vec();
+            other[MIB + 5] ^= 1;
+            let (s, g) = TestSource::new(Bytes::from(other), 64 * 1024, &[], false);
+            ("content changed", s, g)
+        },
+        {
+            // Fails for good after transferring a part.
+            let (s, g) = TestSource::new(
+                data.clone(),
+                64 * 1024,
+                &[
+                    Fault::ResetAt(MIB as u64),
+                    Fault::FailOpen { transient: false },
+                ],
+                false,
+            );
+            ("permanent error on resume", s, g)
+        },
+        {
+            let (s, g) = TestSource::new(
+                data.clone(),
+                64 * 1024,
+                &[
+                    Fault::ResetAt(1000),
+                    Fault::FailOpen { transient: true },
+                    Fault::FailOpen { transient: true },
+                    Fault::FailOpen { transient: true },
+                ],
+                false,
+            );
+            ("attempts exhausted", s, g)
+        },
+    ];
+    for (what, source, gate) in cases {
+        let (_dir, store) = store_with(settings());
+        // Nothing flows until all readers are in.
+        gate.open_to(0);
+        let src: Arc<dyn ByteSource> = Arc::new(source.clone());
+        let readers = vec![
+            fetch(&store, &data, 0, src.clone()).await,
+            fetch(&store, &data, 0, src.clone()).await,
+            fetch(&store, &data, 1_500_000, src.clone()).await,
+        ];
+        let tasks: Vec<_> = readers
+            .into_iter()
+            .map(|r| tokio::spawn(drain(r)))
+            .collect();
+        gate.open_all();
+        for t in tasks {
+            let (got, err) = t.await.unwrap();
+            assert!(
+                matches!(err, Some(StoreError::Fetch { .. })),
+                "{what}: {err:?} after {} bytes; opens {:?}",
+                got.len(),
+                source.opens()
+            );
+            assert!(
+                got.len() < data.len(),
+                "{what}: a wrong blob is never complete"
+            );
+        }
+        settle(&store).await;
+        assert!(!blob_file(&store, &digest).exists(), "{what}");
+        assert_eq!(tmp_files(&store), 0, "{what}");
+        assert_eq!(store.total_bytes(), 0, "{what}");
+
+        // Afresh, with a healthy source.
+        let (got, err) = drain(fetch(&store, &data, 0, TestSource::plain(&data)).await).await;
+        assert!(err.is_none() && got == data[..], "{what}: {err:?}");
+        assert!(blob_file(&store, &digest).is_file());
+    }
+}
+
+/// The last byte reaches readers only once the download has verified the content: with all
+/// bytes written but the source's end (and so the verification) still pending, readers have
+/// everything but the last byte; when the content then turns out wrong, they get an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_byte_waits_for_verification() {
+    let data = content(MIB + 10, 9);
+    let digest = Digest::sha256_of(&data);
+    for wrong in [false, true] {
+        let (_dir, store) = store_with(settings());
+        let mut served = data.to_vec();
+        if wrong {
+            served[77] ^= 1;
+        }
+        let (source, gate) = TestSource::new(Bytes::from(served), 64 * 1024, &[], false);
+        gate.open_to(0);
+        let mut stream = fetch(&store, &data, 0, Arc::new(source)).await.stream;
+        gate.open_to(data.len());
+        // Wait (with a deadline) until the download has written every byte.
+        let deadline = tokio::time::Instant::now() + GUARD;
+        loop {
+            let written = store
+                .index()
+                .flights
+                .get(&digest)
+                .map(|f| f.progress.borrow().written);
+            if written == Some(data.len() as u64) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "download stuck at {written:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut got = Vec::new();
+        while let Ok(item) = tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
+            got.extend_from_slice(&item.expect("not the end yet").unwrap());
+        }
+        assert_eq!(
+            got.len(),
+            data.len() - 1,
+            "wrong={wrong}: all but the last byte"
+        );
+        gate.open_to(data.len() + 1);
+        let (rest, err) = drain(BlobReader {
+            size: data.len() as u64,
+            origin: ReadOrigin::Started,
+            stream,
+        })
+        .await;
+        if wrong {
+            assert!(matches!(err, Some(StoreError::Fetch { .. })), "{err:?}");
+            assert!(rest.is_empty());
+            settle(&store).await;
+            assert!(!blob_file(&store, &digest).exists());
+        } else {
+            assert!(err.is_none(), "{err:?}");
+            got.extend_from_slice(&rest);
+            assert!(got == data[..]);
+        }
+    }
+}
+
+/// A source refusing at once is an error of `fetch` itself (no stream), with its cause.
+#[tokio::test]
+async fn open_errors_are_returned_by_fetch() {
+    let (_dir, store) = store_with(settings());
+    let data = content(1000, 6);
+    let digest = Digest::sha256_of(&data);
+    for transient in [false, true] {
+        let (source, _gate) = TestSource::new(
+            data.clone(),
+            100,
+            &[Fault::FailOpen { transient }; 5],
+            false,
+        );
+        let err = store
+            .fetch(&digest, 1000, 0, Arc::new(source.clone()))
+            .await
+            .err()
+            .expect("fetch must fail");
+        match err {
+            StoreError::Fetch { error, .. } => {
+                assert_eq!(error.transient, transient);
+                assert!(error.cause::<Refused>().is_some(), "{error:?}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let attempts = if transient { 3 } else { 1 };
+        assert_eq!(source.opens().len(), attempts, "transient={transient}");
+        settle(&store).await;
+        assert_eq!(tmp_files(&store), 0);
+    }
+}
+
+/// The source sending more than the descriptor says fails the download.
+#[tokio::test]
+async fn oversized_source_fails() {
+    let (_dir, store) = store_with(settings());
+    let data = content(5000, 7);
+    let digest = Digest::sha256_of(&data[..4000]);
+    let (source, _gate) = TestSource::new(data, 1000, &[], false);
+    // Either the download fails before `fetch` returns, or the stream ends with the error.
+    match store.fetch(&digest, 4000, 0, Arc::new(source)).await {
+        Ok(reader) => {
+            let (got, err) = drain(reader).await;
+            assert!(matches!(err, Some(StoreError::Fetch { .. })), "{err:?}");
+            assert!(got.len() < 4000);
+        }
+        Err(e) => assert!(matches!(e, StoreError::Fetch { .. }), "{e:?}"),
+    }
+    settle(&store).await;
+    assert_eq!(tmp_files(&store), 0);
+}
+
+#[tokio::test]
+async fn empty_blob() {
+    let (_dir, store) = store_with(settings());
+    let data = Bytes::new();
+    let (source, _gate) = TestSource::new(data.clone(), 100, &[], false);
+    let (got, err) = drain(fetch(&store, &data, 0, Arc::new(source.clone())).await).await;
+    assert!(got.is_empty() && err.is_none(), "{err:?}");
+    assert!(source.opens().is_empty(), "nothing to download");
+    assert!(blob_file(&store, &Digest::sha256_of(b"")).is_file());
+}
+
+/// A stored blob that was flipped or truncated behind the store's back is detected when
+/// served (by a new process, which has not verified it yet) and fetched again.
+#[tokio::test]
+async fn corrupt_stored_blobs_are_refetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(MIB + 77, 8);
+    let digest = Digest::sha256_of(&data);
+    {
+        let store = BlobStore::open_with(dir.path(), settings()).unwrap();
+        drain(fetch(&store, &data, 0, TestSource::plain(&data)).await).await;
+        settle(&store).await;
+    }
+    let path = dir.path().join("blobs/sha256").join(digest.hex());
+    for (what, damage) in [
+        (
+            "bit flip",
+            Box::new(|raw: &mut Vec<u8>| raw[1000] ^= 0x10) as Box<dyn Fn(&mut Vec<u8>)>,
+        ),
+        (
+            "truncation",
+            Box::new(|raw: &mut Vec<u8>| raw.truncate(raw.len() - 1)),
+        ),
+    ] {
+        let mut raw = fs::read(&path).unwrap();
+        damage(&mut raw);
+        fs::write(&path, &raw).unwrap();
+        let store = BlobStore::open_with(dir.path(), settings()).unwrap();
+        assert!(!store.is_verified(&digest));
+        for offset in [0u64, 500] {
+            let (source, _gate) = TestSource::new(data.clone(), 64 * 1024, &[], false);
+            let reader = fetch(&store, &data, offset, Arc::new(source.clone())).await;
+            let expected_origin = if offset == 0 {
+                ReadOrigin::Started
+            } else {
+                ReadOrigin::Stored
+            };
+            assert_eq!(reader.origin, expected_origin, "{what} at {offset}");
+            let (got, err) = drain(reader).await;
+            assert!(err.is_none(), "{what}: {err:?}");
+            assert!(got == data[offset as usize..], "{what}");
+            settle(&store).await;
+            assert_eq!(fs::read(&path).unwrap(), data, "{what}: repaired on disk");
+        }
+    }
+    // A verified blob is not hashed again by this process, but a full read still checks it
+    // as it streams, holding back the last chunk.
+    let store = BlobStore::open_with(dir.path(), settings()).unwrap();
+    let (got, _) = drain(fetch(&store, &data, 0, TestSource::plain(&data)).await).await;
+    assert!(got == data[..]);
+    assert!(store.is_verified(&digest));
+    let mut raw = fs::read(&path).unwrap();
+    raw[MIB + 10] ^= 1;
+    fs::write(&path, &raw).unwrap();
+    let reader = fetch(&store, &data, 0, TestSource::plain(&data)).await;
+    assert_eq!(reader.origin, ReadOrigin::Stored);
+    let (got, err) = drain(reader).await;
+    assert!(matches!(err, Some(StoreError::Corrupt { .. })), "{err:?}");
+    assert_eq!(got.len(), CHUNK_SIZE, "the corrupt last chunk is withheld");
+    assert!(!path.exists(), "removed");
+    let (got, err) = drain(fetch(&store, &data, 0, TestSource::plain(&data)).await).await;
+    assert!(err.is_none() && got == data[..]);
+}
+
+/// LRU eviction: the limit holds after a workload, the most recently used blob stays, and a
+/// blob with an open reader is never evicted: the store exceeds the limit while it is read
+/// and shrinks when the reader is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_is_lru_and_spares_open_blobs() {
+    let limit = 5 * MIB as u64 / 2;
+    let (_dir, store) = store_with(StoreSettings {
+        max_bytes: limit,
+        ..settings()
+    });
+    let blobs: Vec<Bytes> = (0..5).map(|i| content(MIB, 100 + i)).collect();
+    let digests: Vec<Digest> = blobs.iter().map(|b| Digest::sha256_of(b)).collect();
+    for b in &blobs {
+        let (got, err) = drain(fetch(&store, b, 0, TestSource::plain(b)).await).await;
+        assert!(err.is_none() && got == b[..]);
+        settle(&store).await;
+        assert!(
+            store.total_bytes() <= limit,
+            "{} > {limit}",
+            store.total_bytes()
+        );
+    }
+    let present: Vec<bool> = digests
+        .iter()
+        .map(|d| blob_file(&store, d).exists())
+        .collect();
+    assert_eq!(present, [false, false, false, true, true]);
+    // Using blob 3 again makes blob 4 the least recently used.
+    drain(fetch(&store, &blobs[3], 0, TestSource::plain(&blobs[3])).await).await;
+    drain(fetch(&store, &blobs[0], 0, TestSource::plain(&blobs[0])).await).await;
+    settle(&store).await;
+    let present: Vec<bool> = digests
+        .iter()
+        .map(|d| blob_file(&store, d).exists())
+        .collect();
+    assert_eq!(present, [true, false, false, true, false]);
+
+    // Hold blob 3 open (a slow reader) and use blob 0 again: 3 is now the least recently
+    // used, but pinned. Downloading 1 evicts 0 instead.
+    let mut slow3 = fetch(&store, &blobs[3], 0, TestSource::plain(&blobs[3]))
+        .await
+        .stream;
+    let first3 = slow3.next().await.unwrap().unwrap();
+    drain(fetch(&store, &blobs[0], 0, TestSource::plain(&blobs[0])).await).await;
+    drain(fetch(&store, &blobs[1], 0, TestSource::plain(&blobs[1])).await).await;
+    settle(&store).await;
+    let present: Vec<bool> = digests
+        .iter()
+        .map(|d| blob_file(&store, d).exists())
+        .collect();
+    assert_eq!(present, [false, true, false, true, false]);
+
+    // Pin 1 too, and download 2 while keeping its reader: nothing can go, so the store is
+    // over the limit (three blobs, 2.5 allowed) while the readers hold on.
+    let mut slow1 = fetch(&store, &blobs[1], 0, TestSource::plain(&blobs[1]))
+        .await
+        .stream;
+    slow1.next().await.unwrap().unwrap();
+    let mut reader2 = fetch(&store, &blobs[2], 0, TestSource::plain(&blobs[2]))
+        .await
+        .stream;
+    // All its bytes, but not the end of the stream: the reader is still open.
+    let mut got2 = Vec::new();
+    while got2.len() < MIB {
+        got2.extend_from_slice(&reader2.next().await.unwrap().unwrap());
+    }
+    assert!(got2 == blobs[2][..]);
+    settle(&store).await;
+    let present: Vec<bool> = digests
+        .iter()
+        .map(|d| blob_file(&store, d).exists())
+        .collect();
+    assert_eq!(present, [false, true, true, true, false]);
+    assert_eq!(store.total_bytes(), 3 * MIB as u64);
+
+    // The slow reader of 3 finishes: 3 is the only blob without a reader, so it goes and the
+    // store is back within the limit.
+    let mut rest = first3.to_vec();
+    while let Some(chunk) = slow3.next().await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(rest == blobs[3][..], "the held blob read completely");
+    drop(slow3);
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while store.total_bytes() > limit {
+        assert!(tokio::time::Instant::now() < deadline, "store never shrank");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let present: Vec<bool> = digests
+        .iter()
+        .map(|d| blob_file(&store, d).exists())
+        .collect();
+    assert_eq!(present, [false, true, true, false, false]);
+    drop(slow1);
+    drop(reader2);
+    let on_disk: u64 = fs::read_dir(store.root().join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert_eq!(on_disk, store.total_bytes());
+}
+
+/// The index is rebuilt at open from the files (oldest mtime first), and a lowered limit
+/// applies at once.
+#[tokio::test]
+async fn index_rebuilt_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs: Vec<Bytes> = (0..3).map(|i| content(MIB, 200 + i)).collect();
+    {
+        let store = BlobStore::open_with(dir.path(), settings()).unwrap();
+        for b in &blobs {
+            drain(fetch(&store, b, 0, TestSource::plain(b)).await).await;
+        }
+        settle(&store).await;
+        assert_eq!(store.total_bytes(), 3 * MIB as u64);
+    }
+    // Make blob 0 the most recently used by its mtime.
+    let path = |b: &Bytes| {
+        dir.path()
+            .join("blobs/sha256")
+            .join(Digest::sha256_of(b).hex())
+    };
+    let now = std::time::SystemTime::now() + Duration::from_secs(60);
+    fs::File::options()
+        .write(true)
+        .open(path(&blobs[0]))
+        .unwrap()
+        .set_modified(now)
+        .unwrap();
+    let store = BlobStore::open_with(
+        dir.path(),
+        StoreSettings {
+            max_bytes: 2 * MIB as u64,
+            ..settings()
+        },
+    )
+    .unwrap();
+    assert_eq!(store.total_bytes(), 2 * MIB as u64);
+    assert!(path(&blobs[0]).exists());
+    assert!(!path(&blobs[1]).exists());
+    assert!(path(&blobs[2]).exists());
+}

@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use common::*;
@@ -600,7 +601,12 @@ async fn range_requests() {
     .await;
     assert_eq!(&r.bytes()[..], &tar_layer.blob[..]);
     let stored = store.join("blobs/sha256").join(hex_of(&tar_layer.digest));
-    assert!(stored.is_file(), "{} cached", stored.display());
+    // The client may finish before the store's commit (fsync + rename) does.
+    rf_testkit::wait_until(
+        Duration::from_secs(30),
+        "the layer is committed to the store",
+        || stored.is_file(),
+    );
     drop(reg);
     check(&cached, &tar_layer.digest, &tar_layer.blob, "cached layer").await;
     assert_serving(&cached, GOOD).await;

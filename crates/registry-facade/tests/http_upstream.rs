@@ -6,6 +6,7 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use common::*;
@@ -301,6 +302,12 @@ async fn corrupt_upstream_blobs_fail_and_are_not_cached() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(&r.bytes()[..], &intact.blob[..]);
     let cached = store.join("blobs/sha256").join(hex_of(&intact.digest));
+    // The client may finish before the store's commit (fsync + rename) does.
+    rf_testkit::wait_until(
+        Duration::from_secs(30),
+        "the intact layer is committed",
+        || cached.is_file(),
+    );
     assert_eq!(std::fs::read(&cached).unwrap(), intact.blob);
     assert_eq!(
         files_under(&store.join("tmp")),
@@ -377,7 +384,11 @@ async fn cache_survives_restart_without_upstream() {
         let r = get(&first, &format!("/v2/fixed/pinned/blobs/{}", l.digest)).await;
         assert_eq!(&r.bytes()[..], &l.blob[..]);
         let cached = store.join("blobs/sha256").join(hex_of(&l.digest));
-        assert!(cached.is_file(), "{} cached after one GET", l.digest);
+        rf_testkit::wait_until(
+            Duration::from_secs(30),
+            "the layer is cached after one GET",
+            || cached.is_file(),
+        );
     }
     drop(first);
     drop(reg);

@@ -169,6 +169,9 @@ pub(crate) struct Progress {
     /// The source has been opened (first response received); readers wait for this (or a
     /// failure) so that a source refusing at once becomes an error before any byte is served.
     pub opened: bool,
+    /// Every byte is there and matches the digest: readers may take the last byte. The
+    /// commit (fsync, rename) still follows; durability is the cache's concern, not theirs.
+    pub verified: bool,
     pub status: Status,
 }
 
@@ -280,7 +283,17 @@ impl BlobStore {
             return Ok(None);
         }
         debug!(%digest, offset, "serving blob from the store");
-        let reader = Reader::stored(self.clone(), file, digest.clone(), meta, offset, guard);
+        // Verified by this process (just now, at commit, or on an earlier serve) and of the
+        // right size: hashing it again on every read would halve cached throughput.
+        let reader = Reader::stored(
+            self.clone(),
+            file,
+            digest.clone(),
+            meta,
+            offset,
+            false,
+            guard,
+        );
         Ok(Some(BlobReader {
             size,
             origin: ReadOrigin::Stored,
@@ -361,6 +374,7 @@ impl BlobStore {
                 let (tx, rx) = watch::channel(Progress {
                     written: 0,
                     opened: false,
+                    verified: false,
                     status: Status::Running,
                 });
                 let flight = Arc::new(Flight {
@@ -495,7 +509,10 @@ struct Download {
 impl Download {
     async fn run(mut self) {
         let result = match self.transfer().await {
-            Ok(()) => self.commit().await,
+            Ok(()) => {
+                self.tx.send_modify(|p| p.verified = true);
+                self.commit().await
+            }
             Err(e) => Err(e),
         };
         match result {

@@ -57,7 +57,7 @@ pub(crate) async fn open_stored(
         index.touch(&digest, false);
         ReadGuard::new(&store, &mut index, &digest)
     };
-    let reader = Reader::stored(store, Arc::new(file), digest, meta, offset, guard);
+    let reader = Reader::stored(store, Arc::new(file), digest, meta, offset, true, guard);
     Ok(Some(StoredBlob {
         size,
         stream: reader.into_stream(),
@@ -95,6 +95,7 @@ impl Reader {
         digest: Digest,
         meta: Metadata,
         offset: u64,
+        hash: bool,
         guard: ReadGuard,
     ) -> Reader {
         Reader {
@@ -104,7 +105,7 @@ impl Reader {
             pos: offset,
             mode: Mode::Stored {
                 meta,
-                hasher: (offset == 0).then(|| digest.hasher()),
+                hasher: (hash && offset == 0).then(|| digest.hasher()),
             },
             digest,
             done: false,
@@ -232,8 +233,8 @@ impl Reader {
     }
 }
 
-/// Waits until the download has bytes beyond `pos` (the last byte only once it is verified
-/// and committed) and returns how far a reader may read.
+/// Waits until the download has bytes beyond `pos` (the last byte only once all bytes are
+/// verified) and returns how far a reader may read.
 async fn wait_available(
     rx: &mut watch::Receiver<Progress>,
     pos: u64,
@@ -251,6 +252,7 @@ async fn wait_available(
                     })
                 }
                 Status::Done => return Ok(size),
+                Status::Running if p.verified => return Ok(size),
                 Status::Running => {
                     let available = p.written.min(size.saturating_sub(1));
                     if available > pos {

@@ -233,7 +233,22 @@ impl Upstream {
         offset: u64,
     ) -> Result<BlobStream, UpstreamError> {
         match image {
-            ImageRef::Registry(r) => self.inner.open_blob(r, digest, offset).await,
+            ImageRef::Registry(r) => self.inner.open_blob(r, digest, offset, true).await,
+            ImageRef::Layout { dir, .. } => layout::open_blob(dir, digest, offset).await,
+        }
+    }
+
+    /// Like [`open_blob`](Self::open_blob), but a registry stream is not hashed: for callers
+    /// that hash every byte themselves (the store's downloads), so the blob is not hashed
+    /// twice on the hot path. Lengths are still checked.
+    pub async fn open_blob_unverified(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<BlobStream, UpstreamError> {
+        match image {
+            ImageRef::Registry(r) => self.inner.open_blob(r, digest, offset, false).await,
             ImageRef::Layout { dir, .. } => layout::open_blob(dir, digest, offset).await,
         }
     }

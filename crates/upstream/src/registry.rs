@@ -820,6 +820,7 @@ impl Client {
         url: &Url,
         digest: &Digest,
         offset: u64,
+        verify: bool,
     ) -> Result<BlobStream, UpstreamError> {
         let mut headers = HeaderMap::new();
         if offset > 0 {
@@ -869,7 +870,7 @@ impl Client {
             .bytes_stream()
             .map(move |r| r.map_err(|e| body_error(&registry, e)))
             .boxed();
-        let stream = Verifying::new(inner, digest.clone(), offset == 0, expected_len);
+        let stream = Verifying::new(inner, digest.clone(), verify && offset == 0, expected_len);
         Ok(BlobStream {
             size,
             stream: stream.boxed(),
@@ -881,10 +882,11 @@ impl Client {
         reference: &Reference,
         digest: &Digest,
         offset: u64,
+        verify: bool,
     ) -> Result<BlobStream, UpstreamError> {
         let t = self.target(reference);
         let url = t.url("blobs", &digest.to_string())?;
-        self.with_retries(&t, || self.open_blob_once(&t, &url, digest, offset))
+        self.with_retries(&t, || self.open_blob_once(&t, &url, digest, offset, verify))
             .await
     }
 
@@ -897,7 +899,7 @@ impl Client {
         let t = self.target(reference);
         let url = t.url("blobs", &digest.to_string())?;
         self.with_retries(&t, || async {
-            let blob = self.open_blob_once(&t, &url, digest, 0).await?;
+            let blob = self.open_blob_once(&t, &url, digest, 0, true).await?;
             collect(blob, max_size).await
         })
         .await

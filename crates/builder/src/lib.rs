@@ -1,0 +1,49 @@
+//! The image builder: a Rust implementation of Gitpod's image-builder (mk3) API.
+//!
+//! Builds run with buildah ([`engine`]) from contexts prepared by [`context`] and are tracked
+//! by [`builds`] (join by workspace ref, log hubs, slots, timeout, persisted state, metrics).
+//!
+//! * [`config`]: the JSON configuration (Gitpod's `orchestrator`, `refCache`, `server`, plus
+//!   our `builder` section), strict, with errors naming the key.
+//! * [`refs`]: Gitpod's base and workspace reference hashing, byte-identical for Git sources,
+//!   documented extensions for empty/download/composite contexts.
+//! * [`auth`]: `BuildRegistryAuth` semantics (allow-lists, `additional` credentials, the pull
+//!   secret) and the docker `config.json` handed to builds.
+//! * [`censor`]: replaces secrets and internal references in (streamed) logs and messages.
+//! * [`resolve`]: references → digests (platform-aware), image existence checks.
+//! * [`service`]: [`BuilderState`] and the tonic [`BuilderService`] (`ResolveBaseImage`,
+//!   `ResolveWorkspaceImage`, `Build`, `Logs`, `ListBuilds`).
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use rf_builder::{BuilderService, BuilderState, Config};
+//! let config = Config::load("image-builder.json".as_ref())?;
+//! config.warn_ignored();
+//! let addr = config.grpc_address().parse()?;
+//! let state = Arc::new(BuilderState::new(config)?);
+//! let _ref_cache = state.start_ref_cache();
+//! tonic::transport::Server::builder()
+//!     .add_service(BuilderService::new(state).into_server())
+//!     .serve(addr)
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+pub mod auth;
+pub mod builds;
+pub mod censor;
+pub mod config;
+pub mod context;
+pub mod engine;
+pub mod refs;
+pub mod resolve;
+pub mod service;
+
+pub use auth::{Authentication, Authenticator, BuildAuth, RequestAuth};
+pub use builds::{Build, BuildMetrics, Builds, LogHub, LogSink};
+pub use censor::{Censor, CensorStream};
+pub use config::{Config, ConfigError};
+pub use engine::{BuildEngine, BuildJob, Buildah, EngineError};
+pub use resolve::{ResolveError, Resolver};
+pub use service::{BuilderService, BuilderState};

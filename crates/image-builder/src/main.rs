@@ -1,0 +1,310 @@
+//! `image-builder`: serves Gitpod's `builder.ImageBuilder` gRPC API (`run`) and talks to a
+//! running server (`resolve`, `build`, `list`, `logs`).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use futures::StreamExt as _;
+use rf_api::builder::build_source::From as SourceFrom;
+use rf_api::builder::image_builder_client::ImageBuilderClient;
+use rf_api::builder::{
+    BuildRequest, BuildSource, BuildSourceDockerfile, BuildSourceReference, BuildStatus,
+    ListBuildsRequest, LogsRequest, ResolveBaseImageRequest,
+};
+use rf_api::contentservice::workspace_initializer::Spec;
+use rf_api::contentservice::{CloneTargetMode, GitInitializer, WorkspaceInitializer};
+use rf_builder::{BuilderService, BuilderState, Config};
+use tonic::transport::{Channel, Identity, Server, ServerTlsConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "image-builder",
+    version,
+    about = "Gitpod-compatible image builder"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Debug)]
+struct ClientOpts {
+    /// Address of a running image-builder.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "IMAGE_BUILDER_ADDR")]
+    addr: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Serve the gRPC API.
+    Run {
+        /// The JSON configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Resolve an image reference to its digest form.
+    Resolve {
+        #[command(flatten)]
+        client: ClientOpts,
+        reference: String,
+    },
+    /// Build a workspace image (showing status and log output); exits non-zero on failure.
+    Build {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// Use an existing image as the workspace image.
+        #[arg(long = "ref", conflicts_with = "git")]
+        reference: Option<String>,
+        /// Build a Dockerfile from this git repository URL.
+        #[arg(long, required_unless_present = "reference")]
+        git: Option<String>,
+        /// The branch to build (default: the remote HEAD).
+        #[arg(long, requires = "git")]
+        git_ref: Option<String>,
+        /// A commit to build (instead of a branch).
+        #[arg(long, requires = "git", conflicts_with = "git_ref")]
+        git_commit: Option<String>,
+        /// The Dockerfile, relative to the repository root.
+        #[arg(long, default_value = "Dockerfile", requires = "git")]
+        dockerfile: String,
+        /// The build context, relative to the repository root (default: the Dockerfile's directory).
+        #[arg(long, default_value = "", requires = "git")]
+        context: String,
+        /// Rebuild even if the workspace image exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List running builds.
+    List {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Show a build's log (a workspace ref or a build id), following it until the build ends.
+    Logs {
+        #[command(flatten)]
+        client: ClientOpts,
+        build: String,
+    },
+}
+
+async fn connect(opts: &ClientOpts) -> anyhow::Result<ImageBuilderClient<Channel>> {
+    let url = if opts.addr.contains("://") {
+        opts.addr.clone()
+    } else {
+        format!("http://{}", opts.addr)
+    };
+    ImageBuilderClient::connect(url.clone())
+        .await
+        .with_context(|| format!("cannot connect to {url}"))
+}
+
+fn status_name(s: i32) -> &'static str {
+    match BuildStatus::try_from(s).unwrap_or(BuildStatus::Unknown) {
+        BuildStatus::Unknown => "unknown",
+        BuildStatus::Running => "running",
+        BuildStatus::DoneSuccess => "done_success",
+        BuildStatus::DoneFailure => "done_failure",
+    }
+}
+
+async fn serve(config: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&config)?;
+    config.warn_ignored();
+    let listener_cfg = config.server.as_ref().and_then(|s| s.services.grpc.clone());
+    let listener = tokio::net::TcpListener::bind(config.grpc_address())
+        .await
+        .with_context(|| format!("cannot listen on {}", config.grpc_address()))?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(BuilderState::new(config)?);
+    for rec in state.builds.recover()? {
+        tracing::warn!(build_id = %rec.id, "marked as failed: {}", rec.message);
+    }
+    let _ref_cache = state.start_ref_cache();
+    let mut server = Server::builder();
+    if let Some(tls) = listener_cfg.and_then(|l| l.tls) {
+        let cert = std::fs::read(&tls.cert_path)
+            .with_context(|| format!("reading {}", tls.cert_path.display()))?;
+        let key = std::fs::read(&tls.key_path)
+            .with_context(|| format!("reading {}", tls.key_path.display()))?;
+        let mut t = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = &tls.ca_path {
+            let ca = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            t = t.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        server = server.tls_config(t)?;
+    }
+    println!("image-builder listening on {addr}");
+    std::io::stdout().flush()?;
+    server
+        .add_service(BuilderService::new(state).into_server())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+async fn build(opts: &ClientOpts, source: SourceFrom, force: bool) -> anyhow::Result<()> {
+    let mut client = connect(opts).await?;
+    let mut stream = client
+        .build(BuildRequest {
+            source: Some(BuildSource { from: Some(source) }),
+            force_rebuild: force,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut log_task: Option<tokio::task::JoinHandle<()>> = None;
+    let mut last = None;
+    while let Some(r) = stream.next().await {
+        let r = r?;
+        if r.status == BuildStatus::Running as i32 && log_task.is_none() {
+            let id = r
+                .info
+                .as_ref()
+                .map(|i| i.build_id.clone())
+                .unwrap_or_default();
+            eprintln!("build {id} running: {}", r.r#ref);
+            let mut c = client.clone();
+            log_task = Some(tokio::spawn(async move {
+                let Ok(s) = c
+                    .logs(LogsRequest {
+                        build_id: id,
+                        ..Default::default()
+                    })
+                    .await
+                else {
+                    return;
+                };
+                let mut s = s.into_inner();
+                let mut out = std::io::stdout();
+                while let Some(Ok(chunk)) = s.next().await {
+                    let _ = out.write_all(&chunk.content);
+                    let _ = out.flush();
+                }
+            }));
+        }
+        last = Some(r);
+    }
+    if let Some(t) = log_task {
+        let _ = t.await;
+    }
+    let Some(last) = last else {
+        bail!("the build stream ended without a status");
+    };
+    eprintln!(
+        "{}: {} (base {})",
+        status_name(last.status),
+        last.r#ref,
+        last.base_ref
+    );
+    if last.status != BuildStatus::DoneSuccess as i32 {
+        bail!("build failed: {}", last.message);
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Run { config } => serve(config).await,
+        Cmd::Resolve { client, reference } => {
+            let r = connect(&client)
+                .await?
+                .resolve_base_image(ResolveBaseImageRequest {
+                    r#ref: reference,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            println!("{}", r.r#ref);
+            Ok(())
+        }
+        Cmd::Build {
+            client,
+            reference,
+            git,
+            git_ref,
+            git_commit,
+            dockerfile,
+            context,
+            force,
+        } => {
+            let source = match (reference, git) {
+                (Some(r), _) => SourceFrom::Ref(BuildSourceReference { r#ref: r }),
+                (None, Some(url)) => {
+                    let (mode, target) = match (git_ref, git_commit) {
+                        (_, Some(c)) => (CloneTargetMode::RemoteCommit, c),
+                        (Some(b), None) => (CloneTargetMode::RemoteBranch, b),
+                        (None, None) => (CloneTargetMode::RemoteHead, String::new()),
+                    };
+                    SourceFrom::File(BuildSourceDockerfile {
+                        source: Some(WorkspaceInitializer {
+                            spec: Some(Spec::Git(GitInitializer {
+                                remote_uri: url,
+                                target_mode: mode as i32,
+                                clone_taget: target,
+                                ..Default::default()
+                            })),
+                        }),
+                        dockerfile_version: String::new(),
+                        dockerfile_path: dockerfile,
+                        context_path: context,
+                    })
+                }
+                (None, None) => bail!("either --ref or --git is required"),
+            };
+            build(&client, source, force).await
+        }
+        Cmd::List { client } => {
+            let l = connect(&client)
+                .await?
+                .list_builds(ListBuildsRequest {})
+                .await?
+                .into_inner();
+            for b in l.builds {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    b.build_id,
+                    status_name(b.status),
+                    b.started_at,
+                    b.r#ref
+                );
+            }
+            Ok(())
+        }
+        Cmd::Logs { client, build } => {
+            let req = if build.contains(':') || build.contains('/') {
+                LogsRequest {
+                    build_ref: build,
+                    ..Default::default()
+                }
+            } else {
+                LogsRequest {
+                    build_id: build,
+                    ..Default::default()
+                }
+            };
+            let mut s = connect(&client).await?.logs(req).await?.into_inner();
+            let mut out = std::io::stdout();
+            while let Some(chunk) = s.next().await {
+                out.write_all(&chunk?.content)?;
+                out.flush()?;
+            }
+            Ok(())
+        }
+    }
+}

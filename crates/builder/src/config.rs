@@ -31,6 +31,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rf_oci::duration::parse_go_duration as parse_duration;
 use rf_oci::{Platform, Reference};
 use serde::{Deserialize, Deserializer};
 
@@ -281,44 +282,6 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
             .map(|w| Some(w.0))
             .map_err(serde::de::Error::custom),
     }
-}
-
-// NOTE(dedupe): a copy of `parse_duration` in crates/registry-facade/src/config.rs, kept
-// private here so that this crate does not depend on the binary crate. The lead may move one
-// shared copy into a common crate.
-/// Go's `time.ParseDuration` for non-negative values: `"300ms"`, `"1.5h"`, `"2h45m"`; `"0"`.
-fn parse_duration(s: &str) -> Option<Duration> {
-    let mut total = 0f64;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    if rest == "0" {
-        return Some(Duration::ZERO);
-    }
-    while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        if num_len == 0 {
-            return None;
-        }
-        let n: f64 = rest[..num_len].parse().ok()?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let factor = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += n * factor;
-        rest = &rest[unit_len..];
-    }
-    Some(Duration::from_secs_f64(total))
 }
 
 /// The registry domain of a repository (`eu.gcr.io/a/b` → `eu.gcr.io`, `gitpod/x` →

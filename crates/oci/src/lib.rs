@@ -4,6 +4,7 @@
 
 pub mod accept;
 pub mod digest;
+pub mod duration;
 pub mod error;
 pub mod manifest;
 pub mod media;

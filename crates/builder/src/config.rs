@@ -31,7 +31,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rf_oci::duration::parse_go_duration as parse_duration;
 use rf_oci::{Platform, Reference};
 use serde::{Deserialize, Deserializer};
 
@@ -251,23 +250,9 @@ fn platform<'de, D: Deserializer<'de>>(d: D) -> Result<Platform, D::Error> {
     })
 }
 
-/// Go-style duration strings (`"90s"`, `"1h30m"`) or a number of seconds.
+/// Go-style duration strings or a number of seconds.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Seconds(f64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Seconds(s) if s >= 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
-        Raw::Seconds(s) => Err(serde::de::Error::custom(format!("invalid duration {s}"))),
-        Raw::Text(t) => parse_duration(&t).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "invalid duration {t:?} (use e.g. \"30s\", \"60m\", \"1h30m\")"
-            ))
-        }),
-    }
+    rf_oci::duration::deserialize(d)
 }
 
 /// Like [`duration`]; Gitpod writes `""` for "not set".
@@ -625,13 +610,28 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("60m"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(
+            rf_oci::duration::parse_go_duration("60m"),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            rf_oci::duration::parse_go_duration("1h30m"),
+            Some(Duration::from_secs(5400))
+        );
+        assert_eq!(
+            rf_oci::duration::parse_go_duration("250ms"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            rf_oci::duration::parse_go_duration("1.5h"),
+            Some(Duration::from_secs(5400))
+        );
+        assert_eq!(
+            rf_oci::duration::parse_go_duration("0"),
+            Some(Duration::ZERO)
+        );
         for bad in ["5", "s", "", "1d", "-1s", "1h-5m"] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
+            assert_eq!(rf_oci::duration::parse_go_duration(bad), None, "{bad}");
         }
     }
 }

@@ -2,6 +2,28 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Deserializer};
+
+/// serde `deserialize_with` for configuration durations: a Go duration string (`"90s"`,
+/// `"1h30m"`) or a number of seconds.
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(f64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Seconds(s) if s >= 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+        Raw::Seconds(s) => Err(serde::de::Error::custom(format!("invalid duration {s}"))),
+        Raw::Text(t) => parse_go_duration(&t).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid duration {t:?} (use e.g. \"30s\", \"5m\", \"1h30m\")"
+            ))
+        }),
+    }
+}
+
 /// Parses non-negative Go durations: `"300ms"`, `"1.5h"`, `"2h45m"`, `"0"`.
 pub fn parse_go_duration(s: &str) -> Option<Duration> {
     let mut total = 0f64;

@@ -230,23 +230,9 @@ fn default_spec_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
-/// Go-style duration strings (`"90s"`, `"1m30s"`, `"250ms"`) or a number of seconds.
+/// Go-style duration strings or a number of seconds.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Seconds(f64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Seconds(s) if s >= 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
-        Raw::Seconds(s) => Err(serde::de::Error::custom(format!("invalid duration {s}"))),
-        Raw::Text(t) => parse_duration(&t).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "invalid duration {t:?} (use e.g. \"30s\", \"5m\", \"1h30m\")"
-            ))
-        }),
-    }
+    rf_oci::duration::deserialize(d)
 }
 
 pub use rf_oci::duration::parse_go_duration as parse_duration;

@@ -25,6 +25,7 @@
 //! | `builder.platform` | `os/arch[/variant]` | `linux/amd64` | the platform base images are resolved (and built) for |
 //! | `builder.plainHTTPRegistries` | string[] | `[]` | registries spoken to over plain HTTP (loopback always is) |
 //! | `builder.subassemblyHTTPAddress` | `host:port` | none | reserved for the subassembly service |
+//! | `builder.metricsAddress` | `host:port` | none | Prometheus metrics on `/metrics`: builds started, done by outcome, duration, queue length |
 //!
 //! Durations are Go-style strings (`"90s"`, `"1h30m"`) or numbers of seconds.
 
@@ -206,6 +207,9 @@ pub struct BuilderConfig {
     pub plain_http_registries: Vec<String>,
     #[serde(default, rename = "subassemblyHTTPAddress")]
     pub subassembly_http_address: Option<String>,
+    /// `host:port` for Prometheus metrics at `/metrics` (none: not served).
+    #[serde(default)]
+    pub metrics_address: Option<String>,
 }
 
 impl Default for BuilderConfig {
@@ -220,6 +224,7 @@ impl Default for BuilderConfig {
             platform: Platform::linux_amd64(),
             plain_http_registries: Vec::new(),
             subassembly_http_address: None,
+            metrics_address: None,
         }
     }
 }

@@ -123,6 +123,10 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
         tracing::warn!(build_id = %rec.id, "marked as failed: {}", rec.message);
     }
     let _ref_cache = state.start_ref_cache();
+    if let Some(addr) = config_metrics_address(&state) {
+        let metrics = serve_metrics(&addr, &state.builds.metrics).await?;
+        tracing::info!(addr = %metrics, "metrics on /metrics");
+    }
     let mut server = Server::builder();
     if let Some(tls) = listener_cfg.and_then(|l| l.tls) {
         let cert = std::fs::read(&tls.cert_path)
@@ -148,6 +152,51 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
         )
         .await?;
     Ok(())
+}
+
+fn config_metrics_address(state: &BuilderState) -> Option<String> {
+    state
+        .config
+        .builder
+        .metrics_address
+        .clone()
+        .filter(|a| !a.is_empty())
+}
+
+/// Serves the build metrics (`/metrics`, Prometheus text format) in the background.
+async fn serve_metrics(
+    addr: &str,
+    metrics: &rf_builder::BuildMetrics,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let registry = Arc::new(registry);
+    let addr = if addr.starts_with(':') {
+        format!("0.0.0.0{addr}")
+    } else {
+        addr.to_string()
+    };
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("builder.metricsAddress: cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut out = String::new();
+                let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+                out
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(local)
 }
 
 async fn build(opts: &ClientOpts, source: SourceFrom, force: bool) -> anyhow::Result<()> {

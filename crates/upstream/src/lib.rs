@@ -232,10 +232,7 @@ impl Upstream {
         digest: &Digest,
         offset: u64,
     ) -> Result<BlobStream, UpstreamError> {
-        match image {
-            ImageRef::Registry(r) => self.inner.open_blob(r, digest, offset, true).await,
-            ImageRef::Layout { dir, .. } => layout::open_blob(dir, digest, offset).await,
-        }
+        self.open_blob_checked(image, digest, offset, true).await
     }
 
     /// Like [`open_blob`](Self::open_blob), but a registry stream is not hashed: for callers
@@ -247,8 +244,19 @@ impl Upstream {
         digest: &Digest,
         offset: u64,
     ) -> Result<BlobStream, UpstreamError> {
+        self.open_blob_checked(image, digest, offset, false).await
+    }
+
+    async fn open_blob_checked(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        offset: u64,
+        verify: bool,
+    ) -> Result<BlobStream, UpstreamError> {
         match image {
-            ImageRef::Registry(r) => self.inner.open_blob(r, digest, offset, false).await,
+            ImageRef::Registry(r) => self.inner.open_blob(r, digest, offset, verify).await,
+            // Local layouts are always verified: they are small and off the hot path.
             ImageRef::Layout { dir, .. } => layout::open_blob(dir, digest, offset).await,
         }
     }

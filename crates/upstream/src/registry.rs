@@ -717,16 +717,24 @@ impl Client {
 
     // ---- operations ---------------------------------------------------------------------
 
-    pub(crate) async fn fetch_manifest(
+    /// Target, URL, `Accept` headers and log label of a manifest request (GET or HEAD).
+    fn manifest_request<'a>(
         &self,
-        reference: &Reference,
-    ) -> Result<FetchedManifest, UpstreamError> {
+        reference: &'a Reference,
+    ) -> Result<(Target<'a>, Url, HeaderMap, String), UpstreamError> {
         let t = self.target(reference);
         let mref = reference.manifest_reference();
         let url = t.url("manifests", &mref)?;
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, manifest_accept());
-        let what = format!("manifest {mref}");
+        Ok((t, url, headers, format!("manifest {mref}")))
+    }
+
+    pub(crate) async fn fetch_manifest(
+        &self,
+        reference: &Reference,
+    ) -> Result<FetchedManifest, UpstreamError> {
+        let (t, url, headers, what) = self.manifest_request(reference)?;
         self.with_retries(&t, || async {
             let resp = self.request(&t, Method::GET, &url, &headers, &what).await?;
             let ct = content_type(&resp);
@@ -764,12 +772,7 @@ impl Client {
         &self,
         reference: &Reference,
     ) -> Result<ManifestHead, UpstreamError> {
-        let t = self.target(reference);
-        let mref = reference.manifest_reference();
-        let url = t.url("manifests", &mref)?;
-        let mut headers = HeaderMap::new();
-        headers.insert(ACCEPT, manifest_accept());
-        let what = format!("manifest {mref}");
+        let (t, url, headers, what) = self.manifest_request(reference)?;
         let head = self
             .with_retries(&t, || async {
                 let resp = self

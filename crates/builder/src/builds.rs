@@ -120,6 +120,7 @@ pub struct Build {
     pub started_at: i64,
     pub log: Arc<LogHub>,
     status: watch::Sender<BuildResponse>,
+    failure_code: Mutex<Option<tonic::Code>>,
 }
 
 impl Build {
@@ -147,6 +148,13 @@ impl Build {
             Some((r, (rx, terminal, false)))
         })
         .boxed()
+    }
+
+    /// For a build that failed with a [`BuildFailure::code`]: that status, with the (censored)
+    /// failure message.
+    pub fn failure_status(&self) -> Option<tonic::Status> {
+        let code = (*self.failure_code.lock())?;
+        Some(tonic::Status::new(code, self.response().message))
     }
 
     fn set(&self, status: BuildStatus, message: String) {
@@ -246,8 +254,42 @@ pub struct BuildRecord {
 /// The message of builds found `running` at startup.
 pub const INTERRUPTED: &str = "interrupted by an image-builder restart";
 
-/// What a build does once it has a slot; `Err` is the user-facing failure message.
-pub type BuildFn = Box<dyn FnOnce(Arc<Build>) -> BoxFuture<'static, Result<(), String>> + Send>;
+/// Why a build failed: the message for the user and, for causes a gRPC client must be able to
+/// tell apart (credentials that do not reach the base image), a status code. A build with a
+/// code ends its `Build` stream with that status after the `done_failure` response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildFailure {
+    pub message: String,
+    pub code: Option<tonic::Code>,
+}
+
+impl BuildFailure {
+    pub fn with_code(code: tonic::Code, message: impl Into<String>) -> BuildFailure {
+        BuildFailure {
+            message: message.into(),
+            code: Some(code),
+        }
+    }
+}
+
+impl From<String> for BuildFailure {
+    fn from(message: String) -> BuildFailure {
+        BuildFailure {
+            message,
+            code: None,
+        }
+    }
+}
+
+impl From<&str> for BuildFailure {
+    fn from(message: &str) -> BuildFailure {
+        BuildFailure::from(message.to_string())
+    }
+}
+
+/// What a build does once it has a slot.
+pub type BuildFn =
+    Box<dyn FnOnce(Arc<Build>) -> BoxFuture<'static, Result<(), BuildFailure>> + Send>;
 
 #[derive(Default)]
 struct Inner {
@@ -408,6 +450,7 @@ impl Builds {
                     info: Some(info),
                 })
                 .0,
+                failure_code: Mutex::new(None),
             });
             inner.running.insert(workspace_ref.to_string(), b.clone());
             b
@@ -468,17 +511,19 @@ impl Builds {
         build.log.line("starting image build ...");
         let res = match tokio::time::timeout(self.timeout, run(build.clone())).await {
             Ok(r) => r,
-            Err(_) => Err(format!("build timed out after {}", humanize(self.timeout))),
+            Err(_) => Err(format!("build timed out after {}", humanize(self.timeout)).into()),
         };
         drop(permit);
         self.finish(&build, res, t0);
     }
 
-    fn finish(self: &Arc<Self>, build: &Arc<Build>, res: Result<(), String>, t0: Instant) {
+    fn finish(self: &Arc<Self>, build: &Arc<Build>, res: Result<(), BuildFailure>, t0: Instant) {
         let success = res.is_ok();
         match &res {
             Ok(()) => build.log.line("image build done"),
-            Err(m) => build.log.line(&format!("image build failed: {m}")),
+            Err(f) => build
+                .log
+                .line(&format!("image build failed: {}", f.message)),
         }
         build.log.finish();
         {
@@ -488,7 +533,13 @@ impl Builds {
         }
         let (status, message) = match res {
             Ok(()) => (BuildStatus::DoneSuccess, String::new()),
-            Err(m) => (BuildStatus::DoneFailure, build.log.censor.censor_str(&m)),
+            Err(f) => {
+                *build.failure_code.lock() = f.code;
+                (
+                    BuildStatus::DoneFailure,
+                    build.log.censor.censor_str(&f.message),
+                )
+            }
         };
         build.set(status, message);
         self.persist(&self.record_of(build));

@@ -24,7 +24,8 @@
 //! | `builder.logRetention` | duration | `1h` | logs of finished builds are kept this long |
 //! | `builder.platform` | `os/arch[/variant]` | `linux/amd64` | the platform base images are resolved (and built) for |
 //! | `builder.plainHTTPRegistries` | string[] | `[]` | registries spoken to over plain HTTP (loopback always is) |
-//! | `builder.subassemblyHTTPAddress` | `host:port` | none | reserved for the subassembly service |
+//! | `builder.subassemblyHTTPAddress` | `host:port` | none | where the subassembly HTTP server (`GET /subassemblies/<digest>`) listens; without it (or `subassemblyURL`) subassemblies have no download URL |
+//! | `builder.subassemblyURL` | `http(s)://…` | `http://<subassemblyHTTPAddress>` | base URL clients download subassemblies from (`<base>/subassemblies/<digest>`), e.g. when behind a proxy or when listening on `0.0.0.0` |
 //! | `builder.metricsAddress` | `host:port` | none | Prometheus metrics on `/metrics`: builds started, done by outcome, duration, queue length |
 //!
 //! Durations are Go-style strings (`"90s"`, `"1h30m"`) or numbers of seconds.
@@ -205,8 +206,12 @@ pub struct BuilderConfig {
     pub platform: Platform,
     #[serde(default, rename = "plainHTTPRegistries")]
     pub plain_http_registries: Vec<String>,
+    /// `host:port` of the subassembly HTTP server.
     #[serde(default, rename = "subassemblyHTTPAddress")]
     pub subassembly_http_address: Option<String>,
+    /// Base URL of subassembly downloads (default: `http://<subassemblyHTTPAddress>`).
+    #[serde(default, rename = "subassemblyURL")]
+    pub subassembly_url: Option<String>,
     /// `host:port` for Prometheus metrics at `/metrics` (none: not served).
     #[serde(default)]
     pub metrics_address: Option<String>,
@@ -224,6 +229,7 @@ impl Default for BuilderConfig {
             platform: Platform::linux_amd64(),
             plain_http_registries: Vec::new(),
             subassembly_http_address: None,
+            subassembly_url: None,
             metrics_address: None,
         }
     }
@@ -349,6 +355,25 @@ impl Config {
         }
         if b.work_dir.as_os_str().is_empty() {
             return Err(invalid("builder.workDir", "must not be empty"));
+        }
+        if let Some(u) = &b.subassembly_url {
+            let ok = url::Url::parse(u)
+                .is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.has_host());
+            if !ok {
+                return Err(invalid(
+                    "builder.subassemblyURL",
+                    format!("{u:?} is not an http(s) URL"),
+                ));
+            }
+        }
+        if b.subassembly_http_address
+            .as_ref()
+            .is_some_and(|a| a.trim().is_empty())
+        {
+            return Err(invalid(
+                "builder.subassemblyHTTPAddress",
+                "must not be empty",
+            ));
         }
         Ok(())
     }
@@ -502,7 +527,8 @@ mod tests {
                 "logRetention": 90,
                 "platform": "linux/arm64/v8",
                 "plainHTTPRegistries": ["reg.internal:5000"],
-                "subassemblyHTTPAddress": "127.0.0.1:9600"
+                "subassemblyHTTPAddress": "127.0.0.1:9600",
+                "subassemblyURL": "https://builder.example.com/files"
             }
         }"#,
         )
@@ -535,6 +561,10 @@ mod tests {
         assert_eq!(
             b.subassembly_http_address.as_deref(),
             Some("127.0.0.1:9600")
+        );
+        assert_eq!(
+            b.subassembly_url.as_deref(),
+            Some("https://builder.example.com/files")
         );
         let warnings = c.warn_ignored();
         assert!(
@@ -575,6 +605,8 @@ mod tests {
             (base(r#""server": {"services": {"grpc": {"address": 8080}}}"#), "server.services.grpc.address"),
             (base(r#""server": {"services": {"grpc": {"address": "x", "tls": {"ca": "/x"}}}}"#), "server.services.grpc.tls"),
             (base(r#""unknown": 1"#), "unknown"),
+            (base(r#""builder": {"subassemblyURL": "ftp://x"}"#), "builder.subassemblyURL"),
+            (base(r#""builder": {"subassemblyHTTPAddress": " "}"#), "builder.subassemblyHTTPAddress"),
             (
                 r#"{"orchestrator": {"baseImageRepository": "r/base:tag", "workspaceImageRepository": "r/ws"}}"#.to_string(),
                 "orchestrator.baseImageRepository",

@@ -10,6 +10,7 @@ use rf_api::contentservice::{
     CloneTargetMode, FileDownloadInitializer, GitAuthMethod, GitInitializer, WorkspaceInitializer,
 };
 use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt as _;
 use tokio::process::Command;
 
 use crate::builds::LogSink;
@@ -249,46 +250,64 @@ async fn download(
             return Err(ContextError::Invalid("download without a file path".into()));
         }
         log.line(&format!("downloading {} ...", f.file_path));
-        let resp = http
-            .get(&f.url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| {
-                ContextError::Failed(format!(
-                    "cannot download {}: {}",
-                    f.file_path,
-                    e.without_url()
+        let want = match f.digest.as_str() {
+            "" => None,
+            d => Some(d.strip_prefix("sha256:").ok_or_else(|| {
+                ContextError::Invalid(format!(
+                    "unsupported digest {:?} for {} (only sha256)",
+                    f.digest, f.file_path
                 ))
-            })?;
-        let body = resp.bytes().await.map_err(|e| {
+            })?),
+        };
+        let failed = |e: reqwest::Error| {
             ContextError::Failed(format!(
                 "cannot download {}: {}",
                 f.file_path,
                 e.without_url()
             ))
-        })?;
-        if !f.digest.is_empty() {
-            let Some(want) = f.digest.strip_prefix("sha256:") else {
-                return Err(ContextError::Invalid(format!(
-                    "unsupported digest {:?} for {} (only sha256)",
-                    f.digest, f.file_path
-                )));
-            };
-            let got = hex::encode(Sha256::digest(&body));
-            if got != want {
-                return Err(ContextError::Failed(format!(
-                    "{}: digest mismatch: expected sha256:{want}, got sha256:{got}",
-                    f.file_path
-                )));
-            }
-        }
+        };
+        let io_failed =
+            |e: std::io::Error| ContextError::Failed(format!("cannot write {}: {e}", f.file_path));
+        let mut resp = http
+            .get(&f.url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(failed)?;
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| ContextError::Failed(format!("cannot create {}: {e}", f.file_path)))?;
         }
-        std::fs::write(&path, &body)
-            .map_err(|e| ContextError::Failed(format!("cannot write {}: {e}", f.file_path)))?;
+        // Streamed to a temp file next to the target and renamed once the digest matched: a
+        // wrong or truncated download never appears in the context.
+        let part = path.with_file_name(format!(
+            ".{}.part",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        let mut out = tokio::fs::File::create(&part).await.map_err(io_failed)?;
+        let mut hasher = Sha256::new();
+        let copied: Result<(), ContextError> = async {
+            while let Some(chunk) = resp.chunk().await.map_err(failed)? {
+                hasher.update(&chunk);
+                out.write_all(&chunk).await.map_err(io_failed)?;
+            }
+            out.flush().await.map_err(io_failed)
+        }
+        .await;
+        drop(out);
+        let got = hex::encode(hasher.finalize());
+        let verdict = copied.and_then(|()| match want {
+            Some(want) if got != want => Err(ContextError::Failed(format!(
+                "{}: digest mismatch: expected sha256:{want}, got sha256:{got}",
+                f.file_path
+            ))),
+            _ => Ok(()),
+        });
+        if let Err(e) = verdict {
+            let _ = std::fs::remove_file(&part);
+            return Err(e);
+        }
+        std::fs::rename(&part, &path).map_err(io_failed)?;
     }
     Ok(())
 }
@@ -308,5 +327,64 @@ mod tests {
         assert_eq!(join_inside(root, "").unwrap(), Path::new("/ctx"));
         assert!(join_inside(root, "../x").is_err());
         assert!(join_inside(root, "a/../../x").is_err());
+    }
+
+    /// A loopback HTTP server answering every request with `body`; returns its base URL.
+    async fn serve(body: &'static [u8]) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().fallback(move || async move { body });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn download_of(url: &str, digest: &str) -> WorkspaceInitializer {
+        use rf_api::contentservice::file_download_initializer::FileInfo;
+        WorkspaceInitializer {
+            spec: Some(Spec::Download(FileDownloadInitializer {
+                files: vec![FileInfo {
+                    url: format!("{url}/file"),
+                    file_path: "sub/file.txt".into(),
+                    digest: digest.into(),
+                }],
+                target_location: String::new(),
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn downloads_are_verified_before_they_appear() {
+        let url = serve(b"context file\n").await;
+        let good = format!("sha256:{}", hex::encode(Sha256::digest(b"context file\n")));
+        let bad = format!("sha256:{}", hex::encode(Sha256::digest(b"other")));
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::new();
+        let log = crate::builds::LogHub::new(crate::censor::Censor::new(Vec::<String>::new()));
+        let dir = tempfile::tempdir().unwrap();
+
+        let e = prepare(&download_of(&url, &bad), dir.path(), &http, &log)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("digest mismatch"), "{e}");
+        // Neither the file nor a partial download is left behind.
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        let e = prepare(&download_of(&url, "md5:abc"), dir.path(), &http, &log)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("only sha256"), "{e}");
+
+        prepare(&download_of(&url, &good), dir.path(), &http, &log)
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("sub/file.txt")).unwrap(),
+            b"context file\n"
+        );
     }
 }

@@ -13,18 +13,31 @@
 //! * [`resolve`]: references → digests (platform-aware), image existence checks.
 //! * [`service`]: [`BuilderState`] and the tonic [`BuilderService`] (`ResolveBaseImage`,
 //!   `ResolveWorkspaceImage`, `Build`, `Logs`, `ListBuilds`).
+//! * [`subassembly`]: the tonic `builder.SubassemblyService` ([`SubassemblyService`]:
+//!   `CreateSubassembly`, `GetSubassembly`; persisted under `<workDir>/subassemblies`) and the
+//!   HTTP download server ([`subassembly_router`], [`serve_subassembly_http`]).
+//! * [`flatten`]: an image's layers flattened into one tar (whiteouts applied), streaming.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use rf_builder::{BuilderService, BuilderState, Config};
+//! use rf_builder::{serve_subassembly_http, BuilderService, BuilderState, Config, SubassemblyService};
 //! let config = Config::load("image-builder.json".as_ref())?;
 //! config.warn_ignored();
 //! let addr = config.grpc_address().parse()?;
 //! let state = Arc::new(BuilderState::new(config)?);
 //! let _ref_cache = state.start_ref_cache();
+//! // subassemblies: state under <workDir>/subassemblies, downloads over HTTP
+//! let subassemblies = SubassemblyService::new(&state)?;
+//! if let Some(http) = &state.config.builder.subassembly_http_address {
+//!     let (bound, _task) = serve_subassembly_http(http, subassemblies.clone()).await?;
+//!     if subassemblies.url_base().is_none() && state.config.builder.subassembly_url.is_none() {
+//!         tracing::warn!("subassemblies are served on {bound}, set builder.subassemblyURL for download URLs");
+//!     }
+//! }
 //! tonic::transport::Server::builder()
-//!     .add_service(BuilderService::new(state).into_server())
+//!     .add_service(BuilderService::new(state.clone()).into_server())
+//!     .add_service(subassemblies.into_server())
 //!     .serve(addr)
 //!     .await?;
 //! # Ok(()) }
@@ -35,10 +48,13 @@ pub mod builds;
 pub mod censor;
 pub mod config;
 pub mod context;
+pub mod dockerfile;
 pub mod engine;
+pub mod flatten;
 pub mod refs;
 pub mod resolve;
 pub mod service;
+pub mod subassembly;
 
 pub use auth::{Authentication, Authenticator, BuildAuth, RequestAuth};
 pub use builds::{Build, BuildMetrics, Builds, LogHub, LogSink};
@@ -47,3 +63,7 @@ pub use config::{Config, ConfigError};
 pub use engine::{BuildEngine, BuildJob, Buildah, EngineError};
 pub use resolve::{ResolveError, Resolver};
 pub use service::{BuilderService, BuilderState};
+pub use subassembly::{
+    serve_subassembly_http, subassembly_router, SubassemblyError, SubassemblyManifest,
+    SubassemblyService, SubassemblySource,
+};

@@ -81,7 +81,8 @@ fn unauthorized_message(reference: &str, domain: &str, had_credentials: bool) ->
 }
 
 impl ResolveError {
-    fn from_upstream(
+    /// Maps an upstream failure for `reference` on registry `domain`.
+    pub fn from_upstream(
         reference: &str,
         domain: &str,
         had_credentials: bool,
@@ -249,6 +250,13 @@ impl Resolver {
         }
     }
 
+    /// The upstream client for `domain` under `auth` (e.g. [`RequestAuth::allow_all`] for
+    /// the installation's credentials), and whether it presents credentials. Clients are
+    /// cached per credential set, so repeated calls reuse tokens and connections.
+    pub async fn client(&self, domain: &str, auth: &RequestAuth) -> (Upstream, bool) {
+        self.client_for(domain, auth).await
+    }
+
     /// Resolves `reference` to `<name>@<digest>` for the configured platform.
     pub async fn resolve(
         &self,
@@ -319,6 +327,32 @@ impl Resolver {
     pub async fn exists(&self, reference: &str, auth: &RequestAuth) -> Result<bool, ResolveError> {
         let r = parse_reference(reference)?;
         let (client, had_credentials) = self.client_for(&r.domain, auth).await;
+        match client.head_manifest(&ImageRef::Registry(r.clone())).await {
+            Ok(_) => Ok(true),
+            Err(UpstreamError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(ResolveError::from_upstream(
+                reference,
+                &r.domain,
+                had_credentials,
+                e,
+            )),
+        }
+    }
+
+    /// [`Resolver::exists`] with exactly the credentials a build hands to its engine, so the
+    /// answer is the one the engine's pull would get.
+    pub async fn exists_for_build(
+        &self,
+        reference: &str,
+        auth: &crate::auth::BuildAuth,
+    ) -> Result<bool, ResolveError> {
+        let r = parse_reference(reference)?;
+        let cred = auth.entries.get(&r.domain).and_then(|a| a.credential());
+        let had_credentials = cred.is_some();
+        let client = match cred {
+            Some(c) => self.upstream.with_credentials([(r.domain.clone(), c)]),
+            None => self.upstream.clone(),
+        };
         match client.head_manifest(&ImageRef::Registry(r.clone())).await {
             Ok(_) => Ok(true),
             Err(UpstreamError::NotFound { .. }) => Ok(false),

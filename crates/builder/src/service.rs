@@ -36,7 +36,7 @@ use rf_api::builder::{BuildSourceDockerfile, BuildSourceReference};
 use rf_api::contentservice::WorkspaceInitializer;
 
 use crate::auth::{Authenticator, RequestAuth};
-use crate::builds::{Build, BuildFn, Builds, LogSink};
+use crate::builds::{Build, BuildFailure, BuildFn, Builds, LogSink};
 use crate::censor::Censor;
 use crate::config::{repository_domain, Config, Engine};
 use crate::context;
@@ -323,6 +323,11 @@ impl BuilderState {
                 let res = this
                     .run_build(&build, file, initializer, build_auth, base, ws, &scratch)
                     .await;
+                if let Err(f) = &res {
+                    if let Some(code) = f.code {
+                        tracing::info!(build_id = %build.id, ?code, "build refused");
+                    }
+                }
                 let _ = std::fs::remove_dir_all(&scratch);
                 res
             })
@@ -331,7 +336,10 @@ impl BuilderState {
             .builds
             .start_or_join(&workspace_ref, &base_ref, censor, run);
         tracing::info!(build_id = %build.id, workspace_ref = %workspace_ref, joined, "Build");
-        Ok(build.statuses().map(Ok).boxed())
+        let b = build.clone();
+        let failure = futures::stream::once(async move { b.failure_status() })
+            .filter_map(|s| futures::future::ready(s.map(Err)));
+        Ok(build.statuses().map(Ok).chain(failure).boxed())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -344,7 +352,7 @@ impl BuilderState {
         base_ref: String,
         workspace_ref: String,
         scratch: &std::path::Path,
-    ) -> Result<(), String> {
+    ) -> Result<(), BuildFailure> {
         let log: LogSink = build.log.clone();
         let dockerfile = match (&file, &initializer) {
             (Some(f), Some(init)) => {
@@ -366,14 +374,19 @@ impl BuilderState {
                 if !dockerfile.is_file() {
                     return Err(format!(
                         "could not find Dockerfile at {df_rel:?}. Please double-check the value specified in image.file in .gitpod.yml"
-                    ));
+                    ).into());
                 }
                 if !context_dir.is_dir() {
                     return Err(format!(
                         "the build context {:?} is not a directory",
                         f.context_path
-                    ));
+                    )
+                    .into());
                 }
+                let text = tokio::fs::read_to_string(&dockerfile)
+                    .await
+                    .map_err(|e| format!("cannot read the Dockerfile {df_rel:?}: {e}"))?;
+                self.check_base_images(&text, &auth, &log).await?;
                 Some(DockerfileBuild {
                     dockerfile,
                     context: context_dir,
@@ -397,8 +410,48 @@ impl BuilderState {
             Err(e) => Err(format!(
                 "cannot check if workspace image exists after the build: {}",
                 e.message()
-            )),
+            )
+            .into()),
         }
+    }
+
+    /// Checks that the build's credentials reach every image the Dockerfile's `FROM`s pull:
+    /// refused ⇒ `UNAUTHENTICATED`, missing ⇒ a failure naming the image; anything else
+    /// (registry down, a reference this check cannot read) is left to the engine.
+    async fn check_base_images(
+        &self,
+        dockerfile: &str,
+        auth: &crate::auth::BuildAuth,
+        log: &LogSink,
+    ) -> Result<(), BuildFailure> {
+        for image in crate::dockerfile::base_images(dockerfile) {
+            match self.resolver.exists_for_build(&image, auth).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(format!(
+                        "base image {image} (FROM in the Dockerfile) does not exist"
+                    )
+                    .into())
+                }
+                Err(ResolveError::Unauthorized {
+                    domain,
+                    had_credentials,
+                    ..
+                }) => {
+                    let hint = if had_credentials {
+                        format!("the credentials the build has for {domain} were refused")
+                    } else {
+                        format!("the build has no credentials for {domain}; pass them in the request's auth (additional)")
+                    };
+                    return Err(BuildFailure::with_code(
+                        tonic::Code::Unauthenticated,
+                        format!("cannot pull base image {image} (FROM in the Dockerfile): {hint}"),
+                    ));
+                }
+                Err(e) => log.line(&format!("cannot check base image {image}: {e}")),
+            }
+        }
+        Ok(())
     }
 
     /// `Logs`: the build's whole (censored) log, then live output until the build ends.

@@ -3,8 +3,6 @@
 //! cloned over `file://`), all on 127.0.0.1.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use rf_api::builder::build_source::From as SourceFrom;
@@ -15,7 +13,7 @@ use rf_api::builder::{
 use rf_api::contentservice::workspace_initializer::Spec;
 use rf_api::contentservice::{CloneTargetMode, GitInitializer, WorkspaceInitializer};
 use rf_builder::{BuilderService, BuilderState, Config};
-use rf_testkit::{busybox_image, Registry, RegistryAuth};
+use rf_testkit::{busybox_image, git_repo, Registry, RegistryAuth};
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -27,52 +25,6 @@ type Client = ImageBuilderClient<Channel>;
 
 fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=test",
-            "-c",
-            "user.email=test@example.com",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A bare repository with one commit on `main` holding `files`; returns its `file://` URL.
-fn git_repo(root: &Path, files: &[(&str, String)]) -> String {
-    let bare = root.join("repo.git");
-    let work = root.join("work");
-    std::fs::create_dir_all(&bare).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    git(&bare, &["init", "--bare", "-q"]);
-    git(&work, &["init", "-q"]);
-    for (name, content) in files {
-        std::fs::write(work.join(name), content).unwrap();
-    }
-    git(&work, &["add", "."]);
-    git(&work, &["commit", "-q", "-m", "initial"]);
-    git(
-        &work,
-        &[
-            "push",
-            "-q",
-            &format!("file://{}", bare.display()),
-            "HEAD:main",
-        ],
-    );
-    format!("file://{}", bare.display())
 }
 
 struct Env {

@@ -10,14 +10,20 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt as _;
 use rf_api::builder::build_source::From as SourceFrom;
 use rf_api::builder::image_builder_client::ImageBuilderClient;
+use rf_api::builder::subassembly_service_client::SubassemblyServiceClient;
 use rf_api::builder::{
     BuildRequest, BuildSource, BuildSourceDockerfile, BuildSourceReference, BuildStatus,
-    ListBuildsRequest, LogsRequest, ResolveBaseImageRequest,
+    CreateSubassemblyRequest, GetSubassemblyRequest, ListBuildsRequest, LogsRequest,
+    ResolveBaseImageRequest, SubassemblyPhase,
 };
 use rf_api::contentservice::workspace_initializer::Spec;
 use rf_api::contentservice::{CloneTargetMode, GitInitializer, WorkspaceInitializer};
-use rf_builder::{BuilderService, BuilderState, Config};
+use rf_builder::{
+    serve_subassembly_http, BuilderService, BuilderState, Config, SubassemblyService,
+};
 use tonic::transport::{Channel, Identity, Server, ServerTlsConfig};
+
+mod local_context;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -52,14 +58,19 @@ enum Cmd {
         reference: String,
     },
     /// Build a workspace image (showing status and log output); exits non-zero on failure.
+    ///
+    /// Sources: `--ref <image>`; `--git <url>` (with `--dockerfile`/`--context` relative to the
+    /// repository); or a local directory: `--context <dir>` (and `--dockerfile <file>`, default
+    /// `<dir>/Dockerfile`), whose files this command serves to the image builder over HTTP for
+    /// the duration of the build.
     Build {
         #[command(flatten)]
         client: ClientOpts,
         /// Use an existing image as the workspace image.
-        #[arg(long = "ref", conflicts_with = "git")]
+        #[arg(long = "ref", conflicts_with_all = ["git", "dockerfile", "context"])]
         reference: Option<String>,
         /// Build a Dockerfile from this git repository URL.
-        #[arg(long, required_unless_present = "reference")]
+        #[arg(long)]
         git: Option<String>,
         /// The branch to build (default: the remote HEAD).
         #[arg(long, requires = "git")]
@@ -67,15 +78,29 @@ enum Cmd {
         /// A commit to build (instead of a branch).
         #[arg(long, requires = "git", conflicts_with = "git_ref")]
         git_commit: Option<String>,
-        /// The Dockerfile, relative to the repository root.
-        #[arg(long, default_value = "Dockerfile", requires = "git")]
-        dockerfile: String,
-        /// The build context, relative to the repository root (default: the Dockerfile's directory).
-        #[arg(long, default_value = "", requires = "git")]
-        context: String,
+        /// The Dockerfile: relative to the repository root with --git (default `Dockerfile`),
+        /// else a local file (default `<context>/Dockerfile`).
+        #[arg(long)]
+        dockerfile: Option<String>,
+        /// The build context: relative to the repository root with --git (default: the
+        /// Dockerfile's directory), else a local directory.
+        #[arg(long)]
+        context: Option<String>,
+        /// Local builds: where to serve the context's files from.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        serve_address: String,
+        /// Local builds: the base URL the image builder reaches --serve-address at
+        /// (default `http://<bound address>`).
+        #[arg(long)]
+        serve_url: Option<String>,
         /// Rebuild even if the workspace image exists.
         #[arg(long)]
         force: bool,
+    },
+    /// Subassemblies: an image's layers flattened into one layer, served over HTTP.
+    Subassembly {
+        #[command(subcommand)]
+        command: SubassemblyCmd,
     },
     /// List running builds.
     List {
@@ -90,12 +115,35 @@ enum Cmd {
     },
 }
 
-async fn connect(opts: &ClientOpts) -> anyhow::Result<ImageBuilderClient<Channel>> {
-    let url = if opts.addr.contains("://") {
+#[derive(Subcommand, Debug)]
+enum SubassemblyCmd {
+    /// Start creating the subassembly of an image; with --wait, until it is available.
+    Create {
+        #[command(flatten)]
+        client: ClientOpts,
+        reference: String,
+        /// Wait until the subassembly is available (or unavailable) and print it.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show the status, digest, URL and manifest of an image's subassembly.
+    Get {
+        #[command(flatten)]
+        client: ClientOpts,
+        reference: String,
+    },
+}
+
+fn grpc_url(opts: &ClientOpts) -> String {
+    if opts.addr.contains("://") {
         opts.addr.clone()
     } else {
         format!("http://{}", opts.addr)
-    };
+    }
+}
+
+async fn connect(opts: &ClientOpts) -> anyhow::Result<ImageBuilderClient<Channel>> {
+    let url = grpc_url(opts);
     ImageBuilderClient::connect(url.clone())
         .await
         .with_context(|| format!("cannot connect to {url}"))
@@ -127,6 +175,24 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
         let metrics = serve_metrics(&addr, &state.builds.metrics).await?;
         tracing::info!(addr = %metrics, "metrics on /metrics");
     }
+    let subassemblies = SubassemblyService::new(&state)
+        .with_context(|| format!("{}/subassemblies", state.config.builder.work_dir.display()))?;
+    if let Some(addr) = state
+        .config
+        .builder
+        .subassembly_http_address
+        .clone()
+        .filter(|a| !a.is_empty())
+    {
+        let (bound, _task) = serve_subassembly_http(&addr, subassemblies.clone())
+            .await
+            .with_context(|| format!("builder.subassemblyHTTPAddress: cannot listen on {addr}"))?;
+        if state.config.builder.subassembly_url.is_none() && !bound.ip().is_unspecified() {
+            // Port 0 in the config: the URL must name the port actually bound.
+            subassemblies.set_url_base(Some(format!("http://{bound}")));
+        }
+        tracing::info!(addr = %bound, url = ?subassemblies.url_base(), "subassemblies over HTTP");
+    }
     let mut server = Server::builder();
     if let Some(tls) = listener_cfg.and_then(|l| l.tls) {
         let cert = std::fs::read(&tls.cert_path)
@@ -144,6 +210,7 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     server
         .add_service(BuilderService::new(state).into_server())
+        .add_service(subassemblies.into_server())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             async {
@@ -210,9 +277,23 @@ async fn build(opts: &ClientOpts, source: SourceFrom, force: bool) -> anyhow::Re
         .await?
         .into_inner();
     let mut log_task: Option<tokio::task::JoinHandle<()>> = None;
-    let mut last = None;
-    while let Some(r) = stream.next().await {
-        let r = r?;
+    let mut last: Option<rf_api::builder::BuildResponse> = None;
+    let started = std::time::Instant::now();
+    let mut progress = tokio::time::interval(std::time::Duration::from_secs(15));
+    progress.tick().await;
+    loop {
+        let r = tokio::select! {
+            r = stream.next() => match r {
+                Some(r) => r?,
+                None => break,
+            },
+            _ = progress.tick() => {
+                if let Some(l) = &last {
+                    eprintln!("{} for {}s", status_name(l.status), started.elapsed().as_secs());
+                }
+                continue;
+            }
+        };
         if r.status == BuildStatus::Running as i32 && log_task.is_none() {
             let id = r
                 .info
@@ -248,13 +329,79 @@ async fn build(opts: &ClientOpts, source: SourceFrom, force: bool) -> anyhow::Re
         bail!("the build stream ended without a status");
     };
     eprintln!(
-        "{}: {} (base {})",
+        "{}: {} (base {}) after {:.1}s",
         status_name(last.status),
         last.r#ref,
-        last.base_ref
+        last.base_ref,
+        started.elapsed().as_secs_f64()
     );
     if last.status != BuildStatus::DoneSuccess as i32 {
         bail!("build failed: {}", last.message);
+    }
+    Ok(())
+}
+
+async fn subassembly(cmd: SubassemblyCmd) -> anyhow::Result<()> {
+    let (client, reference, wait, create) = match cmd {
+        SubassemblyCmd::Create {
+            client,
+            reference,
+            wait,
+        } => (client, reference, wait, true),
+        SubassemblyCmd::Get { client, reference } => (client, reference, false, false),
+    };
+    let url = grpc_url(&client);
+    let mut c = SubassemblyServiceClient::connect(url.clone())
+        .await
+        .with_context(|| format!("cannot connect to {url}"))?;
+    let get = |mut c: SubassemblyServiceClient<Channel>, r: String| async move {
+        c.get_subassembly(GetSubassemblyRequest { oci_reference: r })
+            .await
+            .map(|r| r.into_inner().status.unwrap_or_default())
+    };
+    let mut status = if create {
+        c.create_subassembly(CreateSubassemblyRequest {
+            oci_reference: reference.clone(),
+        })
+        .await?
+        .into_inner()
+        .status
+        .unwrap_or_default()
+    } else {
+        get(c.clone(), reference.clone()).await?
+    };
+    let started = std::time::Instant::now();
+    while wait && status.phase == SubassemblyPhase::Creating as i32 {
+        eprintln!(
+            "creating ({}s) {}",
+            started.elapsed().as_secs(),
+            status.message
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        status = get(c.clone(), reference.clone()).await?;
+    }
+    let phase = SubassemblyPhase::try_from(status.phase).unwrap_or_default();
+    println!(
+        "phase: {}",
+        phase
+            .as_str_name()
+            .trim_start_matches("SUBASSEMBLY_PHASE_")
+            .to_lowercase()
+    );
+    for (k, v) in [
+        ("message", &status.message),
+        ("digest", &status.digest),
+        ("url", &status.url),
+    ] {
+        if !v.is_empty() {
+            println!("{k}: {v}");
+        }
+    }
+    if !status.manifest.is_empty() {
+        println!("manifest: {}", String::from_utf8_lossy(&status.manifest));
+    }
+    if phase == SubassemblyPhase::Unavailable {
+        bail!("subassembly unavailable: {}", status.message);
     }
     Ok(())
 }
@@ -290,8 +437,11 @@ async fn main() -> anyhow::Result<()> {
             git_commit,
             dockerfile,
             context,
+            serve_address,
+            serve_url,
             force,
         } => {
+            let mut _local = None;
             let source = match (reference, git) {
                 (Some(r), _) => SourceFrom::Ref(BuildSourceReference { r#ref: r }),
                 (None, Some(url)) => {
@@ -310,14 +460,36 @@ async fn main() -> anyhow::Result<()> {
                             })),
                         }),
                         dockerfile_version: String::new(),
-                        dockerfile_path: dockerfile,
-                        context_path: context,
+                        dockerfile_path: dockerfile.unwrap_or_else(|| "Dockerfile".into()),
+                        context_path: context.unwrap_or_default(),
                     })
                 }
-                (None, None) => bail!("either --ref or --git is required"),
+                (None, None) if dockerfile.is_some() || context.is_some() => {
+                    let context = PathBuf::from(context.unwrap_or_else(|| ".".into()));
+                    let dockerfile = dockerfile
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| context.join("Dockerfile"));
+                    let served = local_context::serve(
+                        &dockerfile,
+                        &context,
+                        &serve_address,
+                        serve_url.as_deref(),
+                    )
+                    .await?;
+                    eprintln!(
+                        "serving {} files of {} to the image builder",
+                        served.files,
+                        context.display()
+                    );
+                    let source = SourceFrom::File(served.source.clone());
+                    _local = Some(served);
+                    source
+                }
+                (None, None) => bail!("one of --ref, --git or --context/--dockerfile is required"),
             };
             build(&client, source, force).await
         }
+        Cmd::Subassembly { command } => subassembly(command).await,
         Cmd::List { client } => {
             let l = connect(&client)
                 .await?

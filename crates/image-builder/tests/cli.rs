@@ -1,20 +1,12 @@
 //! The real `image-builder` binary: help texts, `run` with its listeners, and the client
 //! subcommands against it.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_image-builder");
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Server, BIN};
 
 fn run(args: &[&str]) -> std::process::Output {
     Command::new(BIN)
@@ -32,9 +24,9 @@ fn http_get(addr: &str, path: &str) -> String {
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[test]
@@ -42,11 +34,17 @@ fn help_explains_every_subcommand() {
     let out = run(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["run", "resolve", "build", "list", "logs"] {
+    for cmd in ["run", "resolve", "build", "list", "logs", "subassembly"] {
         assert!(text.contains(cmd), "{cmd} missing from --help:\n{text}");
         assert!(run(&[cmd, "--help"]).status.success(), "{cmd} --help");
     }
     assert!(String::from_utf8_lossy(&run(&["run", "--help"]).stdout).contains("--config"));
+    for sub in ["create", "get"] {
+        assert!(
+            run(&["subassembly", sub, "--help"]).status.success(),
+            "{sub}"
+        );
+    }
 }
 
 #[test]
@@ -62,35 +60,17 @@ fn bad_config_names_the_key() {
 
 #[test]
 fn serves_grpc_and_metrics_and_answers_the_client_subcommands() {
-    let dir = tempfile::tempdir().unwrap();
     let metrics_addr = format!("127.0.0.1:{}", rf_testkit::free_port());
-    let cfg = dir.path().join("config.json");
-    std::fs::write(
-        &cfg,
-        format!(
+    let server = Server::start(
+        &format!(
             r#"{{"orchestrator": {{"baseImageRepository": "127.0.0.1:1/base-images",
                  "workspaceImageRepository": "127.0.0.1:1/workspace-images"}},
                 "server": {{"services": {{"grpc": {{"address": "127.0.0.1:0"}}}}}},
-                "builder": {{"workDir": "{w}", "metricsAddress": "{metrics_addr}"}}}}"#,
-            w = dir.path().join("work").display()
+                "builder": {{"workDir": "$WORK", "metricsAddress": "{metrics_addr}"}}}}"#
         ),
-    )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _running = Running(child);
-    let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first).unwrap();
-    let addr = first
-        .trim()
-        .strip_prefix("image-builder listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .to_string();
+        &[],
+    );
+    let addr = server.addr.clone();
 
     rf_testkit::wait_until(
         Duration::from_secs(10),
@@ -120,4 +100,204 @@ fn serves_grpc_and_metrics_and_answers_the_client_subcommands() {
     // The upstream at 127.0.0.1:1 refuses connections: a clear error, not a hang.
     let resolve = run(&["resolve", "127.0.0.1:1/nothing:latest", "--addr", &addr]);
     assert!(!resolve.status.success());
+}
+
+/// A CA and a server certificate for `localhost`/127.0.0.1 signed by it (openssl): (ca, cert, key).
+fn tls_files(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    rf_testkit::require_tool("openssl");
+    let p = |n: &str| dir.join(n);
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (ca_key, ca, key, csr, cert, ext) = (
+        p("ca.key"),
+        p("ca.pem"),
+        p("server.key"),
+        p("server.csr"),
+        p("server.pem"),
+        p("ext.cnf"),
+    );
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &s(&ca_key),
+        "-out",
+        &s(&ca),
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &s(&key),
+        "-out",
+        &s(&csr),
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &s(&csr),
+        "-CA",
+        &s(&ca),
+        "-CAkey",
+        &s(&ca_key),
+        "-CAcreateserial",
+        "-out",
+        &s(&cert),
+        "-days",
+        "1",
+        "-extfile",
+        &s(&ext),
+    ]);
+    (ca, cert, key)
+}
+
+#[test]
+fn serves_grpc_over_tls() {
+    use rf_api::builder::image_builder_client::ImageBuilderClient;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(certs.path());
+    let server = Server::start(
+        &format!(
+            r#"{{"orchestrator": {{"baseImageRepository": "127.0.0.1:1/base-images",
+                 "workspaceImageRepository": "127.0.0.1:1/workspace-images"}},
+                "server": {{"services": {{"grpc": {{"address": "127.0.0.1:0",
+                    "tls": {{"certPath": "{}", "keyPath": "{}"}}}}}}}},
+                "builder": {{"workDir": "$WORK"}}}}"#,
+            cert.display(),
+            key.display()
+        ),
+        &[],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ca = std::fs::read(&ca).unwrap();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name("localhost");
+        let channel = Channel::from_shared(format!("https://{}", server.addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("TLS connect: {e:?}\n{}", server.logs()));
+        let listed = ImageBuilderClient::new(channel)
+            .list_builds(rf_api::builder::ListBuildsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(listed.builds.is_empty());
+
+        // A plain-text client gets no answer from the TLS listener.
+        let plain = ImageBuilderClient::connect(format!("http://{}", server.addr)).await;
+        if let Ok(mut c) = plain {
+            assert!(c
+                .list_builds(rf_api::builder::ListBuildsRequest {})
+                .await
+                .is_err());
+        }
+    });
+}
+
+#[test]
+fn subassembly_subcommands_create_get_and_download() {
+    use rf_testkit::{busybox_image, Compression, Entry, Layer, Registry, RegistryAuth};
+    let registry = Registry::start(RegistryAuth::None).unwrap();
+    let image = busybox_image()
+        .layer(Layer::build(
+            vec![
+                Entry::file("/data/kept.txt", "kept\n"),
+                Entry::file("/data/gone.txt", "gone\n"),
+            ],
+            Compression::Gzip,
+        ))
+        .layer(Layer::build(
+            vec![Entry::whiteout("/data/gone.txt")],
+            Compression::Gzip,
+        ))
+        .build();
+    registry.push_image(&image, "tool:1").unwrap();
+    let server = Server::start(
+        r#"{"orchestrator": {"baseImageRepository": "127.0.0.1:1/base-images",
+             "workspaceImageRepository": "127.0.0.1:1/workspace-images"},
+            "server": {"services": {"grpc": {"address": "127.0.0.1:0"}}},
+            "builder": {"workDir": "$WORK", "subassemblyHTTPAddress": "127.0.0.1:0"}}"#,
+        &[],
+    );
+    let reference = registry.image_ref("tool:1");
+    let created = server.client(&["subassembly", "create", "--wait", &reference]);
+    let out = String::from_utf8_lossy(&created.stdout).into_owned();
+    assert!(
+        created.status.success(),
+        "{out}\n{}\n{}",
+        String::from_utf8_lossy(&created.stderr),
+        server.logs()
+    );
+    assert!(out.contains("phase: available"), "{out}");
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .to_string()
+    };
+    let (digest, url) = (field("digest"), field("url"));
+    assert!(url.ends_with(&format!("/subassemblies/{digest}")), "{url}");
+    // The URL names the port actually bound (the config said port 0).
+    let host = url
+        .strip_prefix("http://")
+        .and_then(|u| u.split('/').next())
+        .unwrap();
+    assert!(!host.ends_with(":0"), "{url}");
+    let manifest = http_get(host, &format!("/subassemblies/{digest}/manifest"));
+    assert!(manifest.starts_with("HTTP/1.1 200"), "{manifest}");
+    for key in ["\"diffID\"", "\"platform\"", reference.as_str()] {
+        assert!(manifest.contains(key), "{key} missing: {manifest}");
+    }
+    let layer = http_get(host, &format!("/subassemblies/{digest}"));
+    assert!(layer.starts_with("HTTP/1.1 200"), "{layer}");
+
+    let got = server.client(&["subassembly", "get", &reference]);
+    let got_out = String::from_utf8_lossy(&got.stdout);
+    assert!(got.status.success());
+    assert!(got_out.contains(&format!("digest: {digest}")), "{got_out}");
+
+    let unknown = server.client(&["subassembly", "get", &registry.image_ref("never:created")]);
+    assert!(!unknown.status.success());
+    let err = String::from_utf8_lossy(&unknown.stderr).to_lowercase();
+    assert!(
+        err.contains("not found") || err.contains("createsubassembly"),
+        "{err}"
+    );
 }

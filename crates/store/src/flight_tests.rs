@@ -805,19 +805,27 @@ async fn index_rebuilt_at_open() {
         settle(&store).await;
         assert_eq!(store.total_bytes(), 3 * MIB as u64);
     }
-    // Make blob 0 the most recently used by its mtime.
+    // Order by mtime: blob 1 oldest, then blob 2, blob 0 the most recently used. Set
+    // explicitly: blobs written within one filesystem clock tick share an mtime.
     let path = |b: &Bytes| {
         dir.path()
             .join("blobs/sha256")
             .join(Digest::sha256_of(b).hex())
     };
-    let now = std::time::SystemTime::now() + Duration::from_secs(60);
-    fs::File::options()
-        .write(true)
-        .open(path(&blobs[0]))
-        .unwrap()
-        .set_modified(now)
-        .unwrap();
+    let now = std::time::SystemTime::now();
+    for (i, offset) in [(1, -120i64), (2, -60), (0, 60)] {
+        let t = if offset < 0 {
+            now - Duration::from_secs(offset.unsigned_abs())
+        } else {
+            now + Duration::from_secs(offset as u64)
+        };
+        fs::File::options()
+            .write(true)
+            .open(path(&blobs[i]))
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
     let store = BlobStore::open_with(
         dir.path(),
         StoreSettings {

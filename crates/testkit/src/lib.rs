@@ -5,6 +5,7 @@
 //!   (plain, htpasswd, token auth, pull-through proxy), a token server, containerd + ctr, redis, skopeo.
 //!   Every process is killed (and its temp dir removed) on `Drop`, also when a test panics.
 //! * [`wait`]: poll a condition with a deadline instead of sleeping.
+//! * [`git`]: bare git repositories served over `file://`.
 //! * [`examples`]: the tiny deterministic layouts used by the project's quickstart.
 //!
 //! The system packages are installed by `scripts/test`; a missing tool makes the starters fail with
@@ -13,10 +14,12 @@
 #![warn(missing_docs)]
 
 pub mod examples;
+pub mod git;
 pub mod layout;
 pub mod procs;
 pub mod wait;
 
+pub use git::git_repo;
 pub use layout::{
     busybox_entries, busybox_image, busybox_layer, BuiltImage, BuiltIndex, Compression, Entry,
     ImageBuilder, IndexStyle, Layer, ManifestStyle, OciLayout, Platform,

@@ -1,0 +1,932 @@
+//! Flattening the layers of an image into one layer: what an overlay mount of all layers
+//! shows, as a single tar (the subassembly's content).
+//!
+//! Streaming and bounded in memory: layers are read as tar streams (twice), file data is
+//! copied chunk by chunk and never held whole; what is kept in memory is one entry per path
+//! (paths, not data).
+//!
+//! * Pass 1, top-down (last layer first), reads headers only and decides which entries
+//!   survive. An entry of a lower layer is hidden when an upper layer
+//!   - has an entry at the same path (the upper one wins),
+//!   - has a whiteout `.wh.<name>` for the path or for one of its ancestors,
+//!   - has an opaque marker `.wh..wh..opq` in one of its strict ancestor directories,
+//!   - has a non-directory at one of its ancestors (a file replaced the directory), or
+//!   - has a directory at the path (explicitly or as the parent of its entries) while the
+//!     lower entry is not a directory.
+//!
+//!   Within one layer a later entry at the same path replaces an earlier one. Whiteouts and
+//!   opaque markers apply to lower layers only and are never emitted.
+//! * Pass 2, bottom-up (first layer first), writes the surviving entries in their original
+//!   order: headers (type, mode, uid/gid, user/group names, mtime, device numbers, link
+//!   names) and pax records (xattrs, sub-second times, …) are preserved; GNU sparse files are
+//!   written as regular files. A hard link is kept if its target was written before it, else
+//!   dropped with a warning.
+//!
+//! Paths are normalised: leading `/` and `./`, empty and `.` components are dropped and `..`
+//! is resolved lexically without leaving the root, so `./a/b`, `/a/b` and `a//b` are one
+//! path. Symlink targets are kept verbatim.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+
+use flate2::read::MultiGzDecoder;
+use sha2::{Digest as _, Sha256};
+use tar::{EntryType, Header};
+
+/// The name of the opaque-directory marker.
+pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+/// The prefix of whiteout files.
+pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
+
+/// At most this many warnings are kept (the rest are counted).
+const MAX_WARNINGS: usize = 50;
+
+/// A layer that can be opened (more than once) as an uncompressed tar stream.
+pub trait LayerSource: Send + Sync {
+    fn open(&self) -> io::Result<Box<dyn Read + '_>>;
+}
+
+/// An uncompressed tar in memory (for tests and small layers).
+impl LayerSource for Vec<u8> {
+    fn open(&self) -> io::Result<Box<dyn Read + '_>> {
+        Ok(Box::new(&self[..]))
+    }
+}
+
+/// A layer blob on disk, gzip-compressed or plain tar (told by its first bytes, as Docker
+/// does). zstd is recognised and refused.
+#[derive(Debug, Clone)]
+pub struct LayerFile {
+    pub path: PathBuf,
+}
+
+impl LayerSource for LayerFile {
+    fn open(&self) -> io::Result<Box<dyn Read + '_>> {
+        let mut f = BufReader::with_capacity(256 << 10, File::open(&self.path)?);
+        let head = f.fill_buf()?;
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Ok(Box::new(MultiGzDecoder::new(f)))
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "zstd-compressed layers are not supported",
+            ))
+        } else {
+            Ok(Box::new(f))
+        }
+    }
+}
+
+/// Why flattening failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FlattenError {
+    /// Layer `layer` (0 = bottom) could not be read or is not a valid tar.
+    #[error("layer {layer}: {source}")]
+    Layer { layer: usize, source: io::Error },
+    /// The output could not be written.
+    #[error("writing the flattened layer: {0}")]
+    Output(io::Error),
+}
+
+/// What [`flatten`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlattenStats {
+    /// Layers read.
+    pub layers: usize,
+    /// Entries written.
+    pub entries: u64,
+    /// Whiteout files and opaque markers seen (none is written).
+    pub whiteouts: u64,
+    /// Entries hidden by upper layers (or replaced within their layer).
+    pub hidden: u64,
+    /// Entries dropped (hard links without target, unsupported entry types).
+    pub dropped: u64,
+    /// Human readable notes about dropped entries (at most 50).
+    pub warnings: Vec<String>,
+}
+
+impl FlattenStats {
+    fn warn(&mut self, msg: String) {
+        self.dropped += 1;
+        tracing::warn!("flatten: {msg}");
+        if self.warnings.len() < MAX_WARNINGS {
+            self.warnings.push(msg);
+        }
+    }
+}
+
+/// The result of [`flatten_to_gzip`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flattened {
+    /// sha256 of the compressed bytes (the blob digest).
+    pub digest: rf_oci::Digest,
+    /// sha256 of the uncompressed tar (the diff id).
+    pub diff_id: rf_oci::Digest,
+    /// Size of the compressed bytes.
+    pub size: u64,
+    pub stats: FlattenStats,
+}
+
+/// Normalises a tar path (see the module docs); the root is the empty path.
+pub fn normalize(raw: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in raw.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join(&b'/')
+}
+
+/// `(parent, base name)`; the parent of a top-level path is the root (empty).
+fn split(p: &[u8]) -> (&[u8], &[u8]) {
+    match p.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&p[..i], &p[i + 1..]),
+        None => (&[], p),
+    }
+}
+
+fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        name.to_vec()
+    } else {
+        [parent, name].join(&b'/')
+    }
+}
+
+/// The strict ancestors of `p`: the root, then every directory above `p`.
+fn ancestors(p: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let root = (!p.is_empty()).then_some(&p[..0]);
+    root.into_iter().chain(
+        p.iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'/')
+            .map(move |(i, _)| &p[..i]),
+    )
+}
+
+fn lossy(p: &[u8]) -> String {
+    format!("/{}", String::from_utf8_lossy(p))
+}
+
+/// What the layers above the one being examined contribute.
+#[derive(Default)]
+struct Upper {
+    /// Paths with an entry.
+    paths: HashSet<Vec<u8>>,
+    /// Paths whose (last) entry is not a directory.
+    nondirs: HashSet<Vec<u8>>,
+    /// Directories: parents of entries, whiteouts and markers.
+    dirs: HashSet<Vec<u8>>,
+    /// Whited-out paths.
+    whiteouts: HashSet<Vec<u8>>,
+    /// Directories with an opaque marker.
+    opaques: HashSet<Vec<u8>>,
+}
+
+impl Upper {
+    fn hides(&self, p: &[u8], is_dir: bool) -> bool {
+        if self.paths.contains(p) || self.whiteouts.contains(p) {
+            return true;
+        }
+        if !is_dir && self.dirs.contains(p) {
+            return true;
+        }
+        ancestors(p).any(|a| {
+            self.whiteouts.contains(a) || self.nondirs.contains(a) || self.opaques.contains(a)
+        })
+    }
+
+    fn add_parents(&mut self, p: &[u8]) {
+        for a in ancestors(p) {
+            if !self.dirs.contains(a) {
+                self.dirs.insert(a.to_vec());
+            }
+        }
+    }
+}
+
+fn layer_err(layer: usize) -> impl Fn(io::Error) -> FlattenError {
+    move |source| FlattenError::Layer { layer, source }
+}
+
+/// Pass 1: the indices of the surviving entries of each layer.
+fn survivors(
+    layers: &[&dyn LayerSource],
+    stats: &mut FlattenStats,
+) -> Result<Vec<HashSet<usize>>, FlattenError> {
+    let mut upper = Upper::default();
+    let mut keep = vec![HashSet::new(); layers.len()];
+    for (i, layer) in layers.iter().enumerate().rev() {
+        let err = layer_err(i);
+        let reader = layer.open().map_err(&err)?;
+        let mut archive = tar::Archive::new(reader);
+        // path → (entry index, is a directory); a later entry replaces an earlier one
+        let mut entries: HashMap<Vec<u8>, (usize, bool)> = HashMap::new();
+        let mut whiteouts = Vec::new();
+        let mut opaques = Vec::new();
+        for (k, entry) in archive.entries().map_err(&err)?.enumerate() {
+            let entry = entry.map_err(&err)?;
+            let ty = entry.header().entry_type();
+            if ty.is_pax_global_extensions() {
+                continue;
+            }
+            let p = normalize(&entry.path_bytes());
+            let (parent, base) = split(&p);
+            if base == OPAQUE_MARKER {
+                stats.whiteouts += 1;
+                opaques.push(parent.to_vec());
+                continue;
+            }
+            if let Some(name) = base.strip_prefix(WHITEOUT_PREFIX) {
+                stats.whiteouts += 1;
+                if !name.is_empty() {
+                    whiteouts.push(join(parent, name));
+                }
+                continue;
+            }
+            if entries.insert(p, (k, ty.is_dir())).is_some() {
+                stats.hidden += 1;
+            }
+        }
+        for (p, (k, is_dir)) in &entries {
+            if upper.hides(p, *is_dir) {
+                stats.hidden += 1;
+            } else {
+                keep[i].insert(*k);
+            }
+        }
+        for (p, (_, is_dir)) in entries {
+            upper.add_parents(&p);
+            if !is_dir {
+                upper.nondirs.insert(p.clone());
+            }
+            upper.paths.insert(p);
+        }
+        for p in whiteouts {
+            upper.add_parents(&p);
+            upper.whiteouts.insert(p);
+        }
+        for d in opaques {
+            upper.add_parents(&d);
+            upper.dirs.insert(d.clone());
+            upper.opaques.insert(d);
+        }
+    }
+    Ok(keep)
+}
+
+/// Flattens `layers` (bottom first) into one uncompressed tar written to `out` (ended with
+/// the two zero blocks). Zero layers give an empty tar.
+pub fn flatten(
+    layers: &[&dyn LayerSource],
+    out: &mut dyn Write,
+) -> Result<FlattenStats, FlattenError> {
+    let mut stats = FlattenStats {
+        layers: layers.len(),
+        ..Default::default()
+    };
+    let keep = survivors(layers, &mut stats)?;
+    // non-directories written so far (hard link targets)
+    let mut written: HashSet<Vec<u8>> = HashSet::new();
+    let mut buf = vec![0u8; 128 << 10];
+    for (i, layer) in layers.iter().enumerate() {
+        let keep = &keep[i];
+        let Some(&last) = keep.iter().max() else {
+            continue;
+        };
+        let err = layer_err(i);
+        let reader = layer.open().map_err(&err)?;
+        let mut archive = tar::Archive::new(reader);
+        for (k, entry) in archive.entries().map_err(&err)?.enumerate() {
+            if k > last {
+                break;
+            }
+            let mut entry = entry.map_err(&err)?;
+            if !keep.contains(&k) {
+                continue;
+            }
+            write_entry(i, &mut entry, out, &mut written, &mut stats, &mut buf)?;
+        }
+    }
+    out.write_all(&[0u8; 1024]).map_err(FlattenError::Output)?;
+    out.flush().map_err(FlattenError::Output)?;
+    Ok(stats)
+}
+
+fn write_entry<R: Read>(
+    layer: usize,
+    entry: &mut tar::Entry<'_, R>,
+    out: &mut dyn Write,
+    written: &mut HashSet<Vec<u8>>,
+    stats: &mut FlattenStats,
+    buf: &mut [u8],
+) -> Result<(), FlattenError> {
+    let err = layer_err(layer);
+    let src = entry.header().clone();
+    let ty = src.entry_type();
+    let p = normalize(&entry.path_bytes());
+    let (kind, size) = match ty {
+        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            (EntryType::Regular, entry.size())
+        }
+        EntryType::Directory
+        | EntryType::Symlink
+        | EntryType::Link
+        | EntryType::Char
+        | EntryType::Block
+        | EntryType::Fifo => (ty, 0),
+        other => {
+            stats.warn(format!(
+                "{} (layer {layer}) dropped: unsupported tar entry type {:?}",
+                lossy(&p),
+                other.as_byte() as char
+            ));
+            return Ok(());
+        }
+    };
+    let link: Option<Vec<u8>> = match kind {
+        EntryType::Symlink => Some(entry.link_name_bytes().unwrap_or_default().into_owned()),
+        EntryType::Link => {
+            let target = normalize(&entry.link_name_bytes().unwrap_or_default());
+            if !written.contains(&target) {
+                stats.warn(format!(
+                    "hard link {} (layer {layer}) dropped: its target {} is not in the flattened layer",
+                    lossy(&p),
+                    lossy(&target)
+                ));
+                return Ok(());
+            }
+            Some(target)
+        }
+        _ => None,
+    };
+    let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    if let Some(exts) = entry.pax_extensions().map_err(&err)? {
+        for ext in exts {
+            let ext = ext.map_err(&err)?;
+            let key = ext.key_bytes();
+            if matches!(key, b"path" | b"linkpath" | b"size") || key.starts_with(b"GNU.sparse.") {
+                continue;
+            }
+            pax.push((key.to_vec(), ext.value_bytes().to_vec()));
+        }
+    }
+
+    let mut h = Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(src.mode().unwrap_or(0o644));
+    h.set_uid(src.uid().unwrap_or(0));
+    h.set_gid(src.gid().unwrap_or(0));
+    h.set_mtime(src.mtime().unwrap_or(0));
+    h.set_size(size);
+    if matches!(kind, EntryType::Char | EntryType::Block) {
+        if let Ok(Some(major)) = src.device_major() {
+            h.set_device_major(major).map_err(&err)?;
+        }
+        if let Ok(Some(minor)) = src.device_minor() {
+            h.set_device_minor(minor).map_err(&err)?;
+        }
+    }
+    {
+        let gnu = h.as_gnu_mut().expect("a GNU header");
+        if let Some(u) = src.username_bytes() {
+            copy_field(&mut gnu.uname, u);
+        }
+        if let Some(g) = src.groupname_bytes() {
+            copy_field(&mut gnu.gname, g);
+        }
+    }
+    let mut name = if p.is_empty() {
+        b".".to_vec()
+    } else {
+        p.clone()
+    };
+    if kind == EntryType::Directory {
+        name.push(b'/');
+    }
+    {
+        let gnu = h.as_gnu_mut().expect("a GNU header");
+        if !copy_field(&mut gnu.name, &name) {
+            pax.push((b"path".to_vec(), name));
+        }
+        if let Some(link) = &link {
+            if !copy_field(&mut gnu.linkname, link) {
+                pax.push((b"linkpath".to_vec(), link.clone()));
+            }
+        }
+    }
+    h.set_cksum();
+
+    let out_err = FlattenError::Output;
+    if !pax.is_empty() {
+        let mut data = Vec::new();
+        for (k, v) in &pax {
+            data.extend_from_slice(&pax_record(k, v));
+        }
+        let mut ph = Header::new_ustar();
+        ph.set_entry_type(EntryType::XHeader);
+        copy_field(
+            &mut ph.as_ustar_mut().expect("ustar").name,
+            b"././@PaxHeader",
+        );
+        ph.set_mode(0o644);
+        ph.set_mtime(0);
+        ph.set_size(data.len() as u64);
+        ph.set_cksum();
+        out.write_all(ph.as_bytes()).map_err(out_err)?;
+        out.write_all(&data).map_err(out_err)?;
+        pad(out, data.len() as u64)?;
+    }
+    out.write_all(h.as_bytes()).map_err(out_err)?;
+    if size > 0 {
+        let mut copied = 0u64;
+        loop {
+            let n = entry.read(buf).map_err(&err)?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n]).map_err(out_err)?;
+            copied += n as u64;
+        }
+        if copied != size {
+            return Err(FlattenError::Layer {
+                layer,
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{} is truncated: {copied} of {size} bytes", lossy(&p)),
+                ),
+            });
+        }
+        pad(out, size)?;
+    }
+    stats.entries += 1;
+    if kind != EntryType::Directory {
+        written.insert(p);
+    }
+    Ok(())
+}
+
+/// Copies `value` into a NUL-padded header field; false if it does not fit.
+fn copy_field(field: &mut [u8], value: &[u8]) -> bool {
+    if value.len() > field.len() {
+        let n = field.len();
+        field.copy_from_slice(&value[..n]);
+        return false;
+    }
+    field.fill(0);
+    field[..value.len()].copy_from_slice(value);
+    true
+}
+
+fn pad(out: &mut dyn Write, len: u64) -> Result<(), FlattenError> {
+    let rest = (512 - len % 512) % 512;
+    out.write_all(&[0u8; 512][..rest as usize])
+        .map_err(FlattenError::Output)
+}
+
+/// One pax record: `"<len> <key>=<value>\n"`, where len counts the whole record.
+fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let base = key.len() + value.len() + 3;
+    let mut len = base + 1;
+    while base + len.to_string().len() != len {
+        len = base + len.to_string().len();
+    }
+    let mut r = format!("{len} ").into_bytes();
+    r.extend_from_slice(key);
+    r.push(b'=');
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
+}
+
+/// A writer that hashes (sha256) and counts what passes through.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    /// The inner writer, the digest and the byte count.
+    pub fn finish(self) -> (W, rf_oci::Digest, u64) {
+        let hex = hex::encode(self.hasher.finalize());
+        let digest = format!("sha256:{hex}").parse().expect("a sha256 digest");
+        (self.inner, digest, self.count)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// [`flatten`], gzip-compressed into `out`, with the digest (of the gzip bytes), diff id (of
+/// the tar) and size. `out` is flushed, not synced.
+pub fn flatten_to_gzip<W: Write>(
+    layers: &[&dyn LayerSource],
+    out: W,
+) -> Result<(Flattened, W), FlattenError> {
+    let gz = flate2::write::GzEncoder::new(HashingWriter::new(out), flate2::Compression::default());
+    let mut tar = HashingWriter::new(gz);
+    let stats = flatten(layers, &mut tar)?;
+    let (gz, diff_id, _) = tar.finish();
+    let compressed = gz.finish().map_err(FlattenError::Output)?;
+    let (mut out, digest, size) = compressed.finish();
+    out.flush().map_err(FlattenError::Output)?;
+    Ok((
+        Flattened {
+            digest,
+            diff_id,
+            size,
+            stats,
+        },
+        out,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar entry for tests.
+    enum E<'a> {
+        File(&'a str, &'a str),
+        Dir(&'a str),
+        Symlink(&'a str, &'a str),
+        Hardlink(&'a str, &'a str),
+    }
+
+    fn tar(entries: &[E]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for e in entries {
+            let mut h = Header::new_gnu();
+            h.set_mtime(1_700_000_000);
+            h.set_uid(1000);
+            h.set_gid(1000);
+            match e {
+                E::File(p, data) => {
+                    h.set_entry_type(EntryType::Regular);
+                    h.set_mode(0o640);
+                    h.set_size(data.len() as u64);
+                    b.append_data(&mut h, p, data.as_bytes()).unwrap();
+                }
+                E::Dir(p) => {
+                    h.set_entry_type(EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_size(0);
+                    b.append_data(&mut h, p, io::empty()).unwrap();
+                }
+                E::Symlink(p, t) => {
+                    h.set_entry_type(EntryType::Symlink);
+                    h.set_mode(0o777);
+                    h.set_size(0);
+                    b.append_link(&mut h, p, t).unwrap();
+                }
+                E::Hardlink(p, t) => {
+                    h.set_entry_type(EntryType::Link);
+                    h.set_mode(0o640);
+                    h.set_size(0);
+                    b.append_link(&mut h, p, t).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// (path, kind char, data or link target) of every entry of a tar.
+    fn list(tar_bytes: &[u8]) -> Vec<(String, char, String)> {
+        let mut a = tar::Archive::new(tar_bytes);
+        let mut out = Vec::new();
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = String::from_utf8(e.path_bytes().into_owned()).unwrap();
+            let kind = e.header().entry_type().as_byte() as char;
+            let extra = match e.link_name_bytes() {
+                Some(l) => String::from_utf8(l.into_owned()).unwrap(),
+                None => {
+                    let mut s = String::new();
+                    e.read_to_string(&mut s).unwrap();
+                    s
+                }
+            };
+            out.push((path, kind, extra));
+        }
+        out
+    }
+
+    fn run(layers: &[Vec<u8>]) -> (Vec<(String, char, String)>, FlattenStats) {
+        let refs: Vec<&dyn LayerSource> = layers.iter().map(|l| l as &dyn LayerSource).collect();
+        let mut out = Vec::new();
+        let stats = flatten(&refs, &mut out).unwrap();
+        (list(&out), stats)
+    }
+
+    fn paths(entries: &[(String, char, String)]) -> Vec<&str> {
+        entries.iter().map(|(p, _, _)| p.as_str()).collect()
+    }
+
+    #[test]
+    fn normalises_paths() {
+        assert_eq!(normalize(b"./a/b"), b"a/b");
+        assert_eq!(normalize(b"/a//b/"), b"a/b");
+        assert_eq!(normalize(b"a/./b/../c"), b"a/c");
+        assert_eq!(normalize(b"../../etc"), b"etc");
+        assert_eq!(normalize(b"./"), b"");
+        let a: Vec<&[u8]> = ancestors(b"a/b/c").collect();
+        assert_eq!(a, [&b""[..], b"a", b"a/b"]);
+        assert_eq!(ancestors(b"").count(), 0);
+    }
+
+    #[test]
+    fn pax_record_lengths() {
+        assert_eq!(pax_record(b"a", b"b"), b"6 a=b\n");
+        let r = pax_record(b"path", &[b'x'; 95]);
+        assert_eq!(r.len().to_string(), String::from_utf8_lossy(&r[..3]));
+    }
+
+    #[test]
+    fn whiteout_of_a_file() {
+        let (out, stats) = run(&[
+            tar(&[E::Dir("a/"), E::File("a/keep", "k"), E::File("a/gone", "g")]),
+            tar(&[E::File("a/.wh.gone", "")]),
+        ]);
+        assert_eq!(paths(&out), ["a/", "a/keep"]);
+        assert_eq!(stats.whiteouts, 1);
+        assert_eq!(stats.entries, 2);
+    }
+
+    #[test]
+    fn whiteout_of_a_directory_removes_its_children() {
+        let (out, _) = run(&[
+            tar(&[
+                E::Dir("d/"),
+                E::Dir("d/sub/"),
+                E::File("d/sub/x", "x"),
+                E::File("d/sub2", "y"),
+                E::File("./d/subway", "z"),
+            ]),
+            tar(&[E::File("d/.wh.sub", "")]),
+        ]);
+        assert_eq!(paths(&out), ["d/", "d/sub2", "d/subway"]);
+    }
+
+    #[test]
+    fn whiteout_then_recreate_in_a_higher_layer() {
+        let (out, _) = run(&[
+            tar(&[E::Dir("d/"), E::File("d/old", "o")]),
+            tar(&[E::File("./.wh.d", "")]),
+            tar(&[E::Dir("d/"), E::File("d/new", "n")]),
+        ]);
+        assert_eq!(paths(&out), ["d/", "d/new"]);
+    }
+
+    #[test]
+    fn opaque_directory_hides_lower_contents_only() {
+        let (out, _) = run(&[
+            tar(&[
+                E::Dir("o/"),
+                E::File("o/lower", "l"),
+                E::Dir("o/deep/"),
+                E::File("o/deep/x", "x"),
+                E::File("other", "kept"),
+            ]),
+            tar(&[
+                E::Dir("o/"),
+                E::File("o/.wh..wh..opq", ""),
+                E::File("o/upper", "u"),
+            ]),
+        ]);
+        assert_eq!(paths(&out), ["other", "o/", "o/upper"]);
+    }
+
+    #[test]
+    fn file_replaced_by_directory_and_directory_by_file() {
+        let (out, _) = run(&[
+            tar(&[
+                E::File("f", "was a file"),
+                E::Dir("d/"),
+                E::File("d/child", "c"),
+            ]),
+            tar(&[
+                E::Dir("f/"),
+                E::File("f/inside", "i"),
+                E::File("d", "now a file"),
+            ]),
+        ]);
+        assert_eq!(
+            out,
+            [
+                ("f/".to_string(), '5', String::new()),
+                ("f/inside".to_string(), '0', "i".to_string()),
+                ("d".to_string(), '0', "now a file".to_string()),
+            ]
+        );
+        // a directory implied by a deeper entry also replaces a lower file
+        let (out, _) = run(&[tar(&[E::File("x", "file")]), tar(&[E::File("x/y", "y")])]);
+        assert_eq!(paths(&out), ["x/y"]);
+    }
+
+    #[test]
+    fn file_over_directory_over_file_keeps_the_top() {
+        // the middle file deleted the directory's children even though it is hidden itself
+        let (out, _) = run(&[
+            tar(&[E::Dir("a/"), E::File("a/x", "x")]),
+            tar(&[E::File("a", "file")]),
+            tar(&[E::Dir("a/"), E::File("a/z", "z")]),
+        ]);
+        assert_eq!(paths(&out), ["a/", "a/z"]);
+    }
+
+    #[test]
+    fn later_duplicate_in_one_layer_wins() {
+        let (out, stats) = run(&[tar(&[
+            E::File("dup", "first"),
+            E::File("other", "o"),
+            E::File("./dup", "second"),
+        ])]);
+        assert_eq!(
+            out,
+            [
+                ("other".to_string(), '0', "o".to_string()),
+                ("dup".to_string(), '0', "second".to_string()),
+            ]
+        );
+        assert_eq!(stats.hidden, 1);
+    }
+
+    #[test]
+    fn whiteout_does_not_apply_to_its_own_layer() {
+        let (out, _) = run(&[tar(&[E::File("a", "a"), E::File(".wh.a", "")])]);
+        assert_eq!(paths(&out), ["a"]);
+    }
+
+    #[test]
+    fn hard_links_kept_with_target_and_dropped_without() {
+        let (out, stats) = run(&[
+            tar(&[
+                E::File("bin/tool", "bin"),
+                E::Hardlink("bin/alias", "bin/tool"),
+                E::File("gone", "g"),
+                E::Hardlink("orphan", "gone"),
+            ]),
+            tar(&[E::File(".wh.gone", ""), E::Hardlink("late", "/bin/tool")]),
+        ]);
+        assert_eq!(
+            out,
+            [
+                ("bin/tool".to_string(), '0', "bin".to_string()),
+                ("bin/alias".to_string(), '1', "bin/tool".to_string()),
+                ("late".to_string(), '1', "bin/tool".to_string()),
+            ]
+        );
+        assert_eq!(stats.dropped, 1);
+        assert!(
+            stats.warnings[0].contains("/orphan"),
+            "{:?}",
+            stats.warnings
+        );
+    }
+
+    #[test]
+    fn symlinks_are_preserved_verbatim() {
+        let (out, _) = run(&[tar(&[
+            E::Symlink("bin/sh", "busybox"),
+            E::Symlink("abs", "/etc/../etc/passwd"),
+        ])]);
+        assert_eq!(
+            out,
+            [
+                ("bin/sh".to_string(), '2', "busybox".to_string()),
+                ("abs".to_string(), '2', "/etc/../etc/passwd".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn metadata_and_long_names_survive() {
+        let long = format!("{}/file", "d".repeat(150));
+        let target = format!("/{}", "t".repeat(120));
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = Header::new_ustar();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0o4755);
+        h.set_uid(33333);
+        h.set_gid(33333);
+        h.set_mtime(1_234_567_890);
+        h.set_username("gitpod").unwrap();
+        h.set_size(3);
+        let rec = pax_record(b"SCHILY.xattr.user.k", b"v");
+        let mut ph = Header::new_ustar();
+        ph.set_entry_type(EntryType::XHeader);
+        ph.set_path("PaxHeader").unwrap();
+        ph.set_size(rec.len() as u64);
+        ph.set_cksum();
+        b.append(&ph, &rec[..]).unwrap();
+        b.append_data(&mut h, &long, &b"abc"[..]).unwrap();
+        let mut l = Header::new_gnu();
+        l.set_entry_type(EntryType::Symlink);
+        l.set_size(0);
+        b.append_link(&mut l, "link", &target).unwrap();
+        let layer = b.into_inner().unwrap();
+        let refs: Vec<&dyn LayerSource> = vec![&layer];
+        let mut out = Vec::new();
+        flatten(&refs, &mut out).unwrap();
+        let mut a = tar::Archive::new(&out[..]);
+        let mut entries = a.entries().unwrap();
+        let mut e = entries.next().unwrap().unwrap();
+        assert_eq!(e.path_bytes().as_ref(), long.as_bytes());
+        let h = e.header();
+        assert_eq!(h.mode().unwrap(), 0o4755);
+        assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (33333, 33333));
+        assert_eq!(h.mtime().unwrap(), 1_234_567_890);
+        assert_eq!(h.username().unwrap(), Some("gitpod"));
+        let xattrs: Vec<(String, Vec<u8>)> = e
+            .pax_extensions()
+            .unwrap()
+            .unwrap()
+            .map(|x| {
+                let x = x.unwrap();
+                (x.key().unwrap().to_string(), x.value_bytes().to_vec())
+            })
+            .collect();
+        assert!(xattrs.contains(&("SCHILY.xattr.user.k".into(), b"v".to_vec())));
+        let mut data = String::new();
+        e.read_to_string(&mut data).unwrap();
+        assert_eq!(data, "abc");
+        let e = entries.next().unwrap().unwrap();
+        assert_eq!(e.link_name_bytes().unwrap().as_ref(), target.as_bytes());
+        assert!(entries.next().is_none());
+    }
+
+    #[test]
+    fn empty_image_is_an_empty_tar() {
+        let mut out = Vec::new();
+        let stats = flatten(&[], &mut out).unwrap();
+        assert_eq!(out, vec![0u8; 1024]);
+        assert_eq!(stats.entries, 0);
+        assert!(list(&out).is_empty());
+        let (f, gz) = flatten_to_gzip(&[], Vec::new()).unwrap();
+        assert_eq!(f.size, gz.len() as u64);
+        assert_eq!(f.digest, rf_oci::Digest::sha256_of(&gz));
+        assert_eq!(f.diff_id, rf_oci::Digest::sha256_of(&[0u8; 1024]));
+    }
+
+    #[test]
+    fn gzip_output_hashes_and_layer_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = tar(&[E::File("a", "1")]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar(&[E::File("b", "2")])).unwrap();
+        let gz = gz.finish().unwrap();
+        std::fs::write(dir.path().join("0"), &plain).unwrap();
+        std::fs::write(dir.path().join("1"), &gz).unwrap();
+        std::fs::write(dir.path().join("2"), [0x28, 0xb5, 0x2f, 0xfd, 0, 0]).unwrap();
+        let l0 = LayerFile {
+            path: dir.path().join("0"),
+        };
+        let l1 = LayerFile {
+            path: dir.path().join("1"),
+        };
+        let (f, out) = flatten_to_gzip(&[&l0, &l1], Vec::new()).unwrap();
+        assert_eq!(f.digest, rf_oci::Digest::sha256_of(&out));
+        assert_eq!(f.size, out.len() as u64);
+        let mut tar_bytes = Vec::new();
+        MultiGzDecoder::new(&out[..])
+            .read_to_end(&mut tar_bytes)
+            .unwrap();
+        assert_eq!(f.diff_id, rf_oci::Digest::sha256_of(&tar_bytes));
+        assert_eq!(paths(&list(&tar_bytes)), ["a", "b"]);
+
+        let zstd = LayerFile {
+            path: dir.path().join("2"),
+        };
+        let e = flatten(&[&l0, &zstd], &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("layer 1: zstd"), "{e}");
+        let garbage: Vec<u8> = vec![1; 600];
+        let e = flatten(&[&garbage], &mut Vec::new()).unwrap_err();
+        assert!(matches!(e, FlattenError::Layer { layer: 0, .. }), "{e}");
+    }
+}

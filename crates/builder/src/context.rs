@@ -27,6 +27,31 @@ pub enum ContextError {
     Failed(String),
 }
 
+/// The build source of a Dockerfile in a git repository (no credentials): `target` is the
+/// branch or commit `mode` names (empty for the remote HEAD); paths are relative to the
+/// repository root, an empty `context_path` meaning the Dockerfile's directory.
+pub fn git_dockerfile_source(
+    remote_uri: &str,
+    mode: CloneTargetMode,
+    target: &str,
+    dockerfile_path: &str,
+    context_path: &str,
+) -> rf_api::builder::BuildSourceDockerfile {
+    rf_api::builder::BuildSourceDockerfile {
+        source: Some(WorkspaceInitializer {
+            spec: Some(Spec::Git(GitInitializer {
+                remote_uri: remote_uri.into(),
+                target_mode: mode as i32,
+                clone_taget: target.into(),
+                ..Default::default()
+            })),
+        }),
+        dockerfile_version: String::new(),
+        dockerfile_path: dockerfile_path.into(),
+        context_path: context_path.into(),
+    }
+}
+
 /// Checks that every (nested) initializer is supported, before a build starts.
 pub fn check_supported(init: &WorkspaceInitializer) -> Result<(), ContextError> {
     match &init.spec {

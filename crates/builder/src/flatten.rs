@@ -16,15 +16,33 @@
 //!
 //!   Within one layer a later entry at the same path replaces an earlier one. Whiteouts and
 //!   opaque markers apply to lower layers only and are never emitted.
+//!
+//!   Pass 1 also records, for every hard link, the entry it names: the last entry at its
+//!   target path earlier in its own layer, else the entry at that path in the layers below
+//!   (the topmost one not removed by a layer between them). That entry holds the link's data
+//!   (a chain of links is followed to it). A link whose target does not exist when it is
+//!   extracted (or is a directory) is dropped with a warning.
 //! * Pass 2, bottom-up (first layer first), writes the surviving entries in their original
 //!   order: headers (type, mode, uid/gid, user/group names, mtime, device numbers, link
 //!   names) and pax records (xattrs, sub-second times, …) are preserved; GNU sparse files are
-//!   written as regular files. A hard link is kept if its target was written before it, else
-//!   dropped with a warning.
+//!   written as regular files. A surviving hard link whose data entry survives too links to
+//!   it. If the data entry is hidden (whited out, or replaced by an upper layer or later in
+//!   its layer) while links to it survive, as in a container where `/bar` (a link to `/foo`)
+//!   still shows the old data after `/foo` was deleted, the data entry is written under the
+//!   name of its first surviving link (at the data entry's place in the stream, which comes
+//!   before its links; extractors create a parent directory that only comes later), and the
+//!   other surviving links link to that name.
 //!
 //! Paths are normalised: leading `/` and `./`, empty and `.` components are dropped and `..`
 //! is resolved lexically without leaving the root, so `./a/b`, `/a/b` and `a//b` are one
-//! path. Symlink targets are kept verbatim.
+//! path. Symlink targets are kept verbatim. A non-directory whose path normalises to the root
+//! (`.`, `..`, `/`), and a hard link to the root, is dropped with a warning (it would
+//! otherwise hide every lower entry).
+//!
+//! Known limits (of the `tar` crate, which reads the layers): the data of GNU long-name /
+//! long-link members and of pax extension headers is read into memory whole, without a cap
+//! (a hostile layer can make it large); and pax records whose value contains a newline are
+//! rejected by the crate, so a layer with one fails to flatten.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -210,19 +228,68 @@ impl Upper {
             }
         }
     }
+
+    fn merge(&mut self, other: Upper) {
+        self.paths.extend(other.paths);
+        self.nondirs.extend(other.nondirs);
+        self.dirs.extend(other.dirs);
+        self.whiteouts.extend(other.whiteouts);
+        self.opaques.extend(other.opaques);
+    }
 }
 
 fn layer_err(layer: usize) -> impl Fn(io::Error) -> FlattenError {
     move |source| FlattenError::Layer { layer, source }
 }
 
-/// Pass 1: the indices of the surviving entries of each layer.
-fn survivors(
-    layers: &[&dyn LayerSource],
-    stats: &mut FlattenStats,
-) -> Result<Vec<HashSet<usize>>, FlattenError> {
+/// An entry of a layer: (layer, index of the entry in the layer's tar stream).
+type Node = (usize, usize);
+
+/// A hard link seen in pass 1.
+struct HardLink {
+    /// Its (normalised) path.
+    path: Vec<u8>,
+    /// The (normalised) path it links to.
+    target_path: Vec<u8>,
+    /// The entry that was at `target_path` when the link was extracted (possibly another
+    /// hard link); `None`: there was none (or only a directory).
+    target: Option<Node>,
+}
+
+/// What pass 2 writes, per layer (indexed by entry).
+struct Plan {
+    /// The surviving entries.
+    keep: Vec<HashSet<usize>>,
+    /// Hidden hard-link targets written anyway, under the name of their first surviving link.
+    promoted: Vec<HashMap<usize, Vec<u8>>>,
+    /// Surviving hard links → the (normalised) name they link to.
+    links: Vec<HashMap<usize, Vec<u8>>>,
+}
+
+/// The entry holding the data of the hard link `n` (following links to links), and the path
+/// the last link of the chain names; `None` if the chain ends without an entry.
+fn link_data(links: &HashMap<Node, HardLink>, mut n: Node) -> Option<(Node, &[u8])> {
+    let mut path: &[u8] = &[];
+    // targets precede their links in the streams, so chains end; the bound is a safeguard
+    for _ in 0..=links.len() {
+        match links.get(&n) {
+            None => return Some((n, path)),
+            Some(l) => {
+                path = &l.target_path;
+                n = l.target?;
+            }
+        }
+    }
+    None
+}
+
+/// Pass 1: which entries survive, and how the surviving hard links are written.
+fn plan(layers: &[&dyn LayerSource], stats: &mut FlattenStats) -> Result<Plan, FlattenError> {
     let mut upper = Upper::default();
     let mut keep = vec![HashSet::new(); layers.len()];
+    let mut links: HashMap<Node, HardLink> = HashMap::new();
+    // target path → links (of upper layers) whose target is in a layer below them
+    let mut pending: HashMap<Vec<u8>, Vec<Node>> = HashMap::new();
     for (i, layer) in layers.iter().enumerate().rev() {
         let err = layer_err(i);
         let reader = layer.open().map_err(&err)?;
@@ -231,6 +298,7 @@ fn survivors(
         let mut entries: HashMap<Vec<u8>, (usize, bool)> = HashMap::new();
         let mut whiteouts = Vec::new();
         let mut opaques = Vec::new();
+        let mut pending_here: Vec<(Vec<u8>, Node)> = Vec::new();
         for (k, entry) in archive.entries().map_err(&err)?.enumerate() {
             let entry = entry.map_err(&err)?;
             let ty = entry.header().entry_type();
@@ -238,6 +306,14 @@ fn survivors(
                 continue;
             }
             let p = normalize(&entry.path_bytes());
+            if p.is_empty() && !ty.is_dir() {
+                stats.warn(format!(
+                    "entry {:?} (layer {i}, type {:?}) dropped: only a directory can be the root",
+                    String::from_utf8_lossy(&entry.path_bytes()),
+                    ty.as_byte() as char
+                ));
+                continue;
+            }
             let (parent, base) = split(&p);
             if base == OPAQUE_MARKER {
                 stats.whiteouts += 1;
@@ -251,6 +327,34 @@ fn survivors(
                 }
                 continue;
             }
+            if ty.is_hard_link() {
+                let raw = entry.link_name_bytes().unwrap_or_default();
+                let t = normalize(&raw);
+                if t.is_empty() {
+                    stats.warn(format!(
+                        "hard link {} (layer {i}) dropped: its target {:?} is the root directory",
+                        lossy(&p),
+                        String::from_utf8_lossy(&raw)
+                    ));
+                    continue;
+                }
+                let target = match entries.get(&t) {
+                    Some(&(kt, false)) => Some((i, kt)),
+                    Some(_) => None,
+                    None => {
+                        pending_here.push((t.clone(), (i, k)));
+                        None
+                    }
+                };
+                links.insert(
+                    (i, k),
+                    HardLink {
+                        path: p.clone(),
+                        target_path: t,
+                        target,
+                    },
+                );
+            }
             if entries.insert(p, (k, ty.is_dir())).is_some() {
                 stats.hidden += 1;
             }
@@ -262,24 +366,84 @@ fn survivors(
                 keep[i].insert(*k);
             }
         }
-        for (p, (_, is_dir)) in entries {
-            upper.add_parents(&p);
+        // what this layer contributes (its paths are added below)
+        let mut here = Upper::default();
+        for (p, (_, is_dir)) in &entries {
+            here.add_parents(p);
             if !is_dir {
-                upper.nondirs.insert(p.clone());
+                here.nondirs.insert(p.clone());
             }
-            upper.paths.insert(p);
         }
         for p in whiteouts {
-            upper.add_parents(&p);
-            upper.whiteouts.insert(p);
+            here.add_parents(&p);
+            here.whiteouts.insert(p);
         }
         for d in opaques {
-            upper.add_parents(&d);
-            upper.dirs.insert(d.clone());
-            upper.opaques.insert(d);
+            here.add_parents(&d);
+            here.dirs.insert(d.clone());
+            here.opaques.insert(d);
+        }
+        // links of upper layers whose target is in this layer, or hidden by it
+        pending.retain(|t, waiting| {
+            let target = match entries.get(t) {
+                Some(&(kt, false)) => Some((i, kt)),
+                Some(_) => None,
+                None if here.hides(t, false) => None,
+                None => return true,
+            };
+            for n in waiting.iter() {
+                if let Some(l) = links.get_mut(n) {
+                    l.target = target;
+                }
+            }
+            false
+        });
+        for (t, n) in pending_here {
+            pending.entry(t).or_default().push(n);
+        }
+        here.paths.extend(entries.into_keys());
+        upper.merge(here);
+    }
+
+    // The surviving hard links in stream order: a link whose data is hidden gets the data
+    // under its own name (at the data's place, which precedes it); later links name it.
+    let mut surviving: Vec<Node> = links
+        .keys()
+        .filter(|(l, k)| keep[*l].contains(k))
+        .copied()
+        .collect();
+    surviving.sort_unstable();
+    let mut promoted: Vec<HashMap<usize, Vec<u8>>> = vec![HashMap::new(); layers.len()];
+    let mut link_names: Vec<HashMap<usize, Vec<u8>>> = vec![HashMap::new(); layers.len()];
+    for n in surviving {
+        let link = &links[&n];
+        match link_data(&links, n) {
+            None => {
+                stats.warn(format!(
+                    "hard link {} (layer {}) dropped: its target {} does not exist",
+                    lossy(&link.path),
+                    n.0,
+                    lossy(&link.target_path)
+                ));
+                keep[n.0].remove(&n.1);
+            }
+            Some(((tl, tk), path)) => {
+                if keep[tl].contains(&tk) {
+                    link_names[n.0].insert(n.1, path.to_vec());
+                } else if let Some(name) = promoted[tl].get(&tk) {
+                    link_names[n.0].insert(n.1, name.clone());
+                } else {
+                    promoted[tl].insert(tk, link.path.clone());
+                    keep[n.0].remove(&n.1);
+                }
+            }
         }
     }
-    Ok(keep)
+    Ok(Plan {
+        keep,
+        promoted,
+        links: link_names,
+    })
 }
 
 /// Flattens `layers` (bottom first) into one uncompressed tar written to `out` (ended with
@@ -292,13 +456,16 @@ pub fn flatten(
         layers: layers.len(),
         ..Default::default()
     };
-    let keep = survivors(layers, &mut stats)?;
-    // non-directories written so far (hard link targets)
-    let mut written: HashSet<Vec<u8>> = HashSet::new();
-    let mut buf = vec![0u8; 128 << 10];
+    let plan = plan(layers, &mut stats)?;
+    let mut w = Pass2 {
+        out,
+        written: HashSet::new(),
+        stats: &mut stats,
+        buf: vec![0u8; 128 << 10],
+    };
     for (i, layer) in layers.iter().enumerate() {
-        let keep = &keep[i];
-        let Some(&last) = keep.iter().max() else {
+        let (keep, promoted, links) = (&plan.keep[i], &plan.promoted[i], &plan.links[i]);
+        let Some(&last) = keep.iter().chain(promoted.keys()).max() else {
             continue;
         };
         let err = layer_err(i);
@@ -309,168 +476,205 @@ pub fn flatten(
                 break;
             }
             let mut entry = entry.map_err(&err)?;
-            if !keep.contains(&k) {
+            let name = promoted.get(&k);
+            if name.is_none() && !keep.contains(&k) {
                 continue;
             }
-            write_entry(i, &mut entry, out, &mut written, &mut stats, &mut buf)?;
+            w.write_entry(
+                i,
+                &mut entry,
+                name.map(Vec::as_slice),
+                links.get(&k).map(Vec::as_slice),
+            )?;
         }
     }
-    out.write_all(&[0u8; 1024]).map_err(FlattenError::Output)?;
-    out.flush().map_err(FlattenError::Output)?;
+    out_end(w.out)?;
     Ok(stats)
 }
 
-fn write_entry<R: Read>(
-    layer: usize,
-    entry: &mut tar::Entry<'_, R>,
-    out: &mut dyn Write,
-    written: &mut HashSet<Vec<u8>>,
-    stats: &mut FlattenStats,
-    buf: &mut [u8],
-) -> Result<(), FlattenError> {
-    let err = layer_err(layer);
-    let src = entry.header().clone();
-    let ty = src.entry_type();
-    let p = normalize(&entry.path_bytes());
-    let (kind, size) = match ty {
-        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-            (EntryType::Regular, entry.size())
-        }
-        EntryType::Directory
-        | EntryType::Symlink
-        | EntryType::Link
-        | EntryType::Char
-        | EntryType::Block
-        | EntryType::Fifo => (ty, 0),
-        other => {
-            stats.warn(format!(
-                "{} (layer {layer}) dropped: unsupported tar entry type {:?}",
-                lossy(&p),
-                other.as_byte() as char
-            ));
-            return Ok(());
-        }
-    };
-    let link: Option<Vec<u8>> = match kind {
-        EntryType::Symlink => Some(entry.link_name_bytes().unwrap_or_default().into_owned()),
-        EntryType::Link => {
-            let target = normalize(&entry.link_name_bytes().unwrap_or_default());
-            if !written.contains(&target) {
+fn out_end(out: &mut dyn Write) -> Result<(), FlattenError> {
+    out.write_all(&[0u8; 1024]).map_err(FlattenError::Output)?;
+    out.flush().map_err(FlattenError::Output)
+}
+
+/// The writing side of pass 2.
+struct Pass2<'a> {
+    out: &'a mut dyn Write,
+    /// Non-directories written so far (hard link targets).
+    written: HashSet<Vec<u8>>,
+    stats: &'a mut FlattenStats,
+    buf: Vec<u8>,
+}
+
+impl Pass2<'_> {
+    /// Writes `entry` of `layer`, under `name` instead of its own path if given; `link`: the
+    /// target of a hard link (else its own, normalised).
+    fn write_entry<R: Read>(
+        &mut self,
+        layer: usize,
+        entry: &mut tar::Entry<'_, R>,
+        name: Option<&[u8]>,
+        link: Option<&[u8]>,
+    ) -> Result<(), FlattenError> {
+        let Pass2 {
+            out,
+            written,
+            stats,
+            buf,
+        } = self;
+        let (out, stats, buf): (&mut dyn Write, &mut FlattenStats, &mut [u8]) =
+            (&mut **out, &mut **stats, &mut buf[..]);
+        let err = layer_err(layer);
+        let src = entry.header().clone();
+        let ty = src.entry_type();
+        let p = match name {
+            Some(n) => n.to_vec(),
+            None => normalize(&entry.path_bytes()),
+        };
+        let (kind, size) = match ty {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                (EntryType::Regular, entry.size())
+            }
+            EntryType::Directory
+            | EntryType::Symlink
+            | EntryType::Link
+            | EntryType::Char
+            | EntryType::Block
+            | EntryType::Fifo => (ty, 0),
+            other => {
                 stats.warn(format!(
+                    "{} (layer {layer}) dropped: unsupported tar entry type {:?}",
+                    lossy(&p),
+                    other.as_byte() as char
+                ));
+                return Ok(());
+            }
+        };
+        let link: Option<Vec<u8>> = match kind {
+            EntryType::Symlink => Some(entry.link_name_bytes().unwrap_or_default().into_owned()),
+            EntryType::Link => {
+                let target = match link {
+                    Some(l) => l.to_vec(),
+                    None => normalize(&entry.link_name_bytes().unwrap_or_default()),
+                };
+                if !written.contains(&target) {
+                    stats.warn(format!(
                     "hard link {} (layer {layer}) dropped: its target {} is not in the flattened layer",
                     lossy(&p),
                     lossy(&target)
                 ));
-                return Ok(());
+                    return Ok(());
+                }
+                Some(target)
             }
-            Some(target)
-        }
-        _ => None,
-    };
-    let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    if let Some(exts) = entry.pax_extensions().map_err(&err)? {
-        for ext in exts {
-            let ext = ext.map_err(&err)?;
-            let key = ext.key_bytes();
-            if matches!(key, b"path" | b"linkpath" | b"size") || key.starts_with(b"GNU.sparse.") {
-                continue;
+            _ => None,
+        };
+        let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        if let Some(exts) = entry.pax_extensions().map_err(&err)? {
+            for ext in exts {
+                let ext = ext.map_err(&err)?;
+                let key = ext.key_bytes();
+                if matches!(key, b"path" | b"linkpath" | b"size") || key.starts_with(b"GNU.sparse.")
+                {
+                    continue;
+                }
+                pax.push((key.to_vec(), ext.value_bytes().to_vec()));
             }
-            pax.push((key.to_vec(), ext.value_bytes().to_vec()));
         }
-    }
 
-    let mut h = Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(src.mode().unwrap_or(0o644));
-    h.set_uid(src.uid().unwrap_or(0));
-    h.set_gid(src.gid().unwrap_or(0));
-    h.set_mtime(src.mtime().unwrap_or(0));
-    h.set_size(size);
-    if matches!(kind, EntryType::Char | EntryType::Block) {
-        if let Ok(Some(major)) = src.device_major() {
-            h.set_device_major(major).map_err(&err)?;
-        }
-        if let Ok(Some(minor)) = src.device_minor() {
-            h.set_device_minor(minor).map_err(&err)?;
-        }
-    }
-    {
-        let gnu = h.as_gnu_mut().expect("a GNU header");
-        if let Some(u) = src.username_bytes() {
-            copy_field(&mut gnu.uname, u);
-        }
-        if let Some(g) = src.groupname_bytes() {
-            copy_field(&mut gnu.gname, g);
-        }
-    }
-    let mut name = if p.is_empty() {
-        b".".to_vec()
-    } else {
-        p.clone()
-    };
-    if kind == EntryType::Directory {
-        name.push(b'/');
-    }
-    {
-        let gnu = h.as_gnu_mut().expect("a GNU header");
-        if !copy_field(&mut gnu.name, &name) {
-            pax.push((b"path".to_vec(), name));
-        }
-        if let Some(link) = &link {
-            if !copy_field(&mut gnu.linkname, link) {
-                pax.push((b"linkpath".to_vec(), link.clone()));
+        let mut h = Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(src.mode().unwrap_or(0o644));
+        h.set_uid(src.uid().unwrap_or(0));
+        h.set_gid(src.gid().unwrap_or(0));
+        h.set_mtime(src.mtime().unwrap_or(0));
+        h.set_size(size);
+        if matches!(kind, EntryType::Char | EntryType::Block) {
+            if let Ok(Some(major)) = src.device_major() {
+                h.set_device_major(major).map_err(&err)?;
+            }
+            if let Ok(Some(minor)) = src.device_minor() {
+                h.set_device_minor(minor).map_err(&err)?;
             }
         }
-    }
-    h.set_cksum();
+        {
+            let gnu = h.as_gnu_mut().expect("a GNU header");
+            if let Some(u) = src.username_bytes() {
+                copy_field(&mut gnu.uname, u);
+            }
+            if let Some(g) = src.groupname_bytes() {
+                copy_field(&mut gnu.gname, g);
+            }
+        }
+        let mut name = if p.is_empty() {
+            b".".to_vec()
+        } else {
+            p.clone()
+        };
+        if kind == EntryType::Directory {
+            name.push(b'/');
+        }
+        {
+            let gnu = h.as_gnu_mut().expect("a GNU header");
+            if !copy_field(&mut gnu.name, &name) {
+                pax.push((b"path".to_vec(), name));
+            }
+            if let Some(link) = &link {
+                if !copy_field(&mut gnu.linkname, link) {
+                    pax.push((b"linkpath".to_vec(), link.clone()));
+                }
+            }
+        }
+        h.set_cksum();
 
-    let out_err = FlattenError::Output;
-    if !pax.is_empty() {
-        let mut data = Vec::new();
-        for (k, v) in &pax {
-            data.extend_from_slice(&pax_record(k, v));
-        }
-        let mut ph = Header::new_ustar();
-        ph.set_entry_type(EntryType::XHeader);
-        copy_field(
-            &mut ph.as_ustar_mut().expect("ustar").name,
-            b"././@PaxHeader",
-        );
-        ph.set_mode(0o644);
-        ph.set_mtime(0);
-        ph.set_size(data.len() as u64);
-        ph.set_cksum();
-        out.write_all(ph.as_bytes()).map_err(out_err)?;
-        out.write_all(&data).map_err(out_err)?;
-        pad(out, data.len() as u64)?;
-    }
-    out.write_all(h.as_bytes()).map_err(out_err)?;
-    if size > 0 {
-        let mut copied = 0u64;
-        loop {
-            let n = entry.read(buf).map_err(&err)?;
-            if n == 0 {
-                break;
+        let out_err = FlattenError::Output;
+        if !pax.is_empty() {
+            let mut data = Vec::new();
+            for (k, v) in &pax {
+                data.extend_from_slice(&pax_record(k, v));
             }
-            out.write_all(&buf[..n]).map_err(out_err)?;
-            copied += n as u64;
+            let mut ph = Header::new_ustar();
+            ph.set_entry_type(EntryType::XHeader);
+            copy_field(
+                &mut ph.as_ustar_mut().expect("ustar").name,
+                b"././@PaxHeader",
+            );
+            ph.set_mode(0o644);
+            ph.set_mtime(0);
+            ph.set_size(data.len() as u64);
+            ph.set_cksum();
+            out.write_all(ph.as_bytes()).map_err(out_err)?;
+            out.write_all(&data).map_err(out_err)?;
+            pad(out, data.len() as u64)?;
         }
-        if copied != size {
-            return Err(FlattenError::Layer {
-                layer,
-                source: io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("{} is truncated: {copied} of {size} bytes", lossy(&p)),
-                ),
-            });
+        out.write_all(h.as_bytes()).map_err(out_err)?;
+        if size > 0 {
+            let mut copied = 0u64;
+            loop {
+                let n = entry.read(buf).map_err(&err)?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n]).map_err(out_err)?;
+                copied += n as u64;
+            }
+            if copied != size {
+                return Err(FlattenError::Layer {
+                    layer,
+                    source: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{} is truncated: {copied} of {size} bytes", lossy(&p)),
+                    ),
+                });
+            }
+            pad(out, size)?;
         }
-        pad(out, size)?;
+        stats.entries += 1;
+        if kind != EntryType::Directory {
+            written.insert(p);
+        }
+        Ok(())
     }
-    stats.entries += 1;
-    if kind != EntryType::Directory {
-        written.insert(p);
-    }
-    Ok(())
 }
 
 /// Copies `value` into a NUL-padded header field; false if it does not fit.
@@ -783,28 +987,183 @@ mod tests {
         assert_eq!(paths(&out), ["a"]);
     }
 
+    fn entry(p: &str, kind: char, extra: &str) -> (String, char, String) {
+        (p.to_string(), kind, extra.to_string())
+    }
+
     #[test]
-    fn hard_links_kept_with_target_and_dropped_without() {
+    fn hard_links_kept_with_their_surviving_target() {
         let (out, stats) = run(&[
             tar(&[
                 E::File("bin/tool", "bin"),
                 E::Hardlink("bin/alias", "bin/tool"),
-                E::File("gone", "g"),
-                E::Hardlink("orphan", "gone"),
+                E::Hardlink("bin/hidden", "bin/tool"),
+                E::Hardlink("missing", "nothing/here"),
             ]),
-            tar(&[E::File(".wh.gone", ""), E::Hardlink("late", "/bin/tool")]),
+            tar(&[
+                E::File("bin/.wh.hidden", ""),
+                E::Hardlink("late", "/bin/tool"),
+                E::Hardlink("chain", "bin/alias"),
+            ]),
         ]);
         assert_eq!(
             out,
             [
-                ("bin/tool".to_string(), '0', "bin".to_string()),
-                ("bin/alias".to_string(), '1', "bin/tool".to_string()),
-                ("late".to_string(), '1', "bin/tool".to_string()),
+                entry("bin/tool", '0', "bin"),
+                entry("bin/alias", '1', "bin/tool"),
+                entry("late", '1', "bin/tool"),
+                entry("chain", '1', "bin/tool"),
             ]
         );
         assert_eq!(stats.dropped, 1);
         assert!(
-            stats.warnings[0].contains("/orphan"),
+            stats.warnings[0].contains("/missing") && stats.warnings[0].contains("does not exist"),
+            "{:?}",
+            stats.warnings
+        );
+    }
+
+    #[test]
+    fn hard_link_to_a_whited_out_target_gets_its_data() {
+        // a container shows /bar and /baz with foo's content, and /foo not at all
+        let (out, stats) = run(&[
+            tar(&[
+                E::File("foo", "data"),
+                E::File("other", "o"),
+                E::Hardlink("bar", "foo"),
+                E::Hardlink("./baz", "./foo"),
+            ]),
+            tar(&[E::File(".wh.foo", "")]),
+        ]);
+        assert_eq!(
+            out,
+            [
+                entry("bar", '0', "data"),
+                entry("other", '0', "o"),
+                entry("baz", '1', "bar"),
+            ]
+        );
+        assert_eq!(stats.dropped, 0);
+        // the promoted file keeps the target's metadata
+        let flat = {
+            let l0 = tar(&[E::File("foo", "data"), E::Hardlink("bar", "foo")]);
+            let l1 = tar(&[E::File(".wh.foo", "")]);
+            let mut o = Vec::new();
+            flatten(&[&l0, &l1], &mut o).unwrap();
+            o
+        };
+        let mut a = tar::Archive::new(&flat[..]);
+        let e = a.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(e.path_bytes().as_ref(), b"bar");
+        assert_eq!(e.header().mode().unwrap(), 0o640);
+        assert_eq!(e.header().mtime().unwrap(), 1_700_000_000);
+        assert_eq!(e.header().entry_type(), EntryType::Regular);
+    }
+
+    #[test]
+    fn hard_link_to_a_replaced_target_keeps_the_old_data() {
+        // replaced by an upper layer
+        let (out, _) = run(&[
+            tar(&[E::File("foo", "old"), E::Hardlink("bar", "foo")]),
+            tar(&[E::File("foo", "new")]),
+        ]);
+        assert_eq!(out, [entry("bar", '0', "old"), entry("foo", '0', "new")]);
+        // replaced later in the same layer
+        let (out, _) = run(&[tar(&[
+            E::File("foo", "v1"),
+            E::Hardlink("bar", "foo"),
+            E::File("foo", "v2"),
+        ])]);
+        assert_eq!(out, [entry("bar", '0', "v1"), entry("foo", '0', "v2")]);
+        // the first link is hidden too: the first surviving one gets the data
+        let (out, _) = run(&[
+            tar(&[
+                E::File("foo", "data"),
+                E::Hardlink("a", "foo"),
+                E::Hardlink("b", "foo"),
+                E::Hardlink("c", "a"),
+            ]),
+            tar(&[E::File(".wh.foo", ""), E::File(".wh.a", "")]),
+        ]);
+        assert_eq!(out, [entry("b", '0', "data"), entry("c", '1', "b")]);
+    }
+
+    #[test]
+    fn hard_link_to_a_lower_layer() {
+        // the target is hidden above the link: the link gets the data
+        let (out, _) = run(&[
+            tar(&[E::File("foo", "x")]),
+            tar(&[E::Hardlink("bar", "foo")]),
+            tar(&[E::File(".wh.foo", "")]),
+        ]);
+        assert_eq!(out, [entry("bar", '0', "x")]);
+        // the target was removed before the link was made: no data
+        let (out, stats) = run(&[
+            tar(&[E::File("foo", "x")]),
+            tar(&[E::File(".wh.foo", "")]),
+            tar(&[E::Hardlink("bar", "foo")]),
+        ]);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(stats.dropped, 1);
+        // a link to a path that is then a directory has no data either
+        let (out, stats) = run(&[
+            tar(&[E::File("foo", "x")]),
+            tar(&[E::File("foo/inner", "i")]),
+            tar(&[E::Hardlink("bar", "foo")]),
+        ]);
+        assert_eq!(out, [entry("foo/inner", '0', "i")]);
+        assert_eq!(stats.dropped, 1);
+    }
+
+    /// A tar of `(name, type, link name, data)` with the names written verbatim.
+    fn raw_tar(entries: &[(&[u8], EntryType, &[u8], &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, ty, link, data) in entries {
+            let mut h = Header::new_gnu();
+            h.set_entry_type(*ty);
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.name[..name.len()].copy_from_slice(name);
+            gnu.linkname[..link.len()].copy_from_slice(link);
+            h.set_cksum();
+            b.append(&h, data.as_bytes()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn non_directories_naming_the_root_are_dropped() {
+        let (out, stats) = run(&[
+            tar(&[E::File("a", "1"), E::Dir("d/"), E::File("d/x", "x")]),
+            raw_tar(&[
+                (b".", EntryType::Regular, b"", "dot"),
+                (b"..", EntryType::Regular, b"", "dotdot"),
+                (b"/", EntryType::Symlink, b"target", ""),
+                (b"d/..", EntryType::Fifo, b"", ""),
+                (b"ln", EntryType::Link, b"./", ""),
+                (b"./", EntryType::Directory, b"", ""),
+            ]),
+        ]);
+        assert_eq!(
+            out,
+            [
+                entry("a", '0', "1"),
+                entry("d/", '5', ""),
+                entry("d/x", '0', "x"),
+                entry("./", '5', ""),
+            ]
+        );
+        assert_eq!(stats.dropped, 5);
+        assert!(
+            stats.warnings[..4]
+                .iter()
+                .all(|w| w.contains("only a directory can be the root")),
+            "{:?}",
+            stats.warnings
+        );
+        assert!(
+            stats.warnings[4].contains("/ln") && stats.warnings[4].contains("root directory"),
             "{:?}",
             stats.warnings
         );

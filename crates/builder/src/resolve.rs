@@ -118,6 +118,25 @@ impl ResolveError {
     }
 }
 
+/// A manifest HEAD of `r`: found, not found, or the failure classified.
+async fn head_exists(
+    client: &Upstream,
+    reference: &str,
+    r: &Reference,
+    had_credentials: bool,
+) -> Result<bool, ResolveError> {
+    match client.head_manifest(&ImageRef::Registry(r.clone())).await {
+        Ok(_) => Ok(true),
+        Err(UpstreamError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(ResolveError::from_upstream(
+            reference,
+            &r.domain,
+            had_credentials,
+            e,
+        )),
+    }
+}
+
 /// gRPC mapping: malformed ⇒ `InvalidArgument`, missing (or not for our platform) ⇒
 /// `NotFound`, refused ⇒ `Unauthenticated`, rate limited or down ⇒ `Unavailable`, anything
 /// else ⇒ `Internal`.
@@ -327,16 +346,7 @@ impl Resolver {
     pub async fn exists(&self, reference: &str, auth: &RequestAuth) -> Result<bool, ResolveError> {
         let r = parse_reference(reference)?;
         let (client, had_credentials) = self.client_for(&r.domain, auth).await;
-        match client.head_manifest(&ImageRef::Registry(r.clone())).await {
-            Ok(_) => Ok(true),
-            Err(UpstreamError::NotFound { .. }) => Ok(false),
-            Err(e) => Err(ResolveError::from_upstream(
-                reference,
-                &r.domain,
-                had_credentials,
-                e,
-            )),
-        }
+        head_exists(&client, reference, &r, had_credentials).await
     }
 
     /// [`Resolver::exists`] with exactly the credentials a build hands to its engine, so the
@@ -353,16 +363,7 @@ impl Resolver {
             Some(c) => self.upstream.with_credentials([(r.domain.clone(), c)]),
             None => self.upstream.clone(),
         };
-        match client.head_manifest(&ImageRef::Registry(r.clone())).await {
-            Ok(_) => Ok(true),
-            Err(UpstreamError::NotFound { .. }) => Ok(false),
-            Err(e) => Err(ResolveError::from_upstream(
-                reference,
-                &r.domain,
-                had_credentials,
-                e,
-            )),
-        }
+        head_exists(&client, reference, &r, had_credentials).await
     }
 
     /// Resolves each of `refs` without credentials and remembers the results (a failure

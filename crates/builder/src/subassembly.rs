@@ -2,19 +2,25 @@
 //!
 //! `CreateSubassembly(ref)` resolves the reference for `builder.platform` with the
 //! installation's credentials (`orchestrator.pullSecretFile`), then, in a background task,
-//! downloads every layer (verified) into a temp dir, flattens them into one gzip layer
+//! checks the platform named by the image config (an image that is a single manifest is not
+//! checked when it is resolved), downloads every layer (verified, and never more bytes than
+//! its descriptor says) into a temp dir, flattens them into one gzip layer
 //! ([`crate::flatten`]: whiteouts and opaque directories applied) and stores it in a
 //! content-addressed [`BlobStore`] together with a JSON [`SubassemblyManifest`]. The call
 //! answers at once: `CREATING` (also when it joins a creation in progress), `AVAILABLE` when
 //! the subassembly exists, or `UNAVAILABLE` when the image does not exist, is not for the
-//! platform, or may not be pulled. A failed creation ends `UNAVAILABLE` with the reason (bad
-//! layer, unsupported media type such as zstd, registry error); creating again retries.
+//! platform, or may not be pulled. A failed creation ends `UNAVAILABLE` with the reason (an
+//! image for another platform: "image is for linux/arm64/v8, not linux/amd64"; bad layer,
+//! unsupported media type such as zstd, registry error); creating again retries. At most
+//! `builder.maxConcurrentBuilds` creations run at once; the others wait, `CREATING`.
 //!
 //! `GetSubassembly(ref)` reports the phase, and once available the layer digest, its download
 //! URL (`<base>/subassemblies/<digest>`, see [`subassembly_router`]) and the manifest. A tag
-//! is resolved again (a digest reference needs no network); if the registry cannot be
-//! reached, the digest that the last `CreateSubassembly` of that reference resolved to is
-//! used. Never created ⇒ `NOT_FOUND`.
+//! is resolved again; if the registry cannot be reached, the digest that the last
+//! `CreateSubassembly` of that reference resolved to is used. A digest reference needs no
+//! network when it is the image manifest of a subassembly or was created itself; another
+//! digest (e.g. of the index of an image created by tag) is resolved like a tag, and is
+//! `NOT_FOUND` when the registry cannot be reached. Never created ⇒ `NOT_FOUND`.
 //!
 //! Subassemblies are keyed by the resolved image manifest digest: creating the same image by
 //! tag or by digest is one subassembly, flattened once.
@@ -36,12 +42,16 @@
 //! by a restart; call CreateSubassembly again"). An `AVAILABLE` record whose layer has gone
 //! from the store is reported `UNAVAILABLE` too. Failed resolutions are remembered in memory
 //! only.
+//!
+//! Files are written (and temp dirs removed) on blocking threads, never under the state
+//! lock: one write at a time, each of the latest state of its record (a version number skips
+//! what is on disk already), so a slower write never replaces a newer one.
 
 use std::collections::HashMap;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -59,11 +69,14 @@ use rf_api::builder::{
     CreateSubassemblyRequest, CreateSubassemblyResponse, GetSubassemblyRequest,
     GetSubassemblyResponse, SubassemblyPhase, SubassemblyStatus,
 };
-use rf_oci::{media, ByteRange, Descriptor, Digest, ImageRef, ParsedManifest, RangeError};
+use rf_oci::{
+    media, ByteRange, Descriptor, Digest, ImageRef, ParsedManifest, Platform, RangeError,
+};
 use rf_store::{BlobStore, StoreError};
 use rf_upstream::Upstream;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::Semaphore;
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use crate::auth::RequestAuth;
@@ -74,6 +87,9 @@ use crate::service::BuilderState;
 
 /// The media type of a subassembly layer.
 pub const SUBASSEMBLY_LAYER_MEDIA_TYPE: &str = media::OCI_LAYER_GZIP;
+
+/// Image configs larger than this are refused.
+const MAX_CONFIG_SIZE: u64 = 16 << 20;
 
 /// The manifest of a subassembly (`SubassemblyStatus.manifest`, and
 /// `GET /subassemblies/<digest>/manifest`).
@@ -105,7 +121,8 @@ pub struct SubassemblySource {
     pub image: String,
     /// Digest of the image manifest (for `platform`).
     pub digest: Digest,
-    /// The platform the reference was resolved for (`builder.platform`).
+    /// The platform of the image, from its config (`os/architecture[/variant]`); it fits
+    /// `builder.platform`.
     pub platform: String,
     /// Number of layers flattened.
     pub layers: usize,
@@ -156,6 +173,8 @@ struct Entry {
     record: Record,
     /// Parsed from `record.manifest` when available.
     manifest: Option<SubassemblyManifest>,
+    /// Bumped (from [`StateMap::version`]) whenever `record` changes.
+    version: u64,
 }
 
 #[derive(Default)]
@@ -168,6 +187,24 @@ struct StateMap {
     refs: HashMap<String, Digest>,
     /// Normalised reference → why its last CreateSubassembly could not resolve it.
     failed: HashMap<String, String>,
+    /// The version of `refs` (bumped from `version` whenever it changes).
+    refs_version: u64,
+    /// The last version handed out.
+    version: u64,
+}
+
+impl StateMap {
+    fn bump(&mut self) -> u64 {
+        self.version += 1;
+        self.version
+    }
+}
+
+/// The versions on disk (what was last written of each record, and of the reference map).
+#[derive(Default)]
+struct Persisted {
+    records: HashMap<Digest, u64>,
+    refs: u64,
 }
 
 struct Inner {
@@ -176,6 +213,14 @@ struct Inner {
     store: BlobStore,
     url_base: RwLock<Option<String>>,
     state: Mutex<StateMap>,
+    /// Held while writing state files: writes are serialised, each writes the latest state
+    /// (never under `state`, never on a runtime worker thread).
+    persisted: tokio::sync::Mutex<Persisted>,
+    /// One permit per creation that may run (download + flatten) at once.
+    limit: Arc<Semaphore>,
+    max_concurrent: usize,
+    /// Creations waiting for a permit.
+    waiting: AtomicUsize,
     flattens: AtomicU64,
     tmp_seq: AtomicU64,
 }
@@ -203,7 +248,8 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> SubassemblyError + '_ {
     }
 }
 
-/// Writes `data` to `path` atomically (temp file, fsync, rename).
+/// Writes `data` to `path` atomically (temp file, fsync, rename, fsync of the directory).
+/// Blocking.
 fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let tmp = path.with_extension(format!(
@@ -217,6 +263,10 @@ fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
+    let res = res.and_then(|()| match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    });
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -255,15 +305,57 @@ fn check_layer_media_type(d: &Descriptor) -> Result<(), String> {
     }
 }
 
-/// A directory removed on drop.
+/// The platform an image config names (`os`, `architecture`, `variant`).
+fn config_platform(config: &[u8]) -> Result<Platform, String> {
+    #[derive(Deserialize)]
+    struct Fields {
+        #[serde(default)]
+        os: String,
+        #[serde(default)]
+        architecture: String,
+        #[serde(default)]
+        variant: Option<String>,
+    }
+    let f: Fields = serde_json::from_slice(config).map_err(|e| e.to_string())?;
+    if f.os.is_empty() || f.architecture.is_empty() {
+        return Err("it names no platform (os and architecture)".into());
+    }
+    let variant = f.variant.filter(|v| !v.is_empty());
+    Ok(Platform::new(&f.os, &f.architecture, variant.as_deref()))
+}
+
+/// Whether an image for `image` runs on `want`: the same os and architecture (normalised as
+/// containerd does), and the same variant when both name one.
+fn platform_fits(want: &Platform, image: &Platform) -> bool {
+    let (wo, wa, wv) = want.normalized();
+    let (io, ia, iv) = image.normalized();
+    wo == io && wa == ia && (want.variant.is_none() || image.variant.is_none() || wv == iv)
+}
+
+fn remove_dir(path: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), "cannot remove temp dir: {e}");
+        }
+    }
+}
+
+/// A directory removed by [`TempDir::remove`] (on a blocking thread), or else on drop.
 struct TempDir(PathBuf);
+
+impl TempDir {
+    async fn remove(mut self) {
+        let path = std::mem::take(&mut self.0);
+        if let Err(e) = tokio::task::spawn_blocking(move || remove_dir(&path)).await {
+            tracing::warn!("cannot remove temp dir: {e}");
+        }
+    }
+}
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(path = %self.0.display(), "cannot remove temp dir: {e}");
-            }
+        if !self.0.as_os_str().is_empty() {
+            remove_dir(&self.0);
         }
     }
 }
@@ -271,13 +363,14 @@ impl Drop for TempDir {
 impl SubassemblyService {
     /// The service of an image builder: state under `<builder.workDir>/subassemblies`,
     /// the builder's resolver (platform, installation credentials), URL base from
-    /// [`SubassemblyService::url_base_from_config`]. Blocking (reads the state); call at
-    /// startup.
+    /// [`SubassemblyService::url_base_from_config`], at most `builder.maxConcurrentBuilds`
+    /// creations at once. Blocking (reads the state); call at startup.
     pub fn new(state: &BuilderState) -> Result<SubassemblyService, SubassemblyError> {
         SubassemblyService::open(
             state.resolver.clone(),
             &state.config.builder.work_dir.join("subassemblies"),
             SubassemblyService::url_base_from_config(&state.config.builder),
+            state.config.builder.max_concurrent_builds,
         )
     }
 
@@ -300,12 +393,15 @@ impl SubassemblyService {
     }
 
     /// Opens (creating) the state under `root`: clears `tmp/`, loads the records and marks
-    /// the interrupted ones. Blocking.
+    /// the interrupted ones. At most `max_concurrent` (at least 1) creations run at once;
+    /// more wait, `CREATING`. Blocking.
     pub fn open(
         resolver: Arc<Resolver>,
         root: &Path,
         url_base: Option<String>,
+        max_concurrent: usize,
     ) -> Result<SubassemblyService, SubassemblyError> {
+        let max_concurrent = max_concurrent.max(1);
         let records = root.join("records");
         let tmp = root.join("tmp");
         std::fs::create_dir_all(&records).map_err(io_err(&records))?;
@@ -363,6 +459,7 @@ impl SubassemblyService {
                 Entry {
                     record: record.clone(),
                     manifest,
+                    version: 0,
                 },
             );
         }
@@ -389,6 +486,10 @@ impl SubassemblyService {
                 store,
                 url_base: RwLock::new(url_base.map(|u| u.trim_end_matches('/').to_string())),
                 state: Mutex::new(state),
+                persisted: tokio::sync::Mutex::new(Persisted::default()),
+                limit: Arc::new(Semaphore::new(max_concurrent)),
+                max_concurrent,
+                waiting: AtomicUsize::new(0),
                 flattens: AtomicU64::new(0),
                 tmp_seq: AtomicU64::new(0),
             }),
@@ -420,6 +521,16 @@ impl SubassemblyService {
         self.inner.flattens.load(Ordering::Relaxed)
     }
 
+    /// How many creations are running (downloading or flattening) now.
+    pub fn creations_running(&self) -> usize {
+        self.inner.max_concurrent - self.inner.limit.available_permits()
+    }
+
+    /// How many creations wait for one of the running ones to end.
+    pub fn creations_waiting(&self) -> usize {
+        self.inner.waiting.load(Ordering::Relaxed)
+    }
+
     /// The service ready to be added to a `tonic::transport::Server`.
     pub fn into_server(self) -> SubassemblyServiceServer<SubassemblyService> {
         SubassemblyServiceServer::new(self)
@@ -433,14 +544,58 @@ impl SubassemblyService {
         ))
     }
 
-    fn persist(&self, record: &Record) -> io::Result<()> {
-        let data = serde_json::to_vec_pretty(record).expect("json");
-        write_atomic(&self.record_path(&record.source_digest), &data)
+    /// Writes the record of `source` as it is now, unless that version is on disk already.
+    /// Writes are serialised and each takes the latest state, so an older one never
+    /// overwrites a newer one; the file is written on a blocking thread.
+    async fn persist_record(&self, source: &Digest) -> io::Result<()> {
+        let mut done = self.inner.persisted.lock().await;
+        let (data, version) = {
+            let st = self.inner.state.lock();
+            let Some(e) = st.entries.get(source) else {
+                return Ok(());
+            };
+            (
+                serde_json::to_vec_pretty(&e.record).expect("json"),
+                e.version,
+            )
+        };
+        if done.records.get(source).is_some_and(|v| *v >= version) {
+            return Ok(());
+        }
+        let path = self.record_path(source);
+        tokio::task::spawn_blocking(move || write_atomic(&path, &data))
+            .await
+            .map_err(io::Error::other)??;
+        done.records.insert(source.clone(), version);
+        Ok(())
     }
 
-    fn persist_refs(&self, refs: &HashMap<String, Digest>) -> io::Result<()> {
-        let data = serde_json::to_vec_pretty(refs).expect("json");
-        write_atomic(&self.inner.root.join("refs.json"), &data)
+    /// [`Self::persist_record`] for the reference map (`refs.json`).
+    async fn persist_refs(&self) -> io::Result<()> {
+        let mut done = self.inner.persisted.lock().await;
+        let (data, version) = {
+            let st = self.inner.state.lock();
+            (
+                serde_json::to_vec_pretty(&st.refs).expect("json"),
+                st.refs_version,
+            )
+        };
+        if done.refs >= version {
+            return Ok(());
+        }
+        let path = self.inner.root.join("refs.json");
+        tokio::task::spawn_blocking(move || write_atomic(&path, &data))
+            .await
+            .map_err(io::Error::other)??;
+        done.refs = version;
+        Ok(())
+    }
+
+    /// [`Self::persist_record`], failures logged.
+    async fn persist_logged(&self, source: &Digest) {
+        if let Err(err) = self.persist_record(source).await {
+            tracing::warn!(%source, "cannot persist subassembly record: {err}");
+        }
     }
 
     fn status_of(&self, e: &Entry) -> SubassemblyStatus {
@@ -481,22 +636,29 @@ impl SubassemblyService {
     }
 
     /// Marks an available subassembly whose layer has gone from the store unavailable.
-    fn mark_missing(&self, source: &Digest) {
-        let mut st = self.inner.state.lock();
-        let StateMap {
-            entries, by_layer, ..
-        } = &mut *st;
-        if let Some(e) = entries.get_mut(source) {
+    async fn mark_missing(&self, source: &Digest) {
+        {
+            let mut st = self.inner.state.lock();
+            let version = st.bump();
+            let StateMap {
+                entries, by_layer, ..
+            } = &mut *st;
+            // (a creation may have started again meanwhile)
+            let Some(e) = entries
+                .get_mut(source)
+                .filter(|e| e.record.phase == Phase::Available)
+            else {
+                return;
+            };
             if let Some(m) = e.manifest.take() {
                 by_layer.remove(&m.digest);
             }
             e.record.phase = Phase::Unavailable;
             e.record.message =
                 "the stored subassembly layer is missing; call CreateSubassembly again".into();
-            if let Err(err) = self.persist(&e.record) {
-                tracing::warn!(source = %e.record.source, "cannot persist subassembly record: {err}");
-            }
+            e.version = version;
         }
+        self.persist_logged(source).await;
     }
 
     /// `CreateSubassembly`.
@@ -529,93 +691,127 @@ impl SubassemblyService {
             None => None,
         };
         if present == Some(false) {
-            self.mark_missing(&digest);
+            self.mark_missing(&digest).await;
         }
 
-        let mut st = self.inner.state.lock();
-        st.failed.remove(&key);
-        if st.refs.get(&key) != Some(&digest) {
-            st.refs.insert(key.clone(), digest.clone());
-            if let Err(e) = self.persist_refs(&st.refs) {
+        let (status, refs_changed, start) = {
+            let mut st = self.inner.state.lock();
+            st.failed.remove(&key);
+            let refs_changed = st.refs.get(&key) != Some(&digest);
+            if refs_changed {
+                st.refs.insert(key.clone(), digest.clone());
+                st.refs_version = st.bump();
+            }
+            let existing = st.entries.get(&digest).and_then(|e| match e.record.phase {
+                Phase::Creating => {
+                    tracing::debug!(reference = %key, source = %pinned, "CreateSubassembly joins the running creation");
+                    Some(self.status_of(e))
+                }
+                // also when a creation ended AVAILABLE since `present` was computed
+                Phase::Available if present != Some(false) => Some(self.status_of(e)),
+                _ => None,
+            });
+            match existing {
+                Some(status) => (status, refs_changed, false),
+                None => {
+                    let entry = Entry {
+                        record: Record {
+                            source_digest: digest.clone(),
+                            source: pinned.clone(),
+                            reference: key.clone(),
+                            phase: Phase::Creating,
+                            message: String::new(),
+                            manifest: None,
+                        },
+                        manifest: None,
+                        version: st.bump(),
+                    };
+                    let status = self.status_of(&entry);
+                    st.entries.insert(digest.clone(), entry);
+                    (status, refs_changed, true)
+                }
+            }
+        };
+        if refs_changed {
+            if let Err(e) = self.persist_refs().await {
                 tracing::warn!("cannot persist the subassembly reference map: {e}");
             }
         }
-        if let Some(e) = st.entries.get(&digest) {
-            match e.record.phase {
-                Phase::Creating => {
-                    tracing::debug!(reference = %key, source = %pinned, "CreateSubassembly joins the running creation");
-                    return Ok(self.status_of(e));
-                }
-                Phase::Available if present == Some(true) => return Ok(self.status_of(e)),
-                _ => {}
-            }
+        if !start {
+            return Ok(status);
         }
-        let record = Record {
-            source_digest: digest.clone(),
-            source: pinned.clone(),
-            reference: key.clone(),
-            phase: Phase::Creating,
-            message: String::new(),
-            manifest: None,
-        };
-        self.persist(&record).map_err(|e| {
-            Status::internal(format!("cannot record the subassembly of {reference}: {e}"))
-        })?;
-        let entry = Entry {
-            record,
-            manifest: None,
-        };
-        let status = self.status_of(&entry);
-        st.entries.insert(digest.clone(), entry);
-        drop(st);
+        if let Err(e) = self.persist_record(&digest).await {
+            let msg = format!("cannot record the subassembly of {reference}: {e}");
+            let mut st = self.inner.state.lock();
+            let version = st.bump();
+            if let Some(e) = st.entries.get_mut(&digest) {
+                e.record.phase = Phase::Unavailable;
+                e.record.message.clone_from(&msg);
+                e.version = version;
+            }
+            return Err(Status::internal(msg));
+        }
         self.inner.flattens.fetch_add(1, Ordering::Relaxed);
         tracing::info!(reference = %key, source = %pinned, "creating subassembly");
+        self.spawn_creation(source, key, digest);
+        Ok(status)
+    }
 
+    /// Runs the creation of the (`CREATING`) subassembly of `source` in the background, once
+    /// one of the `max_concurrent` permits is free.
+    fn spawn_creation(&self, source: rf_oci::Reference, reference: String, digest: Digest) {
         let me = self.clone();
-        let work = tokio::spawn(async move { me.produce(&source, &key).await });
+        let work = tokio::spawn(async move {
+            me.inner.waiting.fetch_add(1, Ordering::Relaxed);
+            let permit = me.inner.limit.clone().acquire_owned().await;
+            me.inner.waiting.fetch_sub(1, Ordering::Relaxed);
+            let _permit = permit.map_err(|e| format!("internal error: {e}"))?;
+            me.produce(&source, &reference).await
+        });
         let me = self.clone();
         tokio::spawn(async move {
             let res = match work.await {
                 Ok(r) => r,
                 Err(e) => Err(format!("internal error: {e}")),
             };
-            me.finish(&digest, res);
+            me.finish(&digest, res).await;
         });
-        Ok(status)
     }
 
-    fn finish(&self, source: &Digest, res: Result<SubassemblyManifest, String>) {
-        let mut st = self.inner.state.lock();
-        let StateMap {
-            entries, by_layer, ..
-        } = &mut *st;
-        let Some(e) = entries.get_mut(source) else {
-            return;
-        };
-        match res {
-            Ok(m) => {
-                let json = serde_json::to_string_pretty(&m).expect("json");
-                tracing::info!(source = %e.record.source, digest = %m.digest, size = m.size, "subassembly available");
-                by_layer.insert(m.digest.clone(), source.clone());
-                e.record.phase = Phase::Available;
-                e.record.message = String::new();
-                e.record.manifest = Some(json);
-                e.manifest = Some(m);
+    async fn finish(&self, source: &Digest, res: Result<SubassemblyManifest, String>) {
+        {
+            let mut st = self.inner.state.lock();
+            let version = st.bump();
+            let StateMap {
+                entries, by_layer, ..
+            } = &mut *st;
+            let Some(e) = entries.get_mut(source) else {
+                return;
+            };
+            match res {
+                Ok(m) => {
+                    let json = serde_json::to_string_pretty(&m).expect("json");
+                    tracing::info!(source = %e.record.source, digest = %m.digest, size = m.size, "subassembly available");
+                    by_layer.insert(m.digest.clone(), source.clone());
+                    e.record.phase = Phase::Available;
+                    e.record.message = String::new();
+                    e.record.manifest = Some(json);
+                    e.manifest = Some(m);
+                }
+                Err(msg) => {
+                    tracing::warn!(source = %e.record.source, "subassembly unavailable: {msg}");
+                    e.record.phase = Phase::Unavailable;
+                    e.record.message = format!(
+                        "cannot create the subassembly of {}: {msg}",
+                        e.record.reference
+                    );
+                    e.record.manifest = None;
+                    e.manifest = None;
+                }
             }
-            Err(msg) => {
-                tracing::warn!(source = %e.record.source, "subassembly unavailable: {msg}");
-                e.record.phase = Phase::Unavailable;
-                e.record.message = format!(
-                    "cannot create the subassembly of {}: {msg}",
-                    e.record.reference
-                );
-                e.record.manifest = None;
-                e.manifest = None;
-            }
+            e.version = version;
         }
-        if let Err(err) = self.persist(&e.record) {
-            tracing::warn!(source = %e.record.source, "cannot persist subassembly record: {err}");
-        }
+        self.persist_logged(source).await;
     }
 
     /// Downloads, flattens and stores the image `source` (`<name>@<digest>`).
@@ -641,6 +837,25 @@ impl SubassemblyService {
             }
             Err(e) => return Err(format!("invalid manifest of {src}: {e}")),
         };
+        // A single-manifest image is not checked against the platform when it is resolved:
+        // its config says what it is for.
+        let config = &manifest.config;
+        if config.size > MAX_CONFIG_SIZE {
+            return Err(format!(
+                "the image config of {src} has {} bytes, more than the {MAX_CONFIG_SIZE} accepted",
+                config.size
+            ));
+        }
+        let config_bytes = client
+            .fetch_blob_bytes(&image, &config.digest, MAX_CONFIG_SIZE)
+            .await
+            .map_err(|e| format!("cannot fetch the image config: {}", up_err(e)))?;
+        let platform = config_platform(&config_bytes)
+            .map_err(|e| format!("invalid image config {} of {src}: {e}", config.digest))?;
+        let want = self.inner.resolver.platform();
+        if !platform_fits(want, &platform) {
+            return Err(format!("image is for {platform}, not {want}"));
+        }
         for l in &manifest.layers {
             check_layer_media_type(l)?;
         }
@@ -653,15 +868,46 @@ impl SubassemblyService {
             .await
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let dir = TempDir(dir);
-        let mut files = Vec::with_capacity(manifest.layers.len());
-        for (i, l) in manifest.layers.iter().enumerate() {
-            let path = dir.0.join(format!("layer-{i}"));
-            download(&client, &image, l, &path)
+        let res = self
+            .flatten_into_store(&client, &image, &manifest.layers, &dir.0, &src)
+            .await;
+        dir.remove().await;
+        let flattened = res?;
+        Ok(SubassemblyManifest {
+            media_type: SUBASSEMBLY_LAYER_MEDIA_TYPE.to_string(),
+            digest: flattened.digest,
+            size: flattened.size,
+            diff_id: flattened.diff_id,
+            entries: flattened.stats.entries,
+            source: SubassemblySource {
+                reference: reference.to_string(),
+                image: src.clone(),
+                digest: fetched.digest,
+                platform: platform.to_string(),
+                layers: manifest.layers.len(),
+            },
+        })
+    }
+
+    /// Downloads `layers` of `image` (`src`) into `dir`, flattens them there and stores the
+    /// result.
+    async fn flatten_into_store(
+        &self,
+        client: &Upstream,
+        image: &ImageRef,
+        layers: &[Descriptor],
+        dir: &Path,
+        src: &str,
+    ) -> Result<flatten::Flattened, String> {
+        let mut files = Vec::with_capacity(layers.len());
+        for (i, l) in layers.iter().enumerate() {
+            let path = dir.join(format!("layer-{i}"));
+            download(client, image, l, &path)
                 .await
                 .map_err(|e| format!("cannot download layer {} of {src}: {e}", l.digest))?;
             files.push(LayerFile { path });
         }
-        let out = dir.0.join("flattened.tar.gz");
+        let out = dir.join("flattened.tar.gz");
         let out2 = out.clone();
         let flattened = tokio::task::spawn_blocking(move || {
             let sources: Vec<&dyn LayerSource> =
@@ -680,7 +926,7 @@ impl SubassemblyService {
         .map_err(|e| match e {
             FlattenError::Layer { layer, source } => format!(
                 "layer {} of {src} cannot be read as a tar: {source}",
-                manifest.layers[layer].digest
+                layers[layer].digest
             ),
             FlattenError::Output(e) => format!("cannot write the flattened layer: {e}"),
         })?;
@@ -689,21 +935,7 @@ impl SubassemblyService {
                 .await
                 .map_err(|e| format!("cannot store the flattened layer: {e}"))?;
         }
-        drop(dir);
-        Ok(SubassemblyManifest {
-            media_type: SUBASSEMBLY_LAYER_MEDIA_TYPE.to_string(),
-            digest: flattened.digest,
-            size: flattened.size,
-            diff_id: flattened.diff_id,
-            entries: flattened.stats.entries,
-            source: SubassemblySource {
-                reference: reference.to_string(),
-                image: src.clone(),
-                digest: fetched.digest,
-                platform: self.inner.resolver.platform().to_string(),
-                layers: manifest.layers.len(),
-            },
-        })
+        Ok(flattened)
     }
 
     /// `GetSubassembly`.
@@ -715,17 +947,22 @@ impl SubassemblyService {
                 "no subassembly of {reference}{why}; call CreateSubassembly to create it"
             ))
         };
-        let digest = if let Some(d) = &r.digest {
+        // A digest reference known here needs no network: the subassembly of that image
+        // manifest, or what its CreateSubassembly resolved it to (an index digest). Else the
+        // reference is resolved (a tag, or the digest of an index created under another
+        // reference), falling back to the last CreateSubassembly's answer when the registry
+        // cannot be reached.
+        let known = r.digest.as_ref().and_then(|d| {
             let st = self.inner.state.lock();
             if st.entries.contains_key(d) {
-                d.clone()
-            } else if let Some(alias) = st.refs.get(&key) {
-                alias.clone()
+                Some(d.clone())
             } else {
-                return Err(not_found(""));
+                st.refs.get(&key).cloned()
             }
-        } else {
-            match self
+        });
+        let digest = match known {
+            Some(d) => d,
+            None => match self
                 .inner
                 .resolver
                 .resolve(&key, &RequestAuth::allow_all())
@@ -745,6 +982,10 @@ impl SubassemblyService {
                                 tracing::debug!(reference = %key, "GetSubassembly: cannot resolve ({e}); using the digest of the last CreateSubassembly");
                                 d.clone()
                             }
+                            // a digest that is not here is not here, whatever it is for
+                            None if r.digest.is_some() => {
+                                return Err(not_found(&format!(" (cannot resolve it: {e})")))
+                            }
                             None => return Err(e.into()),
                         },
                         _ => {
@@ -761,11 +1002,11 @@ impl SubassemblyService {
                         }
                     }
                 }
-            }
+            },
         };
         if let Some(layer) = self.available_layer(&digest) {
             if !self.inner.store.contains(&layer).await {
-                self.mark_missing(&digest);
+                self.mark_missing(&digest).await;
             }
         }
         let st = self.inner.state.lock();
@@ -806,6 +1047,12 @@ async fn download(
     while let Some(chunk) = blob.stream.next().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
         written += chunk.len() as u64;
+        if written > d.size {
+            return Err(format!(
+                "got more than the {} bytes the manifest says",
+                d.size
+            ));
+        }
         file.write_all(&chunk).await.map_err(|e| e.to_string())?;
     }
     file.flush().await.map_err(|e| e.to_string())?;
@@ -921,6 +1168,14 @@ fn invalid_digest(raw: &str) -> Response {
     )
 }
 
+fn unreadable(d: &Digest, e: &dyn std::fmt::Display) -> Response {
+    json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "UNKNOWN",
+        format!("cannot read {d}: {e}"),
+    )
+}
+
 fn unknown(d: &Digest) -> Response {
     json_error(
         StatusCode::NOT_FOUND,
@@ -958,13 +1213,7 @@ async fn serve_layer(
     let size = match store.size(&d).await {
         Ok(Some(s)) => s,
         Ok(None) => return unknown(&d),
-        Err(e) => {
-            return json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "UNKNOWN",
-                format!("cannot read {d}: {e}"),
-            )
-        }
+        Err(e) => return unreadable(&d, &e),
     };
     let range = headers
         .get(header::RANGE)
@@ -992,13 +1241,7 @@ async fn serve_layer(
         let blob = match store.open_stream(&d, start).await {
             Ok(Some(b)) => b,
             Ok(None) => return unknown(&d),
-            Err(e) => {
-                return json_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "UNKNOWN",
-                    format!("cannot read {d}: {e}"),
-                )
-            }
+            Err(e) => return unreadable(&d, &e),
         };
         let limited = futures::stream::unfold((blob.stream, len), |(mut s, rest)| async move {
             if rest == 0 {
@@ -1046,7 +1289,20 @@ async fn serve_layer(
 mod tests {
     use super::*;
     use crate::config::Config;
+    use std::time::Duration;
     use tonic::Code;
+
+    /// A builder state whose registry calls fail at once (no retries).
+    fn offline_state(work: &Path, extra: &str) -> BuilderState {
+        let upstream = rf_upstream::UpstreamConfig {
+            max_attempts: 1,
+            connect_timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
+        BuilderState::with_upstream_config(config(work, extra), upstream).unwrap()
+    }
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     fn config(work: &Path, extra: &str) -> Config {
         Config::from_json(
@@ -1083,7 +1339,7 @@ mod tests {
     #[tokio::test]
     async fn validation_and_restart_recovery_without_network() {
         let dir = tempfile::tempdir().unwrap();
-        let state = BuilderState::new(config(dir.path(), "")).unwrap();
+        let state = offline_state(dir.path(), "");
         let svc = SubassemblyService::new(&state).unwrap();
         for bad in ["", "Not A Ref", "oci:/tmp/layout"] {
             let e = svc.create(bad).await.unwrap_err();
@@ -1091,24 +1347,30 @@ mod tests {
             let e = svc.get(bad).await.unwrap_err();
             assert_eq!(e.code(), Code::InvalidArgument, "{bad}: {e:?}");
         }
-        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let d = D;
+        // a digest never created (and a registry that cannot be asked what it is)
         let e = svc
             .get(&format!("127.0.0.1:1/never@{d}"))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
         assert!(e.message().contains("CreateSubassembly"), "{e:?}");
+        assert!(e.message().contains("cannot resolve"), "{e:?}");
 
         // a record left CREATING by a crash
         let digest: Digest = d.parse().unwrap();
-        svc.persist(&Record {
+        let record = Record {
             source_digest: digest.clone(),
             source: format!("127.0.0.1:1/img@{d}"),
             reference: "127.0.0.1:1/img:latest".into(),
             phase: Phase::Creating,
             message: String::new(),
             manifest: None,
-        })
+        };
+        write_atomic(
+            &svc.record_path(&digest),
+            &serde_json::to_vec(&record).unwrap(),
+        )
         .unwrap();
         std::fs::write(svc.root().join("tmp").join("leftover"), b"x").unwrap();
         drop(svc);
@@ -1137,5 +1399,159 @@ mod tests {
         assert!(check_layer_media_type(&d(media::DOCKER_LAYER_TAR)).is_ok());
         let e = check_layer_media_type(&d(media::OCI_LAYER_ZSTD)).unwrap_err();
         assert!(e.contains("unsupported layer media type"), "{e}");
+    }
+
+    #[test]
+    fn platforms_from_configs() {
+        let p = |s: &str| config_platform(s.as_bytes());
+        assert_eq!(
+            p(r#"{"os":"linux","architecture":"arm64","variant":"v8","config":{}}"#).unwrap(),
+            Platform::new("linux", "arm64", Some("v8"))
+        );
+        assert_eq!(
+            p(r#"{"os":"linux","architecture":"amd64","variant":""}"#).unwrap(),
+            Platform::linux_amd64()
+        );
+        assert!(p(r#"{"architecture":"amd64"}"#)
+            .unwrap_err()
+            .contains("no platform"));
+        assert!(p("[1]").is_err());
+
+        let fits = |want: &str, image: &str| {
+            platform_fits(&want.parse().unwrap(), &image.parse().unwrap())
+        };
+        assert!(fits("linux/amd64", "linux/amd64"));
+        assert!(fits("linux/amd64", "linux/x86_64"));
+        assert!(fits("linux/amd64", "linux/amd64/v3"));
+        assert!(fits("linux/amd64/v2", "linux/amd64"));
+        assert!(fits("linux/arm64", "linux/aarch64/v8"));
+        assert!(fits("linux/arm/v7", "linux/arm"));
+        assert!(!fits("linux/amd64", "linux/arm64/v8"));
+        assert!(!fits("linux/amd64", "windows/amd64"));
+        assert!(!fits("linux/arm/v6", "linux/arm/v7"));
+    }
+
+    /// A fresh CREATING record of `127.0.0.1:1/img@<D>` in the state.
+    fn insert_creating(svc: &SubassemblyService) -> Digest {
+        let digest: Digest = D.parse().unwrap();
+        let mut st = svc.inner.state.lock();
+        let version = st.bump();
+        st.entries.insert(
+            digest.clone(),
+            Entry {
+                record: Record {
+                    source_digest: digest.clone(),
+                    source: format!("127.0.0.1:1/img@{D}"),
+                    reference: "127.0.0.1:1/img:latest".into(),
+                    phase: Phase::Creating,
+                    message: String::new(),
+                    manifest: None,
+                },
+                manifest: None,
+                version,
+            },
+        );
+        digest
+    }
+
+    fn on_disk(svc: &SubassemblyService, digest: &Digest) -> Record {
+        serde_json::from_slice(&std::fs::read(svc.record_path(digest)).unwrap()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_persists_leave_the_latest_record_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = offline_state(dir.path(), "");
+        let svc = SubassemblyService::new(&state).unwrap();
+        let digest = insert_creating(&svc);
+        svc.persist_record(&digest).await.unwrap();
+        assert_eq!(on_disk(&svc, &digest).phase, Phase::Creating);
+
+        // many changes, each followed by its own write, racing one another
+        let tasks: Vec<_> = (0..32)
+            .map(|i| {
+                let (svc, digest) = (svc.clone(), digest.clone());
+                tokio::spawn(async move {
+                    {
+                        let mut st = svc.inner.state.lock();
+                        let version = st.bump();
+                        let e = st.entries.get_mut(&digest).unwrap();
+                        e.record.phase = Phase::Unavailable;
+                        e.record.message = format!("change {i}");
+                        e.version = version;
+                    }
+                    svc.persist_record(&digest).await.unwrap();
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let last = svc.inner.state.lock().entries[&digest]
+            .record
+            .message
+            .clone();
+        let disk = on_disk(&svc, &digest);
+        assert_eq!(disk.phase, Phase::Unavailable);
+        assert_eq!(disk.message, last);
+
+        // the reference map likewise
+        {
+            let mut st = svc.inner.state.lock();
+            st.refs
+                .insert("127.0.0.1:1/img:latest".into(), digest.clone());
+            st.refs_version = st.bump();
+        }
+        svc.persist_refs().await.unwrap();
+        let refs: HashMap<String, Digest> =
+            serde_json::from_slice(&std::fs::read(svc.root().join("refs.json")).unwrap()).unwrap();
+        assert_eq!(refs["127.0.0.1:1/img:latest"], digest);
+        // no temp files are left in the records directory
+        let names: Vec<String> = std::fs::read_dir(svc.root().join("records"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [format!("sha256-{}.json", digest.hex())]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn creations_beyond_the_limit_wait_creating() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = offline_state(dir.path(), r#", "maxConcurrentBuilds": 1"#);
+        let svc = SubassemblyService::new(&state).unwrap();
+        assert_eq!(svc.creations_running(), 0);
+        // the only slot is taken
+        let held = svc.inner.limit.clone().acquire_owned().await.unwrap();
+        assert_eq!(svc.creations_running(), 1);
+        let digest = insert_creating(&svc);
+        let source = parse_reference(&format!("127.0.0.1:1/img@{D}")).unwrap();
+        svc.spawn_creation(source, "127.0.0.1:1/img:latest".into(), digest.clone());
+        let waiting = svc.clone();
+        rf_testkit::wait_until_async(Duration::from_secs(30), "the creation to queue", || {
+            let svc = waiting.clone();
+            async move { svc.creations_waiting() == 1 }
+        })
+        .await;
+        // queued: still CREATING (it cannot run without the slot)
+        let get = format!("127.0.0.1:1/img@{D}");
+        let s = svc.get(&get).await.unwrap();
+        assert_eq!(s.phase, SubassemblyPhase::Creating as i32, "{s:?}");
+        assert_eq!(svc.creations_running(), 1);
+
+        // the slot is free: it runs (and fails: there is no registry)
+        drop(held);
+        let polled = svc.clone();
+        rf_testkit::wait_until_async(Duration::from_secs(60), "the creation to end", || {
+            let (svc, get) = (polled.clone(), get.clone());
+            async move { svc.get(&get).await.unwrap().phase != SubassemblyPhase::Creating as i32 }
+        })
+        .await;
+        let s = svc.get(&get).await.unwrap();
+        assert_eq!(s.phase, SubassemblyPhase::Unavailable as i32, "{s:?}");
+        assert!(s.message.contains("127.0.0.1:1/img"), "{s:?}");
+        assert_eq!((svc.creations_waiting(), svc.creations_running()), (0, 0));
+        // (waits for a write in flight; writes nothing new)
+        svc.persist_record(&digest).await.unwrap();
+        assert_eq!(on_disk(&svc, &digest).phase, Phase::Unavailable);
     }
 }

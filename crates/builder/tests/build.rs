@@ -7,11 +7,9 @@ use std::sync::Arc;
 
 use rf_api::builder::build_source::From as SourceFrom;
 use rf_api::builder::image_builder_client::ImageBuilderClient;
-use rf_api::builder::{
-    BuildRequest, BuildResponse, BuildSource, BuildSourceDockerfile, BuildStatus, LogsRequest,
-};
-use rf_api::contentservice::workspace_initializer::Spec;
-use rf_api::contentservice::{CloneTargetMode, GitInitializer, WorkspaceInitializer};
+use rf_api::builder::{BuildRequest, BuildResponse, BuildSource, BuildStatus, LogsRequest};
+use rf_api::contentservice::CloneTargetMode;
+use rf_builder::context::git_dockerfile_source;
 use rf_builder::{BuilderService, BuilderState, Config};
 use rf_testkit::{busybox_image, git_repo, Registry, RegistryAuth};
 use sha2::{Digest as _, Sha256};
@@ -78,19 +76,13 @@ async fn setup(files: impl FnOnce(&str) -> Vec<(&'static str, String)>) -> Env {
 fn request(url: &str, dockerfile: &str, force: bool) -> BuildRequest {
     BuildRequest {
         source: Some(BuildSource {
-            from: Some(SourceFrom::File(BuildSourceDockerfile {
-                source: Some(WorkspaceInitializer {
-                    spec: Some(Spec::Git(GitInitializer {
-                        remote_uri: url.into(),
-                        target_mode: CloneTargetMode::RemoteBranch as i32,
-                        clone_taget: "main".into(),
-                        ..Default::default()
-                    })),
-                }),
-                dockerfile_version: String::new(),
-                dockerfile_path: dockerfile.into(),
-                context_path: ".".into(),
-            })),
+            from: Some(SourceFrom::File(git_dockerfile_source(
+                url,
+                CloneTargetMode::RemoteBranch,
+                "main",
+                dockerfile,
+                ".",
+            ))),
         }),
         force_rebuild: force,
         ..Default::default()

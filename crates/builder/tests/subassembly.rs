@@ -22,7 +22,7 @@ use rf_builder::{
 };
 use rf_testkit::{
     busybox_image, sha256_digest, wait_until_async, BuiltImage, Compression, Containerd, Entry,
-    ImageBuilder, Layer, Registry, RegistryAuth,
+    ImageBuilder, IndexStyle, Layer, Platform, Registry, RegistryAuth,
 };
 use rf_upstream::UpstreamConfig;
 use serde_json::Value;
@@ -212,6 +212,31 @@ fn image_view(container: &BTreeSet<String>, image: &BTreeSet<String>) -> BTreeSe
         .collect()
 }
 
+/// `/data/hl-target` and two hard links to it (`/data/hl-link`, `/data/hl-link2`); layer_b
+/// deletes the target, so a container shows the links with its data.
+fn layer_links() -> Layer {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_size(0);
+    b.append_data(&mut h, "data/", std::io::empty()).unwrap();
+    let data = b"linked\n";
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    b.append_data(&mut h, "data/hl-target", &data[..]).unwrap();
+    for link in ["data/hl-link", "data/hl-link2"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_mode(0o644);
+        h.set_size(0);
+        b.append_link(&mut h, link, "data/hl-target").unwrap();
+    }
+    Layer::from_tar(b.into_inner().unwrap(), Compression::Gzip)
+}
+
 fn layer_a() -> Layer {
     Layer::build(
         vec![
@@ -229,6 +254,7 @@ fn layer_b() -> Layer {
         vec![
             Entry::whiteout("/data/gone.txt"),
             Entry::whiteout("/data/dir"),
+            Entry::whiteout("/data/hl-target"),
             Entry::file("/data/new.txt", "new\n"),
         ],
         Compression::Gzip,
@@ -238,7 +264,11 @@ fn layer_b() -> Layer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subassembly_flattens_serves_and_survives_a_restart() {
     let reg = Registry::start(RegistryAuth::None).unwrap();
-    let image: BuiltImage = busybox_image().layer(layer_a()).layer(layer_b()).build();
+    let image: BuiltImage = busybox_image()
+        .layer(layer_links())
+        .layer(layer_a())
+        .layer(layer_b())
+        .build();
     reg.push_image(&image, "flat:v1").unwrap();
     let small = ImageBuilder::new()
         .layer(Layer::build(
@@ -302,7 +332,7 @@ async fn subassembly_flattens_serves_and_survives_a_restart() {
     assert_eq!(m["digest"], s.digest.as_str());
     assert_eq!(m["source"]["digest"], image.manifest_digest.as_str());
     assert_eq!(m["source"]["platform"], "linux/amd64");
-    assert_eq!(m["source"]["layers"], 3);
+    assert_eq!(m["source"]["layers"], 4);
     // (whichever of the two concurrent calls started the creation)
     let source_ref = m["source"]["reference"].as_str().unwrap();
     assert!(source_ref == tag_ref || source_ref == digest_ref, "{m}");
@@ -334,9 +364,51 @@ async fn subassembly_flattens_serves_and_survives_a_restart() {
     ] {
         assert!(flat.contains(p), "{p} missing from the subassembly");
     }
-    for p in ["/data/gone.txt", "/data/dir", "/data/dir/x.txt"] {
+    for p in [
+        "/data/gone.txt",
+        "/data/dir",
+        "/data/dir/x.txt",
+        "/data/hl-target",
+    ] {
         assert!(!flat.contains(p), "{p} is in the subassembly");
     }
+    // the first link to the deleted target has its data, the other links to it
+    let links: Vec<(String, tar::EntryType, String)> = tar::Archive::new(&tar_bytes[..])
+        .entries()
+        .unwrap()
+        .filter_map(|e| {
+            let mut e = e.unwrap();
+            let p = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            if !p.contains("hl-") {
+                return None;
+            }
+            let ty = e.header().entry_type();
+            let extra = match e.link_name_bytes() {
+                Some(l) => String::from_utf8_lossy(&l).into_owned(),
+                None => {
+                    let mut s = String::new();
+                    e.read_to_string(&mut s).unwrap();
+                    s
+                }
+            };
+            Some((p, ty, extra))
+        })
+        .collect();
+    assert_eq!(
+        links,
+        [
+            (
+                "data/hl-link".to_string(),
+                tar::EntryType::Regular,
+                "linked\n".to_string()
+            ),
+            (
+                "data/hl-link2".to_string(),
+                tar::EntryType::Link,
+                "data/hl-link".to_string()
+            ),
+        ]
+    );
     assert!(
         !flat.iter().any(|p| p.contains(".wh.")),
         "whiteouts are not emitted"
@@ -454,6 +526,9 @@ async fn subassembly_flattens_serves_and_survives_a_restart() {
     for p in ["/data/gone.txt", "/data/dir", "/data/dir/x.txt"] {
         assert!(!original.contains(p), "{p} is in the container");
     }
+    for p in ["/data/hl-link", "/data/hl-link2"] {
+        assert!(original.contains(p), "{p} is not in the container");
+    }
     assert_eq!(image_view(&original, &flat), flat);
     assert_eq!(flattened_run, original);
 
@@ -544,11 +619,24 @@ async fn broken_images_end_unavailable_with_the_reason_and_can_be_retried() {
         ))
         .layer(Layer::from_tar(vec![7u8; 2048], Compression::Gzip))
         .build();
+    // a manifest that understates the size of its layer
+    let mut short = ImageBuilder::new()
+        .layer(Layer::build(
+            vec![Entry::file("/big", "x".repeat(64 << 10))],
+            Compression::None,
+        ))
+        .build();
+    let mut m = short.manifest_json();
+    let real = m["layers"][0]["size"].as_u64().unwrap();
+    m["layers"][0]["size"] = (real / 4).into();
+    short.manifest = serde_json::to_vec(&m).unwrap();
+    short.manifest_digest = sha256_digest(&short.manifest);
     let work = tempfile::tempdir().unwrap();
     let inst = start(work.path(), &reg.addr(), UpstreamConfig::default(), true).await;
     let mut c = inst.client.clone();
     push_raw(&reg, &zstd, "zstd", "v1").await;
     push_raw(&reg, &garbage, "garbage", "v1").await;
+    push_raw(&reg, &short, "short", "v1").await;
 
     let r = reg.image_ref("zstd:v1");
     create(&mut c, &r).await.unwrap();
@@ -568,15 +656,111 @@ async fn broken_images_end_unavailable_with_the_reason_and_can_be_retried() {
         s.message.contains(&garbage.layers[1].digest) && s.message.contains("tar"),
         "{s:?}"
     );
+    let r = reg.image_ref("short:v1");
+    create(&mut c, &r).await.unwrap();
+    let s = wait_done(&c, &r).await;
+    assert_eq!(phase(&s), SubassemblyPhase::Unavailable, "{s:?}");
+    assert!(
+        s.message.contains(&short.layers[0].digest)
+            && s.message
+                .contains(&format!("got more than the {} bytes", real / 4)),
+        "{s:?}"
+    );
+
     // nothing half-written is left behind
     let tmp = work.path().join("subassemblies/tmp");
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
     assert_eq!(inst.svc.store().total_bytes(), 0);
 
     // after UNAVAILABLE, CreateSubassembly tries again
-    assert_eq!(inst.svc.creations_started(), 2);
-    create(&mut c, &r).await.unwrap();
     assert_eq!(inst.svc.creations_started(), 3);
+    create(&mut c, &r).await.unwrap();
+    assert_eq!(inst.svc.creations_started(), 4);
     let s = wait_done(&c, &r).await;
     assert_eq!(phase(&s), SubassemblyPhase::Unavailable, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_is_enforced_and_an_index_digest_finds_its_image() {
+    let reg = Registry::start(RegistryAuth::None).unwrap();
+    let arm = Platform::with_variant("linux", "arm64", "v8");
+    let arm_image = ImageBuilder::new()
+        .platform(&arm)
+        .layer(Layer::build(
+            vec![Entry::file("/arch", "arm64")],
+            Compression::Gzip,
+        ))
+        .build();
+    reg.push_image(&arm_image, "arm:v1").unwrap();
+    let amd_image = ImageBuilder::new()
+        .layer(Layer::build(
+            vec![Entry::file("/arch", "amd64")],
+            Compression::Gzip,
+        ))
+        .build();
+    let index = reg
+        .push_index(
+            &[
+                (&arm_image, arm.clone()),
+                (&amd_image, Platform::new("linux", "amd64")),
+            ],
+            IndexStyle::Oci,
+            "multi:v1",
+        )
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let inst = start(work.path(), &reg.addr(), UpstreamConfig::default(), true).await;
+    let mut c = inst.client.clone();
+
+    // a single-manifest image for another platform (the builder's is linux/amd64)
+    let layer_gets = |img: &BuiltImage| {
+        let path = format!("/blobs/{}", img.layers[0].digest);
+        reg.log_contents()
+            .lines()
+            .filter(|l| l.contains("GET ") && l.contains(&path))
+            .count()
+    };
+    let gets_before = layer_gets(&arm_image);
+    let r = reg.image_ref("arm:v1");
+    let s = create(&mut c, &r).await.unwrap();
+    assert_eq!(phase(&s), SubassemblyPhase::Creating, "{s:?}");
+    let s = wait_done(&c, &r).await;
+    assert_eq!(phase(&s), SubassemblyPhase::Unavailable, "{s:?}");
+    assert!(
+        s.message
+            .contains("image is for linux/arm64/v8, not linux/amd64"),
+        "{s:?}"
+    );
+    assert!(s.digest.is_empty() && s.url.is_empty() && s.manifest.is_empty());
+    assert_eq!(
+        layer_gets(&arm_image),
+        gets_before,
+        "no layer of the image was downloaded"
+    );
+    assert_eq!(inst.svc.store().total_bytes(), 0);
+
+    // an index: created by tag, found by the index digest too
+    let tag = reg.image_ref("multi:v1");
+    create(&mut c, &tag).await.unwrap();
+    let s = wait_done(&c, &tag).await;
+    assert_eq!(phase(&s), SubassemblyPhase::Available, "{s:?}");
+    let m: Value = serde_json::from_slice(&s.manifest).unwrap();
+    assert_eq!(m["source"]["digest"], amd_image.manifest_digest.as_str());
+    assert_eq!(m["source"]["platform"], "linux/amd64");
+    assert!(layer_gets(&amd_image) >= 1, "the layer was downloaded");
+    let by_index = reg.image_ref(&format!("multi@{}", index.digest));
+    let g = get(&mut c, &by_index).await.unwrap();
+    assert_eq!(phase(&g), SubassemblyPhase::Available, "{g:?}");
+    assert_eq!(
+        (g.digest, g.manifest),
+        (s.digest.clone(), s.manifest.clone())
+    );
+    let g = get(
+        &mut c,
+        &reg.image_ref(&format!("multi@{}", amd_image.manifest_digest)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(g.digest, s.digest);
+    assert_eq!(inst.svc.creations_started(), 2);
 }

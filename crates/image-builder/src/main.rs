@@ -12,12 +12,11 @@ use rf_api::builder::build_source::From as SourceFrom;
 use rf_api::builder::image_builder_client::ImageBuilderClient;
 use rf_api::builder::subassembly_service_client::SubassemblyServiceClient;
 use rf_api::builder::{
-    BuildRequest, BuildSource, BuildSourceDockerfile, BuildSourceReference, BuildStatus,
-    CreateSubassemblyRequest, GetSubassemblyRequest, ListBuildsRequest, LogsRequest,
-    ResolveBaseImageRequest, SubassemblyPhase,
+    BuildRequest, BuildSource, BuildSourceReference, BuildStatus, CreateSubassemblyRequest,
+    GetSubassemblyRequest, ListBuildsRequest, LogsRequest, ResolveBaseImageRequest,
+    SubassemblyPhase,
 };
-use rf_api::contentservice::workspace_initializer::Spec;
-use rf_api::contentservice::{CloneTargetMode, GitInitializer, WorkspaceInitializer};
+use rf_api::contentservice::CloneTargetMode;
 use rf_builder::{
     serve_subassembly_http, BuilderService, BuilderState, Config, SubassemblyService,
 };
@@ -450,19 +449,13 @@ async fn main() -> anyhow::Result<()> {
                         (Some(b), None) => (CloneTargetMode::RemoteBranch, b),
                         (None, None) => (CloneTargetMode::RemoteHead, String::new()),
                     };
-                    SourceFrom::File(BuildSourceDockerfile {
-                        source: Some(WorkspaceInitializer {
-                            spec: Some(Spec::Git(GitInitializer {
-                                remote_uri: url,
-                                target_mode: mode as i32,
-                                clone_taget: target,
-                                ..Default::default()
-                            })),
-                        }),
-                        dockerfile_version: String::new(),
-                        dockerfile_path: dockerfile.unwrap_or_else(|| "Dockerfile".into()),
-                        context_path: context.unwrap_or_default(),
-                    })
+                    SourceFrom::File(rf_builder::context::git_dockerfile_source(
+                        &url,
+                        mode,
+                        &target,
+                        dockerfile.as_deref().unwrap_or("Dockerfile"),
+                        context.as_deref().unwrap_or_default(),
+                    ))
                 }
                 (None, None) if dockerfile.is_some() || context.is_some() => {
                     let context = PathBuf::from(context.unwrap_or_else(|| ".".into()));

@@ -11,10 +11,10 @@ use rf_api::builder::build_source::From as SourceFrom;
 use rf_api::builder::image_builder_client::ImageBuilderClient;
 use rf_api::builder::{
     BuildRegistryAuth, BuildRegistryAuthTotal, BuildRequest, BuildResponse, BuildSource,
-    BuildSourceDockerfile, BuildStatus, LogsRequest,
+    BuildStatus, LogsRequest,
 };
-use rf_api::contentservice::workspace_initializer::Spec;
-use rf_api::contentservice::{CloneTargetMode, GitInitializer, WorkspaceInitializer};
+use rf_api::contentservice::CloneTargetMode;
+use rf_builder::context::git_dockerfile_source;
 use rf_testkit::{busybox_image, git_repo, Registry, RegistryAuth};
 use tokio_stream::StreamExt as _;
 use tonic::Code;
@@ -34,19 +34,13 @@ fn config(registry: &str) -> String {
 fn git_request(url: &str, auth: Option<BuildRegistryAuth>) -> BuildRequest {
     BuildRequest {
         source: Some(BuildSource {
-            from: Some(SourceFrom::File(BuildSourceDockerfile {
-                source: Some(WorkspaceInitializer {
-                    spec: Some(Spec::Git(GitInitializer {
-                        remote_uri: url.into(),
-                        target_mode: CloneTargetMode::RemoteBranch as i32,
-                        clone_taget: "main".into(),
-                        ..Default::default()
-                    })),
-                }),
-                dockerfile_version: String::new(),
-                dockerfile_path: "Dockerfile".into(),
-                context_path: ".".into(),
-            })),
+            from: Some(SourceFrom::File(git_dockerfile_source(
+                url,
+                CloneTargetMode::RemoteBranch,
+                "main",
+                "Dockerfile",
+                ".",
+            ))),
         }),
         auth,
         ..Default::default()

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use e2e_common::*;
 use rf_api::builder::build_source::From as SourceFrom;
 use rf_api::builder::image_builder_client::ImageBuilderClient;
-use rf_api::builder::{BuildRequest, BuildSource, BuildSourceDockerfile, BuildStatus};
-use rf_api::contentservice::workspace_initializer::Spec;
-use rf_api::contentservice::{CloneTargetMode, GitInitializer, WorkspaceInitializer};
+use rf_api::builder::{BuildRequest, BuildSource, BuildStatus};
+use rf_api::contentservice::CloneTargetMode;
+use rf_builder::context::git_dockerfile_source;
 use rf_builder::{BuilderService, BuilderState, Config};
 use rf_testkit::{git_repo, Registry, RegistryAuth};
 use tokio_stream::StreamExt as _;
@@ -55,19 +55,13 @@ fn build_workspace_image(registry: &str, url: &str, work: &std::path::Path) -> S
         let mut stream = client
             .build(BuildRequest {
                 source: Some(BuildSource {
-                    from: Some(SourceFrom::File(BuildSourceDockerfile {
-                        source: Some(WorkspaceInitializer {
-                            spec: Some(Spec::Git(GitInitializer {
-                                remote_uri: url.into(),
-                                target_mode: CloneTargetMode::RemoteBranch as i32,
-                                clone_taget: "main".into(),
-                                ..Default::default()
-                            })),
-                        }),
-                        dockerfile_version: String::new(),
-                        dockerfile_path: "Dockerfile".into(),
-                        context_path: ".".into(),
-                    })),
+                    from: Some(SourceFrom::File(git_dockerfile_source(
+                        url,
+                        CloneTargetMode::RemoteBranch,
+                        "main",
+                        "Dockerfile",
+                        ".",
+                    ))),
                 }),
                 ..Default::default()
             })

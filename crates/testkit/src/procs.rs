@@ -1085,6 +1085,36 @@ impl Redis {
     }
 }
 
+/// Spawns `cmd` with stdout piped, copies its stdout line by line to `stdout_log`, and waits
+/// up to `timeout` for the first line (servers print their address there). Returns the child
+/// and that line, or the child and why no line came (stdout closed or the deadline passed).
+pub fn spawn_with_banner(
+    cmd: &mut Command,
+    stdout_log: &Path,
+    timeout: Duration,
+) -> (Child, Result<String>) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {:?}: {e}", cmd.get_program()));
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let mut file = File::create(stdout_log).expect("creating the stdout log");
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(file, "{line}");
+            let _ = tx.send(line);
+        }
+    });
+    // A deadline, not a sleep: returns as soon as the line arrives or stdout closes.
+    let first = rx
+        .recv_timeout(timeout)
+        .map_err(|e| anyhow::anyhow!("no first line on stdout ({e})"));
+    (child, first)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -42,22 +41,12 @@ impl Server {
         let mut cmd = Command::new(BIN);
         cmd.args(["run", "--config", cfg.to_str().unwrap()])
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawning image-builder");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let mut file = std::fs::File::create(&stdout).unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(file, "{line}");
-                let _ = tx.send(line);
-            }
-        });
+        let (child, first) =
+            rf_testkit::spawn_with_banner(&mut cmd, &stdout, Duration::from_secs(30));
         let mut server = Server {
             child,
             addr: String::new(),
@@ -65,11 +54,8 @@ impl Server {
             stdout,
             stderr,
         };
-        let first = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|e| {
-                panic!("image-builder printed no banner ({e}):\n{}", server.logs())
-            });
+        let first = first
+            .unwrap_or_else(|e| panic!("image-builder printed no banner: {e}\n{}", server.logs()));
         server.addr = first
             .strip_prefix("image-builder listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {first:?}\n{}", server.logs()))

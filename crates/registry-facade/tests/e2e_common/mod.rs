@@ -11,10 +11,9 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -89,25 +88,13 @@ impl Facade {
             .arg(config_path)
             .current_dir(cwd)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .env("NO_PROXY", "127.0.0.1,localhost")
             .env("no_proxy", "127.0.0.1,localhost");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawning registry-facade");
-        // Copy stdout to a file line by line; hand the first line over for the port.
-        let (tx, rx) = mpsc::channel::<String>();
-        let out = child.stdout.take().unwrap();
-        let mut file = std::fs::File::create(&stdout).unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(file, "{line}");
-                let _ = tx.send(line);
-            }
-        });
+        let (child, first) = rf_testkit::spawn_with_banner(&mut cmd, &stdout, STARTUP);
         let mut facade = Facade {
             child,
             addr: String::new(),
@@ -115,8 +102,7 @@ impl Facade {
             stderr,
             dir,
         };
-        // A deadline, not a sleep: returns as soon as the line arrives or stdout closes.
-        let first = match rx.recv_timeout(STARTUP) {
+        let first = match first {
             Ok(line) => line,
             Err(e) => panic!(
                 "registry-facade printed no banner ({e}); exit status {:?}\n{}",

@@ -102,92 +102,13 @@ fn serves_grpc_and_metrics_and_answers_the_client_subcommands() {
     assert!(!resolve.status.success());
 }
 
-/// A CA and a server certificate for `localhost`/127.0.0.1 signed by it (openssl): (ca, cert, key).
-fn tls_files(
-    dir: &std::path::Path,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    rf_testkit::require_tool("openssl");
-    let p = |n: &str| dir.join(n);
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    let (ca_key, ca, key, csr, cert, ext) = (
-        p("ca.key"),
-        p("ca.pem"),
-        p("server.key"),
-        p("server.csr"),
-        p("server.pem"),
-        p("ext.cnf"),
-    );
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &s(&ca_key),
-        "-out",
-        &s(&ca),
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test-ca",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &s(&key),
-        "-out",
-        &s(&csr),
-        "-subj",
-        "/CN=localhost",
-    ]);
-    std::fs::write(
-        &ext,
-        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &s(&csr),
-        "-CA",
-        &s(&ca),
-        "-CAkey",
-        &s(&ca_key),
-        "-CAcreateserial",
-        "-out",
-        &s(&cert),
-        "-days",
-        "1",
-        "-extfile",
-        &s(&ext),
-    ]);
-    (ca, cert, key)
-}
-
 #[test]
 fn serves_grpc_over_tls() {
     use rf_api::builder::image_builder_client::ImageBuilderClient;
     use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = tls_files(certs.path());
+    let rf_testkit::tls::TlsFiles { ca, cert, key } = rf_testkit::tls::server_cert(certs.path());
     let server = Server::start(
         &format!(
             r#"{{"orchestrator": {{"baseImageRepository": "127.0.0.1:1/base-images",

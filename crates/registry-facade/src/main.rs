@@ -155,6 +155,11 @@ fn print_banner(scheme: &str, local: std::net::SocketAddr, prefix: &str, fixed_i
         println!("    curl -s {scheme}://{base}/v2/fixed/{id}/manifests/latest -H 'Accept: application/vnd.oci.image.manifest.v1+json'");
         println!("    skopeo inspect --tls-verify=false docker://{host}/fixed/{id}:latest");
         println!("    skopeo copy --src-tls-verify=false docker://{host}/fixed/{id}:latest oci:/tmp/{id}:latest");
-        println!("    ctr images pull --plain-http {host}/fixed/{id}:latest");
+        if scheme == "http" {
+            println!("    ctr images pull --plain-http {host}/fixed/{id}:latest");
+        } else {
+            // ctr treats loopback registries as plain HTTP unless a hosts.toml says otherwise.
+            println!("    ctr images pull --hosts-dir <dir with {host}/hosts.toml naming https://{host} and its CA> {host}/fixed/{id}:latest");
+        }
     }
 }

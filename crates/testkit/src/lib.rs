@@ -4,6 +4,7 @@
 //! * [`procs`]: start REAL servers and clients on 127.0.0.1 with ephemeral ports: CNCF distribution
 //!   (plain, htpasswd, token auth, pull-through proxy), a token server, containerd + ctr, redis, skopeo.
 //!   Every process is killed (and its temp dir removed) on `Drop`, also when a test panics.
+//! * [`tls`]: a CA and a server certificate for 127.0.0.1 (openssl).
 //! * [`wait`]: poll a condition with a deadline instead of sleeping.
 //! * [`git`]: bare git repositories served over `file://`.
 //! * [`examples`]: the tiny deterministic layouts used by the project's quickstart.
@@ -17,6 +18,7 @@ pub mod examples;
 pub mod git;
 pub mod layout;
 pub mod procs;
+pub mod tls;
 pub mod wait;
 
 pub use git::git_repo;

@@ -47,6 +47,8 @@ pub struct Facade {
     child: Child,
     /// `127.0.0.1:PORT`.
     pub addr: String,
+    /// `http`, or `https` with `registry.tls`.
+    pub scheme: String,
     /// The banner and everything after it on stdout.
     stdout: PathBuf,
     /// stderr (JSON logs).
@@ -98,6 +100,7 @@ impl Facade {
         let mut facade = Facade {
             child,
             addr: String::new(),
+            scheme: String::new(),
             stdout,
             stderr,
             dir,
@@ -111,7 +114,13 @@ impl Facade {
             ),
         };
         let url = first
-            .strip_prefix("registry-facade listening on http://")
+            .strip_prefix("registry-facade listening on ")
+            .and_then(|u| u.split_once("://"))
+            .filter(|(scheme, _)| ["http", "https"].contains(scheme))
+            .map(|(scheme, rest)| {
+                facade.scheme = scheme.to_string();
+                rest
+            })
             .unwrap_or_else(|| panic!("unexpected first stdout line {first:?}\n{}", facade.logs()));
         assert!(
             url.starts_with("127.0.0.1:"),
@@ -583,6 +592,31 @@ impl SpecProvider for Specs {
 
 impl SpecServer {
     pub fn start(specs: HashMap<String, ImageSpec>) -> SpecServer {
+        SpecServer::start_with(specs, None)
+    }
+
+    /// [`SpecServer::start`] serving gRPC over TLS with the server certificate of `tls`.
+    pub fn start_tls(
+        specs: HashMap<String, ImageSpec>,
+        tls: &rf_testkit::tls::TlsFiles,
+    ) -> SpecServer {
+        SpecServer::start_with(specs, Some(tls))
+    }
+
+    fn start_with(
+        specs: HashMap<String, ImageSpec>,
+        tls: Option<&rf_testkit::tls::TlsFiles>,
+    ) -> SpecServer {
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            let identity = tonic::transport::Identity::from_pem(
+                std::fs::read(&tls.cert).unwrap(),
+                std::fs::read(&tls.key).unwrap(),
+            );
+            server = server
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .unwrap();
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -598,7 +632,7 @@ impl SpecServer {
             .unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         rt.spawn(async move {
-            tonic::transport::Server::builder()
+            server
                 .add_service(service)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await

@@ -20,6 +20,7 @@ use rf_api::contentservice::CloneTargetMode;
 use rf_builder::{
     serve_subassembly_http, BuilderService, BuilderState, Config, SubassemblyService,
 };
+use rf_cli::{init_tracing, shutdown_signal, LogFormat};
 use tonic::transport::{Channel, Identity, Server, ServerTlsConfig};
 
 mod local_context;
@@ -31,6 +32,9 @@ mod local_context;
     about = "Gitpod-compatible image builder"
 )]
 struct Cli {
+    /// Log format; `auto` is text on a terminal and JSON otherwise (log level: RUST_LOG).
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -212,9 +216,7 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
         .add_service(subassemblies.into_server())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
-                let _ = tokio::signal::ctrl_c().await;
-            },
+            shutdown_signal(),
         )
         .await?;
     Ok(())
@@ -407,13 +409,8 @@ async fn subassembly(cmd: SubassemblyCmd) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let cli = Cli::parse();
+    init_tracing(cli.log_format);
     match cli.command {
         Cmd::Run { config } => serve(config).await,
         Cmd::Resolve { client, reference } => {

@@ -222,3 +222,24 @@ fn subassembly_subcommands_create_get_and_download() {
         "{err}"
     );
 }
+
+#[test]
+fn logs_json_by_default_and_stops_on_sigterm() {
+    let mut server = Server::start(
+        r#"{"orchestrator": {"baseImageRepository": "127.0.0.1:1/base-images",
+             "workspaceImageRepository": "127.0.0.1:1/workspace-images"},
+            "server": {"services": {"grpc": {"address": "127.0.0.1:0"}}},
+            "builder": {"workDir": "$WORK"}}"#,
+        &[],
+    );
+    let status = server.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}\n{}", server.logs());
+    // stderr is not a terminal here: every log line is a JSON object.
+    let logs = server.stderr();
+    assert!(logs.contains("shutting down"), "{logs}");
+    for line in logs.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
+}

@@ -63,6 +63,24 @@ impl Server {
         server
     }
 
+    /// Sends SIGTERM and waits (deadline `timeout`) for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        let mut status = None;
+        rf_testkit::wait_until(timeout, "image-builder exits after SIGTERM", || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap()
+    }
+
+    /// stderr only (the logs).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
     pub fn work_dir(&self) -> PathBuf {
         self.dir.path().join("work")
     }

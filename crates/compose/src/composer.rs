@@ -217,8 +217,9 @@ pub struct Composer {
     upstream: Upstream,
     store: Option<BlobStore>,
     settings: ComposerSettings,
-    /// Static layers in config order, files already hashed.
-    statics: Vec<StaticAddition>,
+    /// Static layers in config order, files already hashed; replaced as a whole by
+    /// [`Composer::set_static_layers`].
+    statics: parking_lot::RwLock<Arc<Vec<StaticAddition>>>,
     images: Arc<ImageCache<ResolvedImage>>,
     /// Compositions by [`Inputs::key`].
     sets: moka::future::Cache<Digest, Arc<ComposedSet>>,
@@ -240,22 +241,7 @@ impl Composer {
         store: Option<BlobStore>,
         settings: ComposerSettings,
     ) -> Result<Composer, ComposerError> {
-        let mut statics = Vec::new();
-        for layer in &settings.static_layers {
-            statics.push(match layer {
-                StaticLayer::Image(r) => StaticAddition::Image(r.clone()),
-                StaticLayer::File(path) => {
-                    let path = path.clone();
-                    let addition = tokio::task::spawn_blocking(move || hash_file_layer(path))
-                        .await
-                        .map_err(|e| ComposerError::StaticLayer {
-                            path: "?".into(),
-                            reason: e.to_string(),
-                        })??;
-                    StaticAddition::File(addition)
-                }
-            });
-        }
+        let statics = hash_statics(&settings.static_layers).await?;
         let source = UpstreamSource {
             upstream: upstream.clone(),
             store: store.clone(),
@@ -265,7 +251,7 @@ impl Composer {
             providers,
             upstream,
             store,
-            statics,
+            statics: parking_lot::RwLock::new(Arc::new(statics)),
             images: Arc::new(ImageCache::new(
                 Arc::new(source),
                 settings.image_cache_entries,
@@ -283,6 +269,15 @@ impl Composer {
                 .build(),
             settings,
         })
+    }
+
+    /// Replaces the static layers (Gitpod's hot reload of `registry.staticLayer`). Files are
+    /// hashed first: on an error nothing changes. Compositions made with the old layers stay
+    /// addressable by digest while they are cached; new pulls of the tag get the new layers.
+    pub async fn set_static_layers(&self, layers: &[StaticLayer]) -> Result<(), ComposerError> {
+        let statics = hash_statics(layers).await?;
+        *self.statics.write() = Arc::new(statics);
+        Ok(())
     }
 
     pub fn upstream(&self) -> &Upstream {
@@ -442,8 +437,9 @@ impl Composer {
             )));
         }
         let base_ref = parse_ref(&spec.base_ref)?;
+        let statics = self.statics.read().clone();
         let mut image_refs = Vec::new();
-        for s in &self.statics {
+        for s in statics.iter() {
             if let StaticAddition::Image(r) = s {
                 image_refs.push(r.clone());
             }
@@ -469,6 +465,7 @@ impl Composer {
                 .zip(added)
                 .collect(),
             spec_refs,
+            statics,
         })
     }
 
@@ -491,7 +488,7 @@ impl Composer {
                              strict: bool|
          -> Result<Option<Vec<Addition>>, ComposerError> {
             let mut out = Vec::new();
-            let statics = self.statics.iter().map(|s| match s {
+            let statics = inputs.statics.iter().map(|s| match s {
                 StaticAddition::File(a) => Err(a.clone()),
                 StaticAddition::Image(r) => Ok(r.to_string()),
             });
@@ -581,13 +578,22 @@ struct Inputs {
     added: Vec<(String, Resolved<ResolvedImage>)>,
     /// The spec's non-empty image references, in addition order.
     spec_refs: Vec<String>,
+    /// The static layers the composition uses (a snapshot: a reload does not change it).
+    statics: Arc<Vec<StaticAddition>>,
 }
 
 impl Inputs {
-    /// What a composition depends on: the spec and the digest of every input image. Static
-    /// file layers and the default platform are fixed for the composer's lifetime.
+    /// What a composition depends on: the spec, the digest of every input image and of every
+    /// static file layer. The default platform is fixed for the composer's lifetime.
     fn key(&self, spec: &ImageSpec) -> Digest {
         let mut key = format!("{}\nbase {}\n", spec_key(spec), self.base.digest);
+        for s in self.statics.iter() {
+            if let StaticAddition::File(a) = s {
+                for l in &a.layers {
+                    key.push_str(&format!("static file {}\n", l.descriptor.digest));
+                }
+            }
+        }
         for (r, resolved) in &self.added {
             key.push_str(&format!("{r} {}\n", resolved.digest));
         }
@@ -603,6 +609,27 @@ fn parse_ref(s: &str) -> Result<ImageRef, ComposerError> {
 /// moka shares one error between concurrent callers.
 fn unwrap_shared(e: Arc<ComposerError>) -> ComposerError {
     Arc::try_unwrap(e).unwrap_or_else(|shared| (*shared).clone())
+}
+
+/// The static layers of the config, files hashed (on the blocking pool).
+async fn hash_statics(layers: &[StaticLayer]) -> Result<Vec<StaticAddition>, ComposerError> {
+    let mut statics = Vec::new();
+    for layer in layers {
+        statics.push(match layer {
+            StaticLayer::Image(r) => StaticAddition::Image(r.clone()),
+            StaticLayer::File(path) => {
+                let path = path.clone();
+                let addition = tokio::task::spawn_blocking(move || hash_file_layer(path))
+                    .await
+                    .map_err(|e| ComposerError::StaticLayer {
+                        path: "?".into(),
+                        reason: e.to_string(),
+                    })??;
+                StaticAddition::File(addition)
+            }
+        });
+    }
+    Ok(statics)
 }
 
 /// Digest, size and diff_id of a static `file` layer (gzipped tar or plain tar).

@@ -117,14 +117,7 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
         None => None,
     };
 
-    let static_layers = r
-        .static_layer
-        .iter()
-        .map(|l| match l.kind {
-            StaticLayerKind::File => Ok(StaticLayer::File(PathBuf::from(&l.reference))),
-            StaticLayerKind::Image => Ok(StaticLayer::Image(l.reference.parse()?)),
-        })
-        .collect::<Result<Vec<_>, rf_oci::OciError>>()?;
+    let static_layers = static_layers(r)?;
     let settings = ComposerSettings {
         static_layers,
         default_platform: r.default_platform.parse()?,
@@ -146,5 +139,65 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
         router,
         state,
         fixed_ids,
+    })
+}
+
+/// The `registry.staticLayer` entries as the composer takes them.
+pub fn static_layers(
+    r: &crate::config::RegistryConfig,
+) -> Result<Vec<StaticLayer>, rf_oci::OciError> {
+    r.static_layer
+        .iter()
+        .map(|l| match l.kind {
+            StaticLayerKind::File => Ok(StaticLayer::File(PathBuf::from(&l.reference))),
+            StaticLayerKind::Image => Ok(StaticLayer::Image(l.reference.parse()?)),
+        })
+        .collect()
+}
+
+/// Gitpod's static layer hot reload: checks the config file every `interval` and, when its
+/// bytes changed, applies its `registry.staticLayer` entries (files hashed first, within 60
+/// s). A config that does not parse or a layer that cannot be read leaves the layers as they
+/// were (logged). Kubernetes ConfigMap updates (a symlink swap) are seen like any rewrite.
+pub fn spawn_static_layer_reload(
+    path: PathBuf,
+    state: Arc<FacadeState>,
+    interval: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = tokio::fs::read(&path).await.ok();
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let Ok(bytes) = tokio::fs::read(&path).await else {
+                continue;
+            };
+            if last.as_deref() == Some(&bytes[..]) {
+                continue;
+            }
+            last = Some(bytes.clone());
+            let layers = match crate::config::Config::from_json(&bytes)
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|c| static_layers(&c.registry).map_err(|e| e.to_string()))
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(config = %path.display(), error = %e, "config changed but cannot be read; static layers unchanged");
+                    continue;
+                }
+            };
+            let update = state.composer.set_static_layers(&layers);
+            match tokio::time::timeout(std::time::Duration::from_secs(60), update).await {
+                Ok(Ok(())) => {
+                    tracing::info!(config = %path.display(), layers = layers.len(), "static layers reloaded")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "static layers unchanged: cannot apply the new registry.staticLayer")
+                }
+                Err(_) => tracing::warn!("static layers unchanged: reloading took over 60s"),
+            }
+        }
     })
 }

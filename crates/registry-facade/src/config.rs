@@ -68,6 +68,10 @@ pub struct RegistryConfig {
         rename = "cacheTTL"
     )]
     pub cache_ttl: Duration,
+    /// How often the config file is checked for changed `staticLayer` entries (Gitpod's hot
+    /// reload; nothing else is reloaded). `0s` turns it off.
+    #[serde(default = "default_static_reload", deserialize_with = "duration")]
+    pub static_layer_reload_interval: Duration,
     #[serde(default)]
     pub spec_cache: SpecCacheConfig,
     /// Upstream registry client: timeouts and attempts for transient errors.
@@ -213,6 +217,9 @@ fn default_listen() -> String {
 }
 fn default_platform() -> String {
     "linux/amd64".into()
+}
+fn default_static_reload() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_cache_ttl() -> Duration {
     Duration::from_secs(60)

@@ -92,6 +92,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             {
                 serve::spawn_readiness(addr).await?;
             }
+            if !r.static_layer_reload_interval.is_zero() {
+                app::spawn_static_layer_reload(
+                    path.clone(),
+                    app.state.clone(),
+                    r.static_layer_reload_interval,
+                );
+            }
             let scheme = if r.tls.is_some() { "https" } else { "http" };
             info!(addr = %local, "registry-facade listening");
             print_banner(scheme, local, &r.prefix, &app.fixed_ids);

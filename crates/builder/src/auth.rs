@@ -218,17 +218,16 @@ pub fn additional_auth(
     additional: &HashMap<String, String>,
     domain: &str,
 ) -> Option<Authentication> {
-    if let Some(v) = additional.get(domain) {
-        return Some(parse_additional(v));
-    }
-    if is_docker_hub(domain) {
-        for alias in DOCKER_HUB_ALIASES {
-            if let Some(v) = additional.get(alias) {
-                return Some(parse_additional(v));
-            }
-        }
-    }
-    None
+    lookup_domain(domain, |k| additional.get(k)).map(|v| parse_additional(v))
+}
+
+/// `get(domain)`, then for Docker Hub `get` of each of its aliases.
+fn lookup_domain<'a, T>(domain: &str, get: impl Fn(&str) -> Option<&'a T>) -> Option<&'a T> {
+    get(domain).or_else(|| {
+        is_docker_hub(domain)
+            .then(|| DOCKER_HUB_ALIASES.iter().find_map(|alias| get(alias)))
+            .flatten()
+    })
 }
 
 /// Whether a registry (`host[:port]`, or a reference starting with one) is an AWS ECR registry.
@@ -449,6 +448,12 @@ impl fmt::Debug for BuildAuth {
 }
 
 impl BuildAuth {
+    /// The entry for a registry domain: exact key first, then (Docker Hub only) its aliases,
+    /// as the engine looks them up.
+    pub fn for_domain(&self, domain: &str) -> Option<&Authentication> {
+        lookup_domain(domain, |k| self.entries.get(k))
+    }
+
     /// A docker `config.json` / containers `auth.json` document (`{"auths": {...}}`), e.g. the
     /// temporary `--authfile` for buildah. Entries without usable credentials (an `additional`
     /// value that is not base64 of `user:password`) are left out.
@@ -578,6 +583,20 @@ mod tests {
             ("old", "pw")
         );
         assert_eq!(additional_auth(&m, "quay.io"), None);
+
+        // The same lookup for the credentials handed to a build.
+        let build = BuildAuth {
+            entries: [(
+                "https://index.docker.io/v1/".to_string(),
+                parse_additional(&enc("hub:pw")),
+            )]
+            .into(),
+        };
+        assert_eq!(
+            user_pass(build.for_domain("docker.io").unwrap()),
+            ("hub", "pw")
+        );
+        assert!(build.for_domain("quay.io").is_none());
     }
 
     #[test]

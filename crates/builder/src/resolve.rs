@@ -357,7 +357,7 @@ impl Resolver {
         auth: &crate::auth::BuildAuth,
     ) -> Result<bool, ResolveError> {
         let r = parse_reference(reference)?;
-        let cred = auth.entries.get(&r.domain).and_then(|a| a.credential());
+        let cred = auth.for_domain(&r.domain).and_then(|a| a.credential());
         let had_credentials = cred.is_some();
         let client = match cred {
             Some(c) => self.upstream.with_credentials([(r.domain.clone(), c)]),

@@ -425,6 +425,10 @@ impl BuilderState {
         log: &LogSink,
     ) -> Result<(), BuildFailure> {
         for image in crate::dockerfile::base_images(dockerfile) {
+            // ECR credentials reach the engine by other means than the auth file.
+            if crate::auth::is_ecr_registry(&image) {
+                continue;
+            }
             match self.resolver.exists_for_build(&image, auth).await {
                 Ok(true) => {}
                 Ok(false) => {

@@ -2,7 +2,6 @@
 //! distribution registries (rf-testkit) and a REAL git repository (a bare repo in a tempdir,
 //! cloned over `file://`), all on 127.0.0.1.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rf_api::builder::build_source::From as SourceFrom;
@@ -11,12 +10,12 @@ use rf_api::builder::{BuildRequest, BuildResponse, BuildSource, BuildStatus, Log
 use rf_api::contentservice::CloneTargetMode;
 use rf_builder::context::git_dockerfile_source;
 use rf_builder::{BuilderService, BuilderState, Config};
+use rf_testkit::serve_grpc;
 use rf_testkit::{busybox_image, git_repo, Registry, RegistryAuth};
 use sha2::{Digest as _, Sha256};
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt as _;
-use tonic::transport::{Channel, Server};
+use tonic::service::Routes;
+use tonic::transport::Channel;
 use tonic::Code;
 
 type Client = ImageBuilderClient<Channel>;
@@ -51,19 +50,11 @@ async fn setup(files: impl FnOnce(&str) -> Vec<(&'static str, String)>) -> Env {
     );
     let config = Config::from_json(json.as_bytes()).unwrap();
     let state = Arc::new(BuilderState::new(config).unwrap());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let svc = BuilderService::new(state.clone()).into_server();
-    tokio::spawn(async move {
-        Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
-    let client = ImageBuilderClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let grpc = serve_grpc(Routes::new(
+        BuilderService::new(state.clone()).into_server(),
+    ))
+    .await;
+    let client = ImageBuilderClient::connect(grpc).await.unwrap();
     Env {
         reg,
         client,

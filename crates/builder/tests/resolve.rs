@@ -17,6 +17,7 @@ use rf_api::builder::{
 use rf_api::contentservice::workspace_initializer::Spec;
 use rf_api::contentservice::{GitInitializer, WorkspaceInitializer};
 use rf_builder::{BuilderService, BuilderState, Config};
+use rf_testkit::serve_grpc;
 use rf_testkit::{
     BuiltImage, Compression, Entry, ImageBuilder, IndexStyle, Layer, Platform, Registry,
     RegistryAuth,
@@ -24,8 +25,8 @@ use rf_testkit::{
 use rf_upstream::UpstreamConfig;
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Channel, Server};
+use tonic::service::Routes;
+use tonic::transport::Channel;
 use tonic::Code;
 
 type Client = ImageBuilderClient<Channel>;
@@ -81,19 +82,11 @@ async fn serve(config: Config) -> (Client, Arc<BuilderState>) {
         )
         .unwrap(),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let svc = BuilderService::new(state.clone()).into_server();
-    tokio::spawn(async move {
-        Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
-    let client = ImageBuilderClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let grpc = serve_grpc(Routes::new(
+        BuilderService::new(state.clone()).into_server(),
+    ))
+    .await;
+    let client = ImageBuilderClient::connect(grpc).await.unwrap();
     (client, state)
 }
 

@@ -20,6 +20,7 @@ use rf_api::builder::{
 use rf_builder::{
     serve_subassembly_http, subassembly_router, BuilderState, Config, SubassemblyService,
 };
+use rf_testkit::serve_grpc;
 use rf_testkit::{
     busybox_image, sha256_digest, wait_until_async, BuiltImage, Compression, Containerd, Entry,
     ImageBuilder, IndexStyle, Layer, Platform, Registry, RegistryAuth,
@@ -27,8 +28,8 @@ use rf_testkit::{
 use rf_upstream::UpstreamConfig;
 use serde_json::Value;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Channel, Server};
+use tonic::service::Routes;
+use tonic::transport::Channel;
 use tonic::Code;
 
 type Client = SubassemblyServiceClient<Channel>;
@@ -87,19 +88,8 @@ async fn start(
             addr
         }
     };
-    let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = grpc_listener.local_addr().unwrap();
-    let server = svc.clone().into_server();
-    tokio::spawn(async move {
-        Server::builder()
-            .add_service(server)
-            .serve_with_incoming(TcpListenerStream::new(grpc_listener))
-            .await
-            .unwrap();
-    });
-    let client = SubassemblyServiceClient::connect(format!("http://{grpc}"))
-        .await
-        .unwrap();
+    let grpc = serve_grpc(Routes::new(svc.clone().into_server())).await;
+    let client = SubassemblyServiceClient::connect(grpc).await.unwrap();
     Instance {
         client,
         svc,

@@ -42,16 +42,11 @@ fn build_workspace_image(registry: &str, url: &str, work: &std::path::Path) -> S
         )
         .unwrap();
         let state = Arc::new(BuilderState::new(config).unwrap());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(BuilderService::new(state).into_server())
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        let mut client = ImageBuilderClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        let grpc = rf_testkit::serve_grpc(tonic::service::Routes::new(
+            BuilderService::new(state).into_server(),
+        ))
+        .await;
+        let mut client = ImageBuilderClient::connect(grpc).await.unwrap();
         let mut stream = client
             .build(BuildRequest {
                 source: Some(BuildSource {

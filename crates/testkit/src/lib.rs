@@ -6,6 +6,7 @@
 //!   Every process is killed (and its temp dir removed) on `Drop`, also when a test panics.
 //! * [`tls`]: a CA and a server certificate for 127.0.0.1 (openssl).
 //! * [`wait`]: poll a condition with a deadline instead of sleeping.
+//! * [`grpc`]: a tonic server for in-process services under test.
 //! * [`git`]: bare git repositories served over `file://`.
 //! * [`examples`]: the tiny deterministic layouts used by the project's quickstart.
 //!
@@ -16,12 +17,14 @@
 
 pub mod examples;
 pub mod git;
+pub mod grpc;
 pub mod layout;
 pub mod procs;
 pub mod tls;
 pub mod wait;
 
 pub use git::git_repo;
+pub use grpc::serve_grpc;
 pub use layout::{
     busybox_entries, busybox_image, busybox_layer, BuiltImage, BuiltIndex, Compression, Entry,
     ImageBuilder, IndexStyle, Layer, ManifestStyle, OciLayout, Platform,

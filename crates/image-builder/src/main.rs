@@ -137,19 +137,22 @@ enum SubassemblyCmd {
     },
 }
 
-fn grpc_url(opts: &ClientOpts) -> String {
-    if opts.addr.contains("://") {
+/// A channel to the image builder at `--addr`, for any of its services.
+async fn channel(opts: &ClientOpts) -> anyhow::Result<Channel> {
+    let url = if opts.addr.contains("://") {
         opts.addr.clone()
     } else {
         format!("http://{}", opts.addr)
-    }
+    };
+    Channel::from_shared(url.clone())
+        .with_context(|| format!("invalid address {url}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {url}"))
 }
 
 async fn connect(opts: &ClientOpts) -> anyhow::Result<ImageBuilderClient<Channel>> {
-    let url = grpc_url(opts);
-    ImageBuilderClient::connect(url.clone())
-        .await
-        .with_context(|| format!("cannot connect to {url}"))
+    Ok(ImageBuilderClient::new(channel(opts).await?))
 }
 
 fn status_name(s: i32) -> &'static str {
@@ -351,10 +354,7 @@ async fn subassembly(cmd: SubassemblyCmd) -> anyhow::Result<()> {
         } => (client, reference, wait, true),
         SubassemblyCmd::Get { client, reference } => (client, reference, false, false),
     };
-    let url = grpc_url(&client);
-    let mut c = SubassemblyServiceClient::connect(url.clone())
-        .await
-        .with_context(|| format!("cannot connect to {url}"))?;
+    let mut c = SubassemblyServiceClient::new(channel(&client).await?);
     let get = |mut c: SubassemblyServiceClient<Channel>, r: String| async move {
         c.get_subassembly(GetSubassemblyRequest { oci_reference: r })
             .await

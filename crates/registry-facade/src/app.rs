@@ -177,11 +177,11 @@ pub fn spawn_static_layer_reload(
             if last.as_deref() == Some(&bytes[..]) {
                 continue;
             }
-            last = Some(bytes.clone());
-            let layers = match crate::config::Config::from_json(&bytes)
+            let parsed = crate::config::Config::from_json(&bytes)
                 .map_err(|e| format!("{e:#}"))
-                .and_then(|c| static_layers(&c.registry).map_err(|e| e.to_string()))
-            {
+                .and_then(|c| static_layers(&c.registry).map_err(|e| e.to_string()));
+            last = Some(bytes);
+            let layers = match parsed {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(config = %path.display(), error = %e, "config changed but cannot be read; static layers unchanged");

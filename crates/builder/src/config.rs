@@ -597,6 +597,8 @@ mod tests {
             (base(r#""builder": {"isolation": "rootless"}"#), "builder.isolation"),
             (base(r#""builder": {"engine": "docker"}"#), "builder.engine"),
             (base(r#""builder": {"buildTimeout": "soon"}"#), "builder.buildTimeout"),
+            (base(r#""builder": {"buildTimeout": 1e20}"#), "builder.buildTimeout"),
+            (base(r#""builder": {"logRetention": "99999999999999999999999h"}"#), "builder.logRetention"),
             (base(r#""builder": {"platform": "linux"}"#), "builder.platform"),
             (base(r#""builder": {"maxConcurrentBuilds": 0}"#), "builder.maxConcurrentBuilds"),
             (base(r#""builder": {"workdir": "/x"}"#), "builder"),

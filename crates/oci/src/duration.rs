@@ -14,8 +14,9 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
         Text(String),
     }
     match Raw::deserialize(d)? {
-        Raw::Seconds(s) if s >= 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
-        Raw::Seconds(s) => Err(serde::de::Error::custom(format!("invalid duration {s}"))),
+        // `try_from` because `from_secs_f64` panics on values past `Duration::MAX` (`1e20`).
+        Raw::Seconds(s) => Duration::try_from_secs_f64(s)
+            .map_err(|_| serde::de::Error::custom(format!("invalid duration {s}"))),
         Raw::Text(t) => parse_go_duration(&t).ok_or_else(|| {
             serde::de::Error::custom(format!(
                 "invalid duration {t:?} (use e.g. \"30s\", \"5m\", \"1h30m\")"
@@ -56,7 +57,7 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
         total += n * factor;
         rest = &rest[unit_len..];
     }
-    Some(Duration::from_secs_f64(total))
+    Duration::try_from_secs_f64(total).ok()
 }
 
 #[cfg(test)]
@@ -70,8 +71,26 @@ mod tests {
         assert_eq!(parse_go_duration("1.5h"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_go_duration("0"), Some(Duration::ZERO));
-        for bad in ["", "5", "s", "-1s", "1d"] {
+        for bad in ["", "5", "s", "-1s", "1d", "99999999999999999999999h"] {
             assert_eq!(parse_go_duration(bad), None, "{bad}");
         }
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Timeout {
+        #[serde(deserialize_with = "deserialize")]
+        #[allow(dead_code)]
+        timeout: Duration,
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_errors_not_panics() {
+        for bad in ["1e20", "-1", r#""99999999999999999999999h""#] {
+            let text = format!(r#"{{"timeout": {bad}}}"#);
+            let err = serde_json::from_str::<Timeout>(&text).unwrap_err();
+            assert!(err.to_string().contains("invalid duration"), "{bad}: {err}");
+        }
+        let ok: Timeout = serde_json::from_str(r#"{"timeout": 1.5}"#).unwrap();
+        assert_eq!(ok.timeout, Duration::from_millis(1500));
     }
 }

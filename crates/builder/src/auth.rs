@@ -53,19 +53,19 @@ use base64::Engine as _;
 use regex::Regex;
 use rf_api::builder::build_registry_auth::Mode;
 use rf_api::builder::BuildRegistryAuth;
-use rf_oci::reference::{DOCKER_HUB_DOMAIN, DOCKER_HUB_HOST};
-use rf_upstream::auth::config::DOCKER_HUB_LEGACY_KEY;
+use rf_oci::reference::{DOCKER_HUB_ALIASES, DOCKER_HUB_LEGACY_KEY};
 use rf_upstream::{Credential, CredentialStore, DockerConfig};
 
 /// The registry Gitpod lists for every build so that bob's proxy picks up ECR credentials.
 pub const DUMMY_ECR_REGISTRY_DOMAIN: &str = "000000000000.dkr.ecr.dummy-host-zone.amazonaws.com";
 
-const DOCKER_HUB_ALIASES: [&str; 4] = [
-    DOCKER_HUB_DOMAIN,
-    "index.docker.io",
-    DOCKER_HUB_HOST,
-    DOCKER_HUB_LEGACY_KEY,
-];
+/// Docker Hub's host names, then the legacy `docker login` key: the keys an `additional` entry
+/// for Docker Hub may be stored under.
+fn docker_hub_keys() -> impl Iterator<Item = &'static str> {
+    DOCKER_HUB_ALIASES
+        .into_iter()
+        .chain(std::iter::once(DOCKER_HUB_LEGACY_KEY))
+}
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
@@ -210,7 +210,7 @@ pub fn parse_additional(value: &str) -> Authentication {
 }
 
 fn is_docker_hub(domain: &str) -> bool {
-    DOCKER_HUB_ALIASES.contains(&domain.to_ascii_lowercase().as_str())
+    docker_hub_keys().any(|key| key.eq_ignore_ascii_case(domain))
 }
 
 /// The `additional` entry for `domain`: exact key first, then (Docker Hub only) its aliases.
@@ -225,7 +225,7 @@ pub fn additional_auth(
 fn lookup_domain<'a, T>(domain: &str, get: impl Fn(&str) -> Option<&'a T>) -> Option<&'a T> {
     get(domain).or_else(|| {
         is_docker_hub(domain)
-            .then(|| DOCKER_HUB_ALIASES.iter().find_map(|alias| get(alias)))
+            .then(|| docker_hub_keys().find_map(|key| get(key)))
             .flatten()
     })
 }
@@ -597,6 +597,41 @@ mod tests {
             ("hub", "pw")
         );
         assert!(build.for_domain("quay.io").is_none());
+    }
+
+    /// The builder's `additional` lookup and the upstream client's docker config lookup read
+    /// the same list of Docker Hub names: credentials stored under any of them (or the legacy
+    /// `docker login` key) are found by both for every one of them.
+    #[test]
+    fn docker_hub_names_agree_with_the_upstream_client() {
+        use rf_oci::reference::{DOCKER_HUB_ALIASES, DOCKER_HUB_LEGACY_KEY};
+        let keys = DOCKER_HUB_ALIASES.iter().chain([&DOCKER_HUB_LEGACY_KEY]);
+        for stored in keys {
+            let m = additional(&[(stored, &enc("hub:pw"))]);
+            let config = DockerConfig::parse(
+                format!(
+                    r#"{{"auths":{{"{stored}":{{"auth":"{}"}}}}}}"#,
+                    enc("hub:pw")
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            for asked in DOCKER_HUB_ALIASES {
+                assert_eq!(
+                    additional_auth(&m, asked).as_ref().map(user_pass),
+                    Some(("hub", "pw")),
+                    "additional under {stored}, asked for {asked}"
+                );
+                assert_eq!(
+                    config.file_credential(asked),
+                    Some(&Credential::Basic {
+                        username: "hub".into(),
+                        password: "pw".into()
+                    }),
+                    "docker config under {stored}, asked for {asked}"
+                );
+            }
+        }
     }
 
     #[test]

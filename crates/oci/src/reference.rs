@@ -12,6 +12,18 @@ use crate::{Digest, OciError};
 pub const DOCKER_HUB_DOMAIN: &str = "docker.io";
 /// Where Docker Hub's registry API actually lives.
 pub const DOCKER_HUB_HOST: &str = "registry-1.docker.io";
+/// The key `docker login` stores Docker Hub credentials under.
+pub const DOCKER_HUB_LEGACY_KEY: &str = "https://index.docker.io/v1/";
+/// Every host name Docker Hub answers to; credentials stored under one serve them all. The one
+/// list for the upstream client's docker config lookups and the builder's `additional` auth.
+pub const DOCKER_HUB_ALIASES: [&str; 3] = [DOCKER_HUB_DOMAIN, "index.docker.io", DOCKER_HUB_HOST];
+
+/// Whether `domain` (a host name, any case) is one of Docker Hub's names.
+pub fn is_docker_hub(domain: &str) -> bool {
+    DOCKER_HUB_ALIASES
+        .iter()
+        .any(|alias| alias.eq_ignore_ascii_case(domain))
+}
 
 /// A normalised registry image reference.
 #[derive(Clone, PartialEq, Eq, Hash)]

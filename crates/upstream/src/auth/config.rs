@@ -14,11 +14,8 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
-use rf_oci::reference::{DOCKER_HUB_DOMAIN, DOCKER_HUB_HOST};
-
-/// The key `docker login` stores Docker Hub credentials under.
-pub const DOCKER_HUB_LEGACY_KEY: &str = "https://index.docker.io/v1/";
-const DOCKER_HUB_ALIASES: [&str; 3] = [DOCKER_HUB_DOMAIN, "index.docker.io", DOCKER_HUB_HOST];
+pub use rf_oci::reference::DOCKER_HUB_LEGACY_KEY;
+use rf_oci::reference::{is_docker_hub, DOCKER_HUB_ALIASES};
 
 /// How often the file's mtime and length are checked at most.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -173,16 +170,11 @@ fn normalise_key(key: &str) -> String {
 
 /// The registry hosts `domain` is also known as (Docker Hub has three names).
 fn aliases(domain: &str) -> Vec<String> {
-    let d = domain.to_ascii_lowercase();
-    if DOCKER_HUB_ALIASES.contains(&d.as_str()) {
+    if is_docker_hub(domain) {
         DOCKER_HUB_ALIASES.iter().map(|s| s.to_string()).collect()
     } else {
-        vec![d]
+        vec![domain.to_ascii_lowercase()]
     }
-}
-
-fn is_docker_hub(domain: &str) -> bool {
-    DOCKER_HUB_ALIASES.contains(&domain.to_ascii_lowercase().as_str())
 }
 
 /// The server URL handed to a credential helper, as the docker CLI does.

@@ -225,7 +225,7 @@ pub fn additional_auth(
 fn lookup_domain<'a, T>(domain: &str, get: impl Fn(&str) -> Option<&'a T>) -> Option<&'a T> {
     get(domain).or_else(|| {
         is_docker_hub(domain)
-            .then(|| docker_hub_keys().find_map(|key| get(key)))
+            .then(|| docker_hub_keys().find_map(&get))
             .flatten()
     })
 }

@@ -114,10 +114,7 @@ pub fn dockerfile_manifest_text(file: &BuildSourceDockerfile) -> Result<String, 
         Spec::Empty(_) | Spec::Download(_) | Spec::Composite(_) => {
             m.insert("Source", initializer_kind(spec).into());
             let canonical = canonical_initializer(spec)?;
-            m.insert(
-                "Initializer",
-                serde_json::to_string(&canonical).expect("JSON values serialise"),
-            );
+            m.insert("Initializer", canonical_json(&canonical));
         }
         other => {
             return Err(RefError::UnsupportedInitializer(
@@ -145,13 +142,49 @@ fn canonical_git(git: &GitInitializer) -> Value {
     let mode = CloneTargetMode::try_from(git.target_mode)
         .map(|m| m.as_str_name().to_string())
         .unwrap_or_else(|_| git.target_mode.to_string());
-    // Keys in ascending order: the same text whether or not serde_json preserves order.
     json!({"git": {
         "checkoutLocation": git.checkout_location,
         "cloneTarget": git.clone_taget,
         "remoteUri": git.remote_uri,
         "targetMode": mode,
     }})
+}
+
+/// Compact JSON with every object's keys in ascending (byte) order, at every depth: the text
+/// does not depend on the order keys were written in or on serde_json's `preserve_order`.
+fn canonical_json(value: &Value) -> String {
+    fn write(value: &Value, out: &mut String) {
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                out.push('{');
+                for (i, (k, v)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push(':');
+                    write(v, out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(v, out);
+                }
+                out.push(']');
+            }
+            scalar => out.push_str(&scalar.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(value, &mut out);
+    out
 }
 
 fn canonical_member(init: &WorkspaceInitializer) -> Result<Value, RefError> {
@@ -412,6 +445,15 @@ mod tests {
                 sha256_hex(b"ContextPath: .\nDockerfilePath: .gitpod.dockerfile\nDockerfileVersion: \nInitializer: {\"empty\":{}}\nSource: empty\n\n")
             )
         );
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_depth() {
+        let written = json!({"b": [{"z": 1, "y": "\"q\""}], "a": {"d": null, "c": true}});
+        let reordered = json!({"a": {"c": true, "d": null}, "b": [{"y": "\"q\"", "z": 1}]});
+        let expected = r#"{"a":{"c":true,"d":null},"b":[{"y":"\"q\"","z":1}]}"#;
+        assert_eq!(canonical_json(&written), expected);
+        assert_eq!(canonical_json(&reordered), expected);
     }
 
     #[test]

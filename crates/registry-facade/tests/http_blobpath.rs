@@ -22,6 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use registry_facade::app::App;
+use rf_testkit::faults::{Fault, FaultProxy};
 use rf_testkit::{
     wait_until_async, BuiltImage, Compression, Entry, ImageBuilder, Layer, Registry, RegistryAuth,
 };

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use common::*;
 use registry_facade::app::App;
+use rf_testkit::faults::RateLimitProxy;
 use rf_testkit::{BuiltImage, Compression, Entry, ImageBuilder, Layer, Registry, RegistryAuth};
 use serde_json::{json, Value};
 use tempfile::TempDir;

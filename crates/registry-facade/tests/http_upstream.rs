@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use common::*;
 use registry_facade::app::App;
+use rf_testkit::faults::{Fault, FaultProxy};
 use rf_testkit::{BuiltImage, Compression, Entry, ImageBuilder, Layer, Registry, RegistryAuth};
 use serde_json::{json, Value};
 use tempfile::TempDir;

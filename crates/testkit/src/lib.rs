@@ -4,6 +4,7 @@
 //! * [`procs`]: start REAL servers and clients on 127.0.0.1 with ephemeral ports: CNCF distribution
 //!   (plain, htpasswd, token auth, pull-through proxy), a token server, containerd + ctr, redis, skopeo.
 //!   Every process is killed (and its temp dir removed) on `Drop`, also when a test panics.
+//! * [`faults`]: fault-injection peers: a scripted HTTP server and misbehaving reverse proxies.
 //! * [`tls`]: a CA and a server certificate for 127.0.0.1 (openssl).
 //! * [`wait`]: poll a condition with a deadline instead of sleeping.
 //! * [`grpc`]: a tonic server for in-process services under test.
@@ -16,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod examples;
+pub mod faults;
 pub mod git;
 pub mod grpc;
 pub mod layout;

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::Response;
 use bytes::Bytes;
-use common::{docker_config_json, drain, fast_config, response, serve, Handler, SeenRequest};
+use common::{docker_config_json, drain, fast_config};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use rf_oci::{media, Digest, ImageRef};
+use rf_testkit::faults::{response, serve, Handler, SeenRequest};
 use rf_testkit::{BuiltImage, Compression, Entry, ImageBuilder, Layer};
 use rf_upstream::{Upstream, UpstreamConfig, UpstreamError};
 

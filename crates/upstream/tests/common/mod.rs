@@ -1,14 +1,8 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::Request;
-use axum::http::{HeaderMap, Method, Response};
-use bytes::Bytes;
 use futures::StreamExt;
 use rf_testkit::{BuiltImage, Compression, Entry, ImageBuilder, Layer};
 use rf_upstream::{BlobStream, UpstreamConfig, UpstreamError};
@@ -78,46 +72,4 @@ pub fn docker_config_json(host: &str, user: &str, pass: &str) -> String {
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
     format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#)
-}
-
-/// What a fault-injection peer sees of a request.
-#[derive(Debug, Clone)]
-pub struct SeenRequest {
-    pub method: Method,
-    pub path: String,
-    pub query: Option<String>,
-    pub headers: HeaderMap,
-}
-
-pub type Handler = Arc<dyn Fn(&SeenRequest) -> Response<Body> + Send + Sync>;
-
-/// A loopback HTTP/1.1 server answering every request with `handler` (a fault-injection
-/// peer). Runs until the test's runtime ends.
-pub async fn serve(handler: Handler) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().fallback(move |req: Request| {
-        let handler = handler.clone();
-        async move {
-            let seen = SeenRequest {
-                method: req.method().clone(),
-                path: req.uri().path().to_string(),
-                query: req.uri().query().map(str::to_string),
-                headers: req.headers().clone(),
-            };
-            handler(&seen)
-        }
-    });
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    addr
-}
-
-pub fn response(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response<Body> {
-    let mut b = Response::builder().status(status);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(Body::from(body.into())).unwrap()
 }

@@ -1,6 +1,6 @@
 //! End to end, the README's quickstart: the real binary on `examples/quickstart/config.json`,
-//! run from the repository root (the config's paths are relative to it), and `skopeo copy` of
-//! `fixed/demo:latest`.
+//! run from the repository root (the config's paths are relative to it), `skopeo copy` of
+//! `fixed/demo:latest`, and `ctr run` of it printing the greeting of the composed image.
 
 mod e2e_common;
 
@@ -128,5 +128,26 @@ fn quickstart_serves_fixed_demo() {
         sha256_digest(body.as_bytes()),
         sha256_digest(&std::fs::read(dest.path().join("manifest.json")).unwrap()),
         "skopeo stored the manifest the facade serves"
+    );
+
+    // the README's ctr line pulls it, and the image's own command greets with the composition
+    let ctr = shared_containerd();
+    let image_ref = format!("{}/fixed/demo:latest", facade.addr);
+    ctr.pull(&image_ref, &[])
+        .unwrap_or_else(|e| panic!("ctr pull {image_ref}: {e:#}\n{}", facade.logs()));
+    let greeting = ctr
+        .run(&image_ref, &[])
+        .unwrap_or_else(|e| panic!("ctr run {image_ref}: {e:#}\n{}", facade.logs()));
+    assert_eq!(
+        greeting,
+        "Hello from a workspace image composed by registry-facade at pull time.\n\
+         PATH=/ide/bin:/usr/bin:/bin:/.supervisor\n\
+         IDE_NAME=quickstart-ide\n\
+         Added to the base image:\n  \
+         /.supervisor/supervisor\n  \
+         /etc/registry-facade-static\n  \
+         /ide/bin/ide-start\n  \
+         /ide/lib/product.json\n  \
+         /workspace/README.md\n"
     );
 }

@@ -1,12 +1,15 @@
-//! Tiny deterministic OCI layouts for the project's quickstart (plain text files only, no network).
+//! Tiny deterministic OCI layouts for the project's quickstart (no network): a busybox base
+//! whose command greets with what the composition added, an IDE and a supervisor image.
 //!
 //! `cargo run -p rf-testkit --example write-quickstart -- DIR` writes them from the command line.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use crate::layout::{BuiltImage, Compression, Entry, ImageBuilder, Layer, OciLayout};
+use crate::layout::{
+    busybox_entries, BuiltImage, Compression, Entry, ImageBuilder, Layer, OciLayout,
+};
 
 /// The images written by [`write_quickstart`] (each tagged `latest` in its layout).
 #[derive(Debug, Clone)]
@@ -19,26 +22,65 @@ pub struct Quickstart {
     pub supervisor: BuiltImage,
 }
 
-/// The quickstart base image: one layer with `/etc/quickstart-base` and `/bin/README`,
-/// `Env PATH=/usr/bin:/bin`, `Cmd ["/bin/sh"]`, label `org.opencontainers.image.title=quickstart-base`.
+/// The one layer of the committed quickstart base layout: busybox and the quickstart's files
+/// ([`quickstart_base_entries`]). Its bytes are read from the committed layout, so the quickstart
+/// does not depend on the busybox installed here; only when that blob is missing (layouts written
+/// from scratch, or after a change to the entries) is it built from `/bin/busybox` (Debian's
+/// busybox-static, GPL-2.0; see examples/quickstart/NOTICE), and this constant must then be set to
+/// the digest `write-quickstart` writes.
+pub const QUICKSTART_BASE_LAYER: &str =
+    "sha256:c4cbb2d05d3b05da49c33e11636194725de3bc7c3bee21770143697a9dece8ca";
+
+/// The command of the quickstart base image: a greeting that shows what the composition added.
+pub const QUICKSTART_HELLO: &str = "/usr/bin/hello-workspace";
+
+fn committed_layouts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart/layouts")
+}
+
+/// What the quickstart base layer holds: busybox, `/etc/quickstart-base` and the greeting
+/// [`QUICKSTART_HELLO`].
+pub fn quickstart_base_entries() -> Vec<Entry> {
+    let mut entries = busybox_entries();
+    entries.push(Entry::file(
+        "/etc/quickstart-base",
+        "NAME=\"Quickstart Base\"\nID=quickstart\nVERSION_ID=1\nPRETTY_NAME=\"registry-facade quickstart base image\"\n",
+    ));
+    entries.push(Entry::exec(
+        QUICKSTART_HELLO,
+        concat!(
+            "#!/bin/sh\n",
+            "echo \"Hello from a workspace image composed by registry-facade at pull time.\"\n",
+            "echo \"PATH=$PATH\"\n",
+            "echo \"IDE_NAME=$IDE_NAME\"\n",
+            "echo \"Added to the base image:\"\n",
+            "find /etc/registry-facade-static /ide /.supervisor /workspace -type f 2>/dev/null | sort | sed 's/^/  /'\n",
+        ),
+    ));
+    entries
+}
+
+/// See [`QUICKSTART_BASE_LAYER`].
+pub fn quickstart_base_layer() -> Layer {
+    let hex = QUICKSTART_BASE_LAYER.trim_start_matches("sha256:");
+    let committed = committed_layouts().join("base/blobs/sha256").join(hex);
+    match std::fs::read(&committed) {
+        Ok(blob) => Layer::from_gzip_blob(blob)
+            .unwrap_or_else(|e| panic!("{}: not a gzip layer: {e}", committed.display())),
+        Err(_) => Layer::build(quickstart_base_entries(), Compression::Gzip),
+    }
+}
+
+/// The quickstart base image: one layer ([`quickstart_base_layer`]), `Env PATH=/usr/bin:/bin`,
+/// `Cmd [QUICKSTART_HELLO]`, label `org.opencontainers.image.title=quickstart-base`.
 pub fn quickstart_base() -> BuiltImage {
-    let layer = Layer::build(
-        vec![
-            Entry::file(
-                "/etc/quickstart-base",
-                "NAME=\"Quickstart Base\"\nID=quickstart\nVERSION_ID=1\nPRETTY_NAME=\"registry-facade quickstart base image\"\n",
-            ),
-            Entry::file(
-                "/bin/README",
-                "This is a placeholder base image for the registry-facade quickstart.\nIt contains text files only, no binaries.\n",
-            ),
-        ],
-        Compression::Gzip,
-    );
     ImageBuilder::new()
-        .layer_with_history(layer, "quickstart base files")
+        .layer_with_history(
+            quickstart_base_layer(),
+            "busybox and the quickstart greeting",
+        )
         .env("PATH=/usr/bin:/bin")
-        .cmd(["/bin/sh"])
+        .cmd([QUICKSTART_HELLO])
         .label("org.opencontainers.image.title", "quickstart-base")
         .build()
 }

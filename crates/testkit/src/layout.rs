@@ -185,6 +185,20 @@ impl Layer {
         }
     }
 
+    /// Wraps an existing gzip blob as it is (its bytes, hence its digest, are kept).
+    pub fn from_gzip_blob(blob: Vec<u8>) -> std::io::Result<Layer> {
+        use std::io::Read as _;
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(blob.as_slice()).read_to_end(&mut tar)?;
+        Ok(Layer {
+            digest: sha256_digest(&blob),
+            size: blob.len() as u64,
+            diff_id: sha256_digest(&tar),
+            blob,
+            media_type: OCI_LAYER_GZIP.to_string(),
+        })
+    }
+
     /// Returns the layer with the Docker media type matching its OCI one (others are kept).
     pub fn docker(mut self) -> Layer {
         self.media_type = match self.media_type.as_str() {

@@ -108,6 +108,7 @@ async fn dispatch(
         }
         Some(Route::Blob { name, digest }) => blob(&state, &method, &headers, &name, &digest).await,
         Some(Route::TagsList { name }) => tags(&state, &method, &name).await,
+        Some(Route::Referrers { name, digest }) => referrers(&state, &method, &name, &digest).await,
         Some(Route::BlobUpload { name }) => {
             FacadeName::parse(&name).and_then(|_| Err(ApiError::unsupported(READ_ONLY)))
         }
@@ -150,6 +151,43 @@ async fn tags(state: &FacadeState, method: &Method, name: &str) -> Result<Respon
     let body = serde_json::json!({"name": name, "tags": tags}).to_string();
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
+
+/// The referrers API: compositions are generated, so nothing (no signature, no SBOM) refers to
+/// them; an empty index says so, as the distribution spec allows, for every manifest we serve.
+async fn referrers(
+    state: &FacadeState,
+    method: &Method,
+    name: &str,
+    digest: &str,
+) -> Result<Response, ApiError> {
+    let n = FacadeName::parse(name)?;
+    read_only(method)?;
+    digest
+        .parse::<Digest>()
+        .map_err(|e| ApiError::digest_invalid(e.to_string()))?;
+    state
+        .composer
+        .manifest(&n.provider, &n.id, digest, &Accept::parse(["*/*"]))
+        .await
+        .map_err(|e| ApiError::from_compose(&e))?;
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(EMPTY_REFERRERS)
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    insert(h, header::CONTENT_TYPE, rf_oci::media::OCI_INDEX);
+    insert(
+        h,
+        header::CONTENT_LENGTH,
+        &EMPTY_REFERRERS.len().to_string(),
+    );
+    Ok(resp)
+}
+
+const EMPTY_REFERRERS: &str =
+    r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
 
 async fn manifest(
     state: &FacadeState,

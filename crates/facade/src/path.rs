@@ -8,10 +8,25 @@ use crate::error::ApiError;
 /// What a `/v2/<rest>` path asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    Manifest { name: String, reference: String },
-    Blob { name: String, digest: String },
-    BlobUpload { name: String },
-    TagsList { name: String },
+    Manifest {
+        name: String,
+        reference: String,
+    },
+    Blob {
+        name: String,
+        digest: String,
+    },
+    BlobUpload {
+        name: String,
+    },
+    TagsList {
+        name: String,
+    },
+    /// `GET /v2/<name>/referrers/<digest>` (distribution spec 1.1).
+    Referrers {
+        name: String,
+        digest: String,
+    },
     Catalog,
 }
 
@@ -32,6 +47,12 @@ impl Route {
         }
         if n >= 3 && segments[n - 2] == "tags" && segments[n - 1] == "list" {
             return Some(Route::TagsList { name: name(n - 2) });
+        }
+        if n >= 3 && segments[n - 2] == "referrers" {
+            return Some(Route::Referrers {
+                name: name(n - 2),
+                digest: segments[n - 1].to_string(),
+            });
         }
         // `<name>/blobs/uploads/` and `<name>/blobs/uploads/<uuid>`
         if let Some(i) = (1..n)

@@ -480,6 +480,41 @@ async fn by_digest_and_deterministic_across_restarts() {
     );
 }
 
+/// The referrers API: an empty OCI index for a manifest the repository serves (nothing refers
+/// to a generated composition), 404 for one it does not, 400 for a malformed digest.
+#[tokio::test]
+async fn referrers_of_composed_manifests_are_an_empty_index() {
+    let d = Demo::new().await;
+    let r = manifest(&d.app, "fixed/demo", "latest", ACCEPT_ALL).await;
+    let digest = sha256(r.bytes());
+    let uri = format!("/v2/fixed/demo/referrers/{digest}");
+    let r = get(&d.app, &uri).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some(OCI_INDEX));
+    assert_eq!(
+        r.json(),
+        json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})
+    );
+    let h = head(&d.app, &uri).await;
+    assert_eq!(h.status, StatusCode::OK);
+    assert!(h.bytes().is_empty());
+    assert_eq!(
+        h.header("content-length").map(str::to_string),
+        Some(r.bytes().len().to_string())
+    );
+
+    let unrelated = format!("/v2/fixed/demo/referrers/{}", d.base.manifest_digest);
+    assert_oci_error(&get(&d.app, &unrelated).await, 404, "MANIFEST_UNKNOWN");
+    let other = format!("/v2/fixed/other/referrers/{digest}");
+    assert_oci_error(&get(&d.app, &other).await, 404, "NAME_UNKNOWN");
+    assert_oci_error(
+        &get(&d.app, "/v2/fixed/demo/referrers/sha256:bad").await,
+        400,
+        "DIGEST_INVALID",
+    );
+    assert_serving(&d.app, GOOD).await;
+}
+
 /// 19. Content layers: a remote one redirects, a direct one is served as is.
 #[tokio::test]
 async fn content_layers() {

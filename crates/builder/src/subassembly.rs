@@ -5,7 +5,7 @@
 //! checks the platform named by the image config (an image that is a single manifest is not
 //! checked when it is resolved), downloads every layer (verified, and never more bytes than
 //! its descriptor says) into a temp dir, flattens them into one gzip layer
-//! ([`crate::flatten`]: whiteouts and opaque directories applied) and stores it in a
+//! ([`rf_layers::flatten`]: whiteouts and opaque directories applied) and stores it in a
 //! content-addressed [`BlobStore`] together with a JSON [`SubassemblyManifest`]. The call
 //! answers at once: `CREATING` (also when it joins a creation in progress), `AVAILABLE` when
 //! the subassembly exists, or `UNAVAILABLE` when the image does not exist, is not for the
@@ -69,6 +69,7 @@ use rf_api::builder::{
     CreateSubassemblyRequest, CreateSubassemblyResponse, GetSubassemblyRequest,
     GetSubassemblyResponse, SubassemblyPhase, SubassemblyStatus,
 };
+use rf_layers::{FlattenError, Flattened, LayerFile, LayerSource};
 use rf_oci::{
     media, ByteRange, Descriptor, Digest, ImageRef, ParsedManifest, Platform, RangeError,
 };
@@ -81,7 +82,6 @@ use tonic::{Request, Response as GrpcResponse, Status};
 
 use crate::auth::RequestAuth;
 use crate::config::BuilderConfig;
-use crate::flatten::{self, FlattenError, LayerFile, LayerSource};
 use crate::resolve::{parse_reference, ResolveError, Resolver};
 use crate::service::BuilderState;
 
@@ -898,7 +898,7 @@ impl SubassemblyService {
         layers: &[Descriptor],
         dir: &Path,
         src: &str,
-    ) -> Result<flatten::Flattened, String> {
+    ) -> Result<Flattened, String> {
         let mut files = Vec::with_capacity(layers.len());
         for (i, l) in layers.iter().enumerate() {
             let path = dir.join(format!("layer-{i}"));
@@ -914,7 +914,7 @@ impl SubassemblyService {
                 files.iter().map(|f| f as &dyn LayerSource).collect();
             let file = std::fs::File::create(&out2).map_err(FlattenError::Output)?;
             let (f, w) =
-                flatten::flatten_to_gzip(&sources, io::BufWriter::with_capacity(1 << 20, file))?;
+                rf_layers::flatten_to_gzip(&sources, io::BufWriter::with_capacity(1 << 20, file))?;
             w.into_inner()
                 .map_err(|e| FlattenError::Output(e.into_error()))?
                 .sync_all()

@@ -45,57 +45,16 @@
 //! rejected by the crate, so a layer with one fails to flatten.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
+use std::io::{self, Read, Write};
 
-use flate2::read::MultiGzDecoder;
-use sha2::{Digest as _, Sha256};
 use tar::{EntryType, Header};
 
-/// The name of the opaque-directory marker.
-pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
-/// The prefix of whiteout files.
-pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
+use crate::hash::HashingWriter;
+use crate::path::{ancestors, join, lossy, normalize, split, OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::source::LayerSource;
 
 /// At most this many warnings are kept (the rest are counted).
 const MAX_WARNINGS: usize = 50;
-
-/// A layer that can be opened (more than once) as an uncompressed tar stream.
-pub trait LayerSource: Send + Sync {
-    fn open(&self) -> io::Result<Box<dyn Read + '_>>;
-}
-
-/// An uncompressed tar in memory (for tests and small layers).
-impl LayerSource for Vec<u8> {
-    fn open(&self) -> io::Result<Box<dyn Read + '_>> {
-        Ok(Box::new(&self[..]))
-    }
-}
-
-/// A layer blob on disk, gzip-compressed or plain tar (told by its first bytes, as Docker
-/// does). zstd is recognised and refused.
-#[derive(Debug, Clone)]
-pub struct LayerFile {
-    pub path: PathBuf,
-}
-
-impl LayerSource for LayerFile {
-    fn open(&self) -> io::Result<Box<dyn Read + '_>> {
-        let mut f = BufReader::with_capacity(256 << 10, File::open(&self.path)?);
-        let head = f.fill_buf()?;
-        if head.starts_with(&[0x1f, 0x8b]) {
-            Ok(Box::new(MultiGzDecoder::new(f)))
-        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "zstd-compressed layers are not supported",
-            ))
-        } else {
-            Ok(Box::new(f))
-        }
-    }
-}
 
 /// Why flattening failed.
 #[derive(Debug, thiserror::Error)]
@@ -145,52 +104,6 @@ pub struct Flattened {
     /// Size of the compressed bytes.
     pub size: u64,
     pub stats: FlattenStats,
-}
-
-/// Normalises a tar path (see the module docs); the root is the empty path.
-pub fn normalize(raw: &[u8]) -> Vec<u8> {
-    let mut parts: Vec<&[u8]> = Vec::new();
-    for c in raw.split(|b| *b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    parts.join(&b'/')
-}
-
-/// `(parent, base name)`; the parent of a top-level path is the root (empty).
-fn split(p: &[u8]) -> (&[u8], &[u8]) {
-    match p.iter().rposition(|b| *b == b'/') {
-        Some(i) => (&p[..i], &p[i + 1..]),
-        None => (&[], p),
-    }
-}
-
-fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
-    if parent.is_empty() {
-        name.to_vec()
-    } else {
-        [parent, name].join(&b'/')
-    }
-}
-
-/// The strict ancestors of `p`: the root, then every directory above `p`.
-fn ancestors(p: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let root = (!p.is_empty()).then_some(&p[..0]);
-    root.into_iter().chain(
-        p.iter()
-            .enumerate()
-            .filter(|(_, b)| **b == b'/')
-            .map(move |(i, _)| &p[..i]),
-    )
-}
-
-fn lossy(p: &[u8]) -> String {
-    format!("/{}", String::from_utf8_lossy(p))
 }
 
 /// What the layers above the one being examined contribute.
@@ -710,43 +623,6 @@ fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
     r
 }
 
-/// A writer that hashes (sha256) and counts what passes through.
-pub struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-
-    /// The inner writer, the digest and the byte count.
-    pub fn finish(self) -> (W, rf_oci::Digest, u64) {
-        let hex = hex::encode(self.hasher.finalize());
-        let digest = format!("sha256:{hex}").parse().expect("a sha256 digest");
-        (self.inner, digest, self.count)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// [`flatten`], gzip-compressed into `out`, with the digest (of the gzip bytes), diff id (of
 /// the tar) and size. `out` is flushed, not synced.
 pub fn flatten_to_gzip<W: Write>(
@@ -774,6 +650,8 @@ pub fn flatten_to_gzip<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::LayerFile;
+    use flate2::read::MultiGzDecoder;
 
     /// A tar entry for tests.
     enum E<'a> {
@@ -850,18 +728,6 @@ mod tests {
 
     fn paths(entries: &[(String, char, String)]) -> Vec<&str> {
         entries.iter().map(|(p, _, _)| p.as_str()).collect()
-    }
-
-    #[test]
-    fn normalises_paths() {
-        assert_eq!(normalize(b"./a/b"), b"a/b");
-        assert_eq!(normalize(b"/a//b/"), b"a/b");
-        assert_eq!(normalize(b"a/./b/../c"), b"a/c");
-        assert_eq!(normalize(b"../../etc"), b"etc");
-        assert_eq!(normalize(b"./"), b"");
-        let a: Vec<&[u8]> = ancestors(b"a/b/c").collect();
-        assert_eq!(a, [&b""[..], b"a", b"a/b"]);
-        assert_eq!(ancestors(b"").count(), 0);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod flatten;
 pub mod hash;
 pub mod path;
 pub mod source;
+pub mod write;
 
 pub use flatten::{flatten, flatten_to_gzip, FlattenError, FlattenStats, Flattened};
 pub use hash::HashingWriter;

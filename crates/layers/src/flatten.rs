@@ -566,6 +566,7 @@ pub fn flatten_to_gzip<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{tar, E};
     use tar::Header;
 
     /// One pax record: `"<len> <key>=<value>\n"`, where len counts the whole record.
@@ -591,51 +592,6 @@ mod tests {
     }
     use crate::source::LayerFile;
     use flate2::read::MultiGzDecoder;
-
-    /// A tar entry for tests.
-    enum E<'a> {
-        File(&'a str, &'a str),
-        Dir(&'a str),
-        Symlink(&'a str, &'a str),
-        Hardlink(&'a str, &'a str),
-    }
-
-    fn tar(entries: &[E]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for e in entries {
-            let mut h = Header::new_gnu();
-            h.set_mtime(1_700_000_000);
-            h.set_uid(1000);
-            h.set_gid(1000);
-            match e {
-                E::File(p, data) => {
-                    h.set_entry_type(EntryType::Regular);
-                    h.set_mode(0o640);
-                    h.set_size(data.len() as u64);
-                    b.append_data(&mut h, p, data.as_bytes()).unwrap();
-                }
-                E::Dir(p) => {
-                    h.set_entry_type(EntryType::Directory);
-                    h.set_mode(0o755);
-                    h.set_size(0);
-                    b.append_data(&mut h, p, io::empty()).unwrap();
-                }
-                E::Symlink(p, t) => {
-                    h.set_entry_type(EntryType::Symlink);
-                    h.set_mode(0o777);
-                    h.set_size(0);
-                    b.append_link(&mut h, p, t).unwrap();
-                }
-                E::Hardlink(p, t) => {
-                    h.set_entry_type(EntryType::Link);
-                    h.set_mode(0o640);
-                    h.set_size(0);
-                    b.append_link(&mut h, p, t).unwrap();
-                }
-            }
-        }
-        b.into_inner().unwrap()
-    }
 
     /// (path, kind char, data or link target) of every entry of a tar.
     fn list(tar_bytes: &[u8]) -> Vec<(String, char, String)> {

@@ -12,12 +12,17 @@
 //! the registry client and store crates (`rf-upstream`, `rf-store`); callers download blobs
 //! and run this on blocking threads. Its only workspace dependency is `rf-oci` (digests).
 
+pub mod extract;
 pub mod flatten;
 pub mod hash;
 pub mod path;
 pub mod source;
 pub mod write;
 
+#[cfg(test)]
+mod testutil;
+
+pub use extract::{extract, extract_layers, ExtractError, ExtractStats, Limits};
 pub use flatten::{flatten, flatten_to_gzip, FlattenError, FlattenStats, Flattened};
 pub use hash::HashingWriter;
 pub use path::{normalize, OPAQUE_MARKER, WHITEOUT_PREFIX};

@@ -1,5 +1,5 @@
 //! Safe extraction of layers into a directory: applying the layers of an image in order
-//! gives the container's view (what an overlay mount of them shows, as [`crate::flatten`]
+//! gives the container's view (what an overlay mount of them shows, as [`crate::flatten`](mod@crate::flatten)
 //! writes it), and nothing is ever written outside the root.
 //!
 //! * Entry paths are normalised ([`normalize`]): `..` is resolved lexically without leaving
@@ -16,7 +16,7 @@
 //!   followed); one that leads outside the root, does not exist or is a directory is refused.
 //! * Device nodes and fifos are skipped (not created); so are other entry types.
 //! * Whiteouts (`.wh.<name>`) and opaque markers (`.wh..wh..opq`) remove what lower layers
-//!   left, never what the same layer wrote (as in [`crate::flatten`]).
+//!   left, never what the same layer wrote (as in [`crate::flatten`](mod@crate::flatten)).
 //! * File modes are kept without setuid, setgid and sticky bits (`mode & 0o777`); directories
 //!   get at least `0o700` so that later entries can be written into them; owners are not
 //!   applied; files keep their mtime; xattrs are dropped.

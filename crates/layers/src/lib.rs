@@ -1,9 +1,9 @@
 //! Layer file systems: what the tar layers of an image add up to.
 //!
-//! * [`flatten`]: an image's layers flattened into one tar (whiteouts, opaque directories and
+//! * [`flatten`](mod@flatten): an image's layers flattened into one tar (whiteouts, opaque directories and
 //!   hard links applied as an overlay mount shows them), streaming, written with the `tar`
-//!   crate's builder ([`write`]).
-//! * [`extract`]: a layer applied to a directory safely (nothing is written outside it) with a
+//!   crate's builder ([`write`](mod@write)).
+//! * [`extract`](mod@extract): a layer applied to a directory safely (nothing is written outside it) with a
 //!   cap on unpacked bytes; layers extracted in order give the container's view.
 //! * [`source`]: layers as tar streams (plain or gzip), [`path`]: normalised tar paths and
 //!   whiteout names, [`hash`]: digests of what is written.

@@ -14,8 +14,9 @@
 //! * [`service`]: [`BuilderState`] and the tonic [`BuilderService`] (`ResolveBaseImage`,
 //!   `ResolveWorkspaceImage`, `Build`, `Logs`, `ListBuilds`).
 //! * [`subassembly`]: the tonic `builder.SubassemblyService` ([`SubassemblyService`]:
-//!   `CreateSubassembly`, `GetSubassembly`; persisted under `<workDir>/subassemblies`) and the
-//!   HTTP download server ([`subassembly_router`], [`serve_subassembly_http`]).
+//!   `CreateSubassembly`, `GetSubassembly`), its persisted state machine (under
+//!   `<workDir>/subassemblies`) and the HTTP download route ([`subassembly_router`],
+//!   [`serve_subassembly_http`]).
 //!
 //! Subassemblies are flattened with `rf-layers` (whiteouts, opaque directories, hard links).
 //!

@@ -252,7 +252,10 @@ impl<'a> Layer<'a> {
         }
         if let Some(name) = base.strip_prefix(WHITEOUT_PREFIX) {
             self.stats.whiteouts += 1;
-            if name.is_empty() {
+            // `.wh..` and `.wh...` would name the directory or its parent (the root's parent)
+            if matches!(name, b"" | b"." | b"..") {
+                self.stats
+                    .skip(format!("whiteout {} skipped: it names no entry", lossy(&p)));
                 return Ok(());
             }
             return self.whiteout(parent, name);
@@ -579,6 +582,8 @@ impl<'a> Layer<'a> {
         let abs = self.abs(&at);
         match fs::symlink_metadata(&abs) {
             Ok(m) if m.is_dir() => {}
+            // the root is the caller's, whatever it is
+            _ if at.is_empty() => {}
             _ => {
                 self.remove(&abs)?;
                 mkdir(&abs)?;
@@ -811,6 +816,23 @@ mod tests {
         assert_eq!(t["to-the-symlink"], "l:../outside");
         let ino = |p: &str| fs::symlink_metadata(s.root().join(p)).unwrap().ino();
         assert_eq!(ino("a"), ino("b"));
+        s.assert_outside_untouched();
+    }
+
+    #[test]
+    fn whiteouts_of_dot_and_dot_dot_remove_nothing() {
+        let s = Scratch::new();
+        let stats = s.extract(&[
+            tar(&[E::Dir("d/"), E::File("d/x", "x"), E::File("top", "t")]),
+            raw_tar(&[
+                (b".wh..", EntryType::Regular, b"", ""),
+                (b".wh...", EntryType::Regular, b"", ""),
+                (b"d/.wh...", EntryType::Regular, b"", ""),
+                (b"d/.wh..", EntryType::Regular, b"", ""),
+            ]),
+        ]);
+        assert_eq!(stats.skipped, 4, "{:?}", stats.warnings);
+        assert_eq!(names(&tree(&s.root())), ["d", "d/x", "top"]);
         s.assert_outside_untouched();
     }
 

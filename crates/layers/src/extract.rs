@@ -27,6 +27,9 @@
 //! written so far: [`extract_layers`] removes the whole directory then, [`extract`] reports
 //! it (the caller discards the directory).
 //!
+//! As when flattening, the `tar` crate reads pax extension headers and GNU long names into
+//! memory whole: the entry cap does not bound them.
+//!
 //! Symlinks are created verbatim, so the tree holds symlinks that point anywhere: whoever
 //! serves files out of it must resolve them within the root too. Memory: one entry per path
 //! written by the layer being extracted (to tell its paths from lower layers').
@@ -245,6 +248,12 @@ impl<'a> Layer<'a> {
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), ExtractError> {
         let ty = entry.header().entry_type();
         let p = normalize(&entry.path_bytes());
+        // only a pax record can hold a NUL, and no file name can
+        if p.contains(&0) {
+            self.stats
+                .skip(format!("{} skipped: its name has a NUL byte", lossy(&p)));
+            return Ok(());
+        }
         let (parent, base) = split(&p);
         if base == OPAQUE_MARKER {
             self.stats.whiteouts += 1;
@@ -834,6 +843,23 @@ mod tests {
         assert_eq!(stats.skipped, 4, "{:?}", stats.warnings);
         assert_eq!(names(&tree(&s.root())), ["d", "d/x", "top"]);
         s.assert_outside_untouched();
+    }
+
+    #[test]
+    fn names_with_a_nul_byte_are_skipped() {
+        let s = Scratch::new();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("path", &b"bad\0name"[..])])
+            .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(EntryType::Regular);
+        h.set_size(1);
+        h.set_path("placeholder").unwrap();
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        let stats = s.extract(&[b.into_inner().unwrap(), tar(&[E::File("ok", "ok")])]);
+        assert_eq!(stats.skipped, 1, "{:?}", stats.warnings);
+        assert_eq!(names(&tree(&s.root())), ["ok"]);
     }
 
     #[test]

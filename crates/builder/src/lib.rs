@@ -14,9 +14,11 @@
 //! * [`service`]: [`BuilderState`] and the tonic [`BuilderService`] (`ResolveBaseImage`,
 //!   `ResolveWorkspaceImage`, `Build`, `Logs`, `ListBuilds`).
 //! * [`subassembly`]: the tonic `builder.SubassemblyService` ([`SubassemblyService`]:
-//!   `CreateSubassembly`, `GetSubassembly`; persisted under `<workDir>/subassemblies`) and the
-//!   HTTP download server ([`subassembly_router`], [`serve_subassembly_http`]).
-//! * [`flatten`]: an image's layers flattened into one tar (whiteouts applied), streaming.
+//!   `CreateSubassembly`, `GetSubassembly`), its persisted state machine (under
+//!   `<workDir>/subassemblies`) and the HTTP download route ([`subassembly_router`],
+//!   [`serve_subassembly_http`]).
+//!
+//! Subassemblies are flattened with `rf-layers` (whiteouts, opaque directories, hard links).
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
@@ -50,7 +52,6 @@ pub mod config;
 pub mod context;
 pub mod dockerfile;
 pub mod engine;
-pub mod flatten;
 pub mod refs;
 pub mod resolve;
 pub mod service;

@@ -1,67 +1,14 @@
-//! The gRPC `builder.SubassemblyService`: an image flattened into one downloadable layer.
-//!
-//! `CreateSubassembly(ref)` resolves the reference for `builder.platform` with the
-//! installation's credentials (`orchestrator.pullSecretFile`), then, in a background task,
-//! checks the platform named by the image config (an image that is a single manifest is not
-//! checked when it is resolved), downloads every layer (verified, and never more bytes than
-//! its descriptor says) into a temp dir, flattens them into one gzip layer
-//! ([`crate::flatten`]: whiteouts and opaque directories applied) and stores it in a
-//! content-addressed [`BlobStore`] together with a JSON [`SubassemblyManifest`]. The call
-//! answers at once: `CREATING` (also when it joins a creation in progress), `AVAILABLE` when
-//! the subassembly exists, or `UNAVAILABLE` when the image does not exist, is not for the
-//! platform, or may not be pulled. A failed creation ends `UNAVAILABLE` with the reason (an
-//! image for another platform: "image is for linux/arm64/v8, not linux/amd64"; bad layer,
-//! unsupported media type such as zstd, registry error); creating again retries. At most
-//! `builder.maxConcurrentBuilds` creations run at once; the others wait, `CREATING`.
-//!
-//! `GetSubassembly(ref)` reports the phase, and once available the layer digest, its download
-//! URL (`<base>/subassemblies/<digest>`, see [`subassembly_router`]) and the manifest. A tag
-//! is resolved again; if the registry cannot be reached, the digest that the last
-//! `CreateSubassembly` of that reference resolved to is used. A digest reference needs no
-//! network when it is the image manifest of a subassembly or was created itself; another
-//! digest (e.g. of the index of an image created by tag) is resolved like a tag, and is
-//! `NOT_FOUND` when the registry cannot be reached. Never created ⇒ `NOT_FOUND`.
-//!
-//! Subassemblies are keyed by the resolved image manifest digest: creating the same image by
-//! tag or by digest is one subassembly, flattened once.
-//!
-//! gRPC errors: a malformed reference ⇒ `INVALID_ARGUMENT`; a registry that is down or rate
-//! limited ⇒ `UNAVAILABLE`, other resolve failures ⇒ `INTERNAL` (as `ResolveBaseImage`); a
-//! missing or unauthorised image is a status (`UNAVAILABLE` phase), not an error.
-//!
-//! State on disk, under `<builder.workDir>/subassemblies/`:
-//!
-//! ```text
-//! records/sha256-<hex>.json   one per source image (phase, message, manifest), written atomically
-//! refs.json                   reference → image digest of the last CreateSubassembly
-//! store/                      the flattened layers (rf-store: verified, content-addressed)
-//! tmp/                        downloads and output in progress, cleared at startup
-//! ```
-//!
-//! A record still `CREATING` at startup was interrupted: it becomes `UNAVAILABLE` ("interrupted
-//! by a restart; call CreateSubassembly again"). An `AVAILABLE` record whose layer has gone
-//! from the store is reported `UNAVAILABLE` too. Failed resolutions are remembered in memory
-//! only.
-//!
-//! Files are written (and temp dirs removed) on blocking threads, never under the state
-//! lock: one write at a time, each of the latest state of its record (a version number skips
-//! what is on disk already), so a slower write never replaces a newer one.
+//! The gRPC side of subassemblies: `CreateSubassembly` and `GetSubassembly` (see the parent
+//! module), and the creations they start: resolve, download every layer (verified), flatten
+//! them with `rf-layers` and store the result; the state machine they drive is `super::state`.
 
-use std::collections::HashMap;
-use std::io::{self, Write as _};
-use std::net::SocketAddr;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use futures::StreamExt as _;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use rf_api::builder::subassembly_service_server::{
     SubassemblyService as SubassemblyApi, SubassemblyServiceServer,
 };
@@ -69,153 +16,34 @@ use rf_api::builder::{
     CreateSubassemblyRequest, CreateSubassemblyResponse, GetSubassemblyRequest,
     GetSubassemblyResponse, SubassemblyPhase, SubassemblyStatus,
 };
-use rf_oci::{
-    media, ByteRange, Descriptor, Digest, ImageRef, ParsedManifest, Platform, RangeError,
-};
+use rf_layers::{FlattenError, Flattened, LayerFile, LayerSource};
+use rf_oci::{media, Descriptor, Digest, ImageRef, ParsedManifest, Platform};
 use rf_store::{BlobStore, StoreError};
 use rf_upstream::Upstream;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use crate::auth::RequestAuth;
 use crate::config::BuilderConfig;
-use crate::flatten::{self, FlattenError, LayerFile, LayerSource};
 use crate::resolve::{parse_reference, ResolveError, Resolver};
 use crate::service::BuilderState;
 
-/// The media type of a subassembly layer.
-pub const SUBASSEMBLY_LAYER_MEDIA_TYPE: &str = media::OCI_LAYER_GZIP;
+use super::state::{State, View};
+use super::types::{
+    io_err, SubassemblyError, SubassemblyManifest, SubassemblySource, SUBASSEMBLY_LAYER_MEDIA_TYPE,
+};
 
 /// Image configs larger than this are refused.
 const MAX_CONFIG_SIZE: u64 = 16 << 20;
-
-/// The manifest of a subassembly (`SubassemblyStatus.manifest`, and
-/// `GET /subassemblies/<digest>/manifest`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SubassemblyManifest {
-    /// Media type of the layer: `application/vnd.oci.image.layer.v1.tar+gzip`.
-    pub media_type: String,
-    /// Digest of the (compressed) layer.
-    pub digest: Digest,
-    /// Size of the (compressed) layer.
-    pub size: u64,
-    /// Digest of the uncompressed tar.
-    #[serde(rename = "diffID")]
-    pub diff_id: Digest,
-    /// Entries of the tar.
-    pub entries: u64,
-    /// The image it was made from.
-    pub source: SubassemblySource,
-}
-
-/// Where a subassembly came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SubassemblySource {
-    /// The (normalised) reference `CreateSubassembly` was called with.
-    pub reference: String,
-    /// `<name>@<digest>` of the image manifest.
-    pub image: String,
-    /// Digest of the image manifest (for `platform`).
-    pub digest: Digest,
-    /// The platform of the image, from its config (`os/architecture[/variant]`); it fits
-    /// `builder.platform`.
-    pub platform: String,
-    /// Number of layers flattened.
-    pub layers: usize,
-}
-
-/// Why the service could not open its state.
-#[derive(Debug, thiserror::Error)]
-pub enum SubassemblyError {
-    #[error("subassembly state at {path}: {source}")]
-    Io { path: String, source: io::Error },
-    #[error("subassembly store: {0}")]
-    Store(#[from] StoreError),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Phase {
-    Creating,
-    Available,
-    Unavailable,
-}
-
-/// One subassembly, persisted as `records/<alg>-<hex>.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Record {
-    /// Digest of the source image manifest (the key).
-    source_digest: Digest,
-    /// `<name>@<digest>`.
-    source: String,
-    /// The reference of the last CreateSubassembly.
-    reference: String,
-    phase: Phase,
-    #[serde(default)]
-    message: String,
-    /// The manifest document, exactly as served.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    manifest: Option<String>,
-}
-
-impl Record {
-    fn parsed_manifest(&self) -> Option<SubassemblyManifest> {
-        serde_json::from_str(self.manifest.as_deref()?).ok()
-    }
-}
-
-struct Entry {
-    record: Record,
-    /// Parsed from `record.manifest` when available.
-    manifest: Option<SubassemblyManifest>,
-    /// Bumped (from [`StateMap::version`]) whenever `record` changes.
-    version: u64,
-}
-
-#[derive(Default)]
-struct StateMap {
-    /// Source image digest → subassembly.
-    entries: HashMap<Digest, Entry>,
-    /// Layer digest → source image digest (available subassemblies).
-    by_layer: HashMap<Digest, Digest>,
-    /// Normalised reference → source image digest of its last CreateSubassembly.
-    refs: HashMap<String, Digest>,
-    /// Normalised reference → why its last CreateSubassembly could not resolve it.
-    failed: HashMap<String, String>,
-    /// The version of `refs` (bumped from `version` whenever it changes).
-    refs_version: u64,
-    /// The last version handed out.
-    version: u64,
-}
-
-impl StateMap {
-    fn bump(&mut self) -> u64 {
-        self.version += 1;
-        self.version
-    }
-}
-
-/// The versions on disk (what was last written of each record, and of the reference map).
-#[derive(Default)]
-struct Persisted {
-    records: HashMap<Digest, u64>,
-    refs: u64,
-}
 
 struct Inner {
     resolver: Arc<Resolver>,
     root: PathBuf,
     store: BlobStore,
     url_base: RwLock<Option<String>>,
-    state: Mutex<StateMap>,
-    /// Held while writing state files: writes are serialised, each writes the latest state
-    /// (never under `state`, never on a runtime worker thread).
-    persisted: tokio::sync::Mutex<Persisted>,
+    state: State,
     /// One permit per creation that may run (download + flatten) at once.
     limit: Arc<Semaphore>,
     max_concurrent: usize,
@@ -226,7 +54,7 @@ struct Inner {
 }
 
 /// The subassembly service: tonic service (via [`SubassemblyService::into_server`]) and the
-/// state behind [`subassembly_router`]. Cheap to clone.
+/// state behind the HTTP route. Cheap to clone.
 #[derive(Clone)]
 pub struct SubassemblyService {
     inner: Arc<Inner>,
@@ -239,38 +67,6 @@ impl std::fmt::Debug for SubassemblyService {
             .field("url_base", &*self.inner.url_base.read())
             .finish_non_exhaustive()
     }
-}
-
-fn io_err(path: &Path) -> impl Fn(io::Error) -> SubassemblyError + '_ {
-    move |source| SubassemblyError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-/// Writes `data` to `path` atomically (temp file, fsync, rename, fsync of the directory).
-/// Blocking.
-fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let tmp = path.with_extension(format!(
-        "tmp.{}.{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    let res = res.and_then(|()| match path.parent() {
-        Some(dir) => std::fs::File::open(dir)?.sync_all(),
-        None => Ok(()),
-    });
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
 }
 
 /// The digest part of `<name>@<digest>`.
@@ -402,81 +198,16 @@ impl SubassemblyService {
         max_concurrent: usize,
     ) -> Result<SubassemblyService, SubassemblyError> {
         let max_concurrent = max_concurrent.max(1);
-        let records = root.join("records");
         let tmp = root.join("tmp");
-        std::fs::create_dir_all(&records).map_err(io_err(&records))?;
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
         let store = BlobStore::open(root.join("store"))?;
-
-        let mut state = StateMap::default();
-        for dirent in std::fs::read_dir(&records).map_err(io_err(&records))? {
-            let path = dirent.map_err(io_err(&records))?.path();
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            if name.contains(".tmp.") {
-                let _ = std::fs::remove_file(&path);
-                continue;
-            }
-            if !name.ends_with(".json") {
-                continue;
-            }
-            let mut record: Record = match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), "ignoring unreadable subassembly record: {e}");
-                    continue;
-                }
-            };
-            if record.phase == Phase::Creating {
-                record.phase = Phase::Unavailable;
-                record.message = "interrupted by a restart; call CreateSubassembly again".into();
-                write_atomic(&path, &serde_json::to_vec_pretty(&record).expect("json"))
-                    .map_err(io_err(&path))?;
-                tracing::info!(source = %record.source, "subassembly creation was interrupted by a restart");
-            }
-            let manifest = match record.phase {
-                Phase::Available => record.parsed_manifest(),
-                _ => None,
-            };
-            if record.phase == Phase::Available && manifest.is_none() {
-                record.phase = Phase::Unavailable;
-                record.message =
-                    "the stored subassembly manifest is unreadable; call CreateSubassembly again"
-                        .into();
-            }
-            if let Some(m) = &manifest {
-                state
-                    .by_layer
-                    .insert(m.digest.clone(), record.source_digest.clone());
-            }
-            state.entries.insert(
-                record.source_digest.clone(),
-                Entry {
-                    record: record.clone(),
-                    manifest,
-                    version: 0,
-                },
-            );
-        }
-        let refs_path = root.join("refs.json");
-        match std::fs::read(&refs_path) {
-            Ok(b) => match serde_json::from_slice(&b) {
-                Ok(refs) => state.refs = refs,
-                Err(e) => {
-                    tracing::warn!(path = %refs_path.display(), "ignoring unreadable reference map: {e}")
-                }
-            },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&refs_path)(e)),
-        }
+        let state = State::open(root)?;
         tracing::info!(
             root = %root.display(),
-            subassemblies = state.entries.len(),
+            subassemblies = state.len(),
             "subassembly service ready"
         );
         Ok(SubassemblyService {
@@ -485,8 +216,7 @@ impl SubassemblyService {
                 root: root.to_path_buf(),
                 store,
                 url_base: RwLock::new(url_base.map(|u| u.trim_end_matches('/').to_string())),
-                state: Mutex::new(state),
-                persisted: tokio::sync::Mutex::new(Persisted::default()),
+                state,
                 limit: Arc::new(Semaphore::new(max_concurrent)),
                 max_concurrent,
                 waiting: AtomicUsize::new(0),
@@ -536,72 +266,9 @@ impl SubassemblyService {
         SubassemblyServiceServer::new(self)
     }
 
-    fn record_path(&self, digest: &Digest) -> PathBuf {
-        self.inner.root.join("records").join(format!(
-            "{}-{}.json",
-            digest.algorithm().as_str(),
-            digest.hex()
-        ))
-    }
-
-    /// Writes the record of `source` as it is now, unless that version is on disk already.
-    /// Writes are serialised and each takes the latest state, so an older one never
-    /// overwrites a newer one; the file is written on a blocking thread.
-    async fn persist_record(&self, source: &Digest) -> io::Result<()> {
-        let mut done = self.inner.persisted.lock().await;
-        let (data, version) = {
-            let st = self.inner.state.lock();
-            let Some(e) = st.entries.get(source) else {
-                return Ok(());
-            };
-            (
-                serde_json::to_vec_pretty(&e.record).expect("json"),
-                e.version,
-            )
-        };
-        if done.records.get(source).is_some_and(|v| *v >= version) {
-            return Ok(());
-        }
-        let path = self.record_path(source);
-        tokio::task::spawn_blocking(move || write_atomic(&path, &data))
-            .await
-            .map_err(io::Error::other)??;
-        done.records.insert(source.clone(), version);
-        Ok(())
-    }
-
-    /// [`Self::persist_record`] for the reference map (`refs.json`).
-    async fn persist_refs(&self) -> io::Result<()> {
-        let mut done = self.inner.persisted.lock().await;
-        let (data, version) = {
-            let st = self.inner.state.lock();
-            (
-                serde_json::to_vec_pretty(&st.refs).expect("json"),
-                st.refs_version,
-            )
-        };
-        if done.refs >= version {
-            return Ok(());
-        }
-        let path = self.inner.root.join("refs.json");
-        tokio::task::spawn_blocking(move || write_atomic(&path, &data))
-            .await
-            .map_err(io::Error::other)??;
-        done.refs = version;
-        Ok(())
-    }
-
-    /// [`Self::persist_record`], failures logged.
-    async fn persist_logged(&self, source: &Digest) {
-        if let Err(err) = self.persist_record(source).await {
-            tracing::warn!(%source, "cannot persist subassembly record: {err}");
-        }
-    }
-
-    fn status_of(&self, e: &Entry) -> SubassemblyStatus {
-        let r = &e.record;
-        match (r.phase, &e.manifest) {
-            (Phase::Available, Some(m)) => {
+    fn status_of(&self, view: View) -> SubassemblyStatus {
+        match view {
+            View::Available { layer, document } => {
                 let base = self.url_base();
                 SubassemblyStatus {
                     phase: SubassemblyPhase::Available as i32,
@@ -610,55 +277,24 @@ impl SubassemblyService {
                     } else {
                         String::new()
                     },
-                    digest: m.digest.to_string(),
+                    digest: layer.to_string(),
                     url: base
-                        .map(|b| format!("{b}/subassemblies/{}", m.digest))
+                        .map(|b| format!("{b}/subassemblies/{layer}"))
                         .unwrap_or_default(),
-                    manifest: r.manifest.clone().unwrap_or_default().into_bytes(),
+                    manifest: document.into_bytes(),
                 }
             }
-            (Phase::Creating, _) => phase_status(
+            View::Creating { source } => phase_status(
                 SubassemblyPhase::Creating,
-                format!("creating the subassembly of {}", r.source),
+                format!("creating the subassembly of {source}"),
             ),
-            _ => phase_status(SubassemblyPhase::Unavailable, r.message.clone()),
+            View::Unavailable { message } => phase_status(SubassemblyPhase::Unavailable, message),
         }
     }
 
-    /// The layer digest of an available subassembly of `source`, if any.
-    fn available_layer(&self, source: &Digest) -> Option<Digest> {
-        let st = self.inner.state.lock();
-        let e = st.entries.get(source)?;
-        match (e.record.phase, &e.manifest) {
-            (Phase::Available, Some(m)) => Some(m.digest.clone()),
-            _ => None,
-        }
-    }
-
-    /// Marks an available subassembly whose layer has gone from the store unavailable.
-    async fn mark_missing(&self, source: &Digest) {
-        {
-            let mut st = self.inner.state.lock();
-            let version = st.bump();
-            let StateMap {
-                entries, by_layer, ..
-            } = &mut *st;
-            // (a creation may have started again meanwhile)
-            let Some(e) = entries
-                .get_mut(source)
-                .filter(|e| e.record.phase == Phase::Available)
-            else {
-                return;
-            };
-            if let Some(m) = e.manifest.take() {
-                by_layer.remove(&m.digest);
-            }
-            e.record.phase = Phase::Unavailable;
-            e.record.message =
-                "the stored subassembly layer is missing; call CreateSubassembly again".into();
-            e.version = version;
-        }
-        self.persist_logged(source).await;
+    /// The manifest of an available subassembly by layer digest (for the HTTP route).
+    pub(super) fn manifest_by_layer(&self, layer: &Digest) -> Option<String> {
+        self.inner.state.manifest_by_layer(layer)
     }
 
     /// `CreateSubassembly`.
@@ -678,7 +314,7 @@ impl SubassemblyService {
                 | ResolveError::Unauthorized { .. }),
             ) => {
                 let msg = format!("cannot create a subassembly of {reference}: {e}");
-                self.inner.state.lock().failed.insert(key, msg.clone());
+                self.inner.state.resolve_failed(key, msg.clone());
                 return Ok(phase_status(SubassemblyPhase::Unavailable, msg));
             }
             Err(e) => return Err(e.into()),
@@ -686,69 +322,28 @@ impl SubassemblyService {
         let source = parse_reference(&pinned)?;
         let digest = pinned_digest(&pinned)
             .ok_or_else(|| Status::internal(format!("resolved {reference} to {pinned:?}")))?;
-        let present = match self.available_layer(&digest) {
+        let state = &self.inner.state;
+        let present = match state.available_layer(&digest) {
             Some(layer) => Some(self.inner.store.contains(&layer).await),
             None => None,
         };
         if present == Some(false) {
-            self.mark_missing(&digest).await;
+            state.mark_missing(&digest).await;
         }
 
-        let (status, refs_changed, start) = {
-            let mut st = self.inner.state.lock();
-            st.failed.remove(&key);
-            let refs_changed = st.refs.get(&key) != Some(&digest);
-            if refs_changed {
-                st.refs.insert(key.clone(), digest.clone());
-                st.refs_version = st.bump();
-            }
-            let existing = st.entries.get(&digest).and_then(|e| match e.record.phase {
-                Phase::Creating => {
-                    tracing::debug!(reference = %key, source = %pinned, "CreateSubassembly joins the running creation");
-                    Some(self.status_of(e))
-                }
-                // also when a creation ended AVAILABLE since `present` was computed
-                Phase::Available if present != Some(false) => Some(self.status_of(e)),
-                _ => None,
-            });
-            match existing {
-                Some(status) => (status, refs_changed, false),
-                None => {
-                    let entry = Entry {
-                        record: Record {
-                            source_digest: digest.clone(),
-                            source: pinned.clone(),
-                            reference: key.clone(),
-                            phase: Phase::Creating,
-                            message: String::new(),
-                            manifest: None,
-                        },
-                        manifest: None,
-                        version: st.bump(),
-                    };
-                    let status = self.status_of(&entry);
-                    st.entries.insert(digest.clone(), entry);
-                    (status, refs_changed, true)
-                }
-            }
-        };
-        if refs_changed {
-            if let Err(e) = self.persist_refs().await {
+        let begin = state.begin(&key, &digest, &pinned, present == Some(false));
+        let status = self.status_of(begin.view);
+        if begin.refs_changed {
+            if let Err(e) = state.persist_refs().await {
                 tracing::warn!("cannot persist the subassembly reference map: {e}");
             }
         }
-        if !start {
+        if !begin.start {
             return Ok(status);
         }
-        if let Err(e) = self.persist_record(&digest).await {
+        if let Err(e) = state.persist_record(&digest).await {
             let msg = format!("cannot record the subassembly of {reference}: {e}");
-            let mut st = self.inner.state.lock();
-            let version = st.bump();
-            if let Some(e) = st.entries.get_mut(&digest) {
-                e.record.phase = Phase::Unavailable;
-                e.record.message.clone_from(&msg);
-                e.version = version;
-            }
+            state.start_failed(&digest, &msg);
             return Err(Status::internal(msg));
         }
         self.inner.flattens.fetch_add(1, Ordering::Relaxed);
@@ -774,44 +369,8 @@ impl SubassemblyService {
                 Ok(r) => r,
                 Err(e) => Err(format!("internal error: {e}")),
             };
-            me.finish(&digest, res).await;
+            me.inner.state.finish(&digest, res).await;
         });
-    }
-
-    async fn finish(&self, source: &Digest, res: Result<SubassemblyManifest, String>) {
-        {
-            let mut st = self.inner.state.lock();
-            let version = st.bump();
-            let StateMap {
-                entries, by_layer, ..
-            } = &mut *st;
-            let Some(e) = entries.get_mut(source) else {
-                return;
-            };
-            match res {
-                Ok(m) => {
-                    let json = serde_json::to_string_pretty(&m).expect("json");
-                    tracing::info!(source = %e.record.source, digest = %m.digest, size = m.size, "subassembly available");
-                    by_layer.insert(m.digest.clone(), source.clone());
-                    e.record.phase = Phase::Available;
-                    e.record.message = String::new();
-                    e.record.manifest = Some(json);
-                    e.manifest = Some(m);
-                }
-                Err(msg) => {
-                    tracing::warn!(source = %e.record.source, "subassembly unavailable: {msg}");
-                    e.record.phase = Phase::Unavailable;
-                    e.record.message = format!(
-                        "cannot create the subassembly of {}: {msg}",
-                        e.record.reference
-                    );
-                    e.record.manifest = None;
-                    e.manifest = None;
-                }
-            }
-            e.version = version;
-        }
-        self.persist_logged(source).await;
     }
 
     /// Downloads, flattens and stores the image `source` (`<name>@<digest>`).
@@ -898,7 +457,7 @@ impl SubassemblyService {
         layers: &[Descriptor],
         dir: &Path,
         src: &str,
-    ) -> Result<flatten::Flattened, String> {
+    ) -> Result<Flattened, String> {
         let mut files = Vec::with_capacity(layers.len());
         for (i, l) in layers.iter().enumerate() {
             let path = dir.join(format!("layer-{i}"));
@@ -914,7 +473,7 @@ impl SubassemblyService {
                 files.iter().map(|f| f as &dyn LayerSource).collect();
             let file = std::fs::File::create(&out2).map_err(FlattenError::Output)?;
             let (f, w) =
-                flatten::flatten_to_gzip(&sources, io::BufWriter::with_capacity(1 << 20, file))?;
+                rf_layers::flatten_to_gzip(&sources, io::BufWriter::with_capacity(1 << 20, file))?;
             w.into_inner()
                 .map_err(|e| FlattenError::Output(e.into_error()))?
                 .sync_all()
@@ -952,14 +511,8 @@ impl SubassemblyService {
         // reference is resolved (a tag, or the digest of an index created under another
         // reference), falling back to the last CreateSubassembly's answer when the registry
         // cannot be reached.
-        let known = r.digest.as_ref().and_then(|d| {
-            let st = self.inner.state.lock();
-            if st.entries.contains_key(d) {
-                Some(d.clone())
-            } else {
-                st.refs.get(&key).cloned()
-            }
-        });
+        let state = &self.inner.state;
+        let known = r.digest.as_ref().and_then(|d| state.known_digest(d, &key));
         let digest = match known {
             Some(d) => d,
             None => match self
@@ -972,15 +525,14 @@ impl SubassemblyService {
                     Status::internal(format!("resolved {reference} to {pinned:?}"))
                 })?,
                 Err(e) => {
-                    let st = self.inner.state.lock();
                     match &e {
                         ResolveError::InvalidReference { .. } => return Err(e.into()),
                         ResolveError::Unavailable { .. }
                         | ResolveError::TooManyRequests { .. }
-                        | ResolveError::Other { .. } => match st.refs.get(&key) {
+                        | ResolveError::Other { .. } => match state.last_created(&key) {
                             Some(d) => {
                                 tracing::debug!(reference = %key, "GetSubassembly: cannot resolve ({e}); using the digest of the last CreateSubassembly");
-                                d.clone()
+                                d
                             }
                             // a digest that is not here is not here, whatever it is for
                             None if r.digest.is_some() => {
@@ -989,11 +541,8 @@ impl SubassemblyService {
                             None => return Err(e.into()),
                         },
                         _ => {
-                            if let Some(msg) = st.failed.get(&key) {
-                                return Ok(phase_status(
-                                    SubassemblyPhase::Unavailable,
-                                    msg.clone(),
-                                ));
+                            if let Some(msg) = state.resolve_failure(&key) {
+                                return Ok(phase_status(SubassemblyPhase::Unavailable, msg));
                             }
                             if matches!(e, ResolveError::Unauthorized { .. }) {
                                 return Err(e.into());
@@ -1004,26 +553,14 @@ impl SubassemblyService {
                 }
             },
         };
-        if let Some(layer) = self.available_layer(&digest) {
+        if let Some(layer) = state.available_layer(&digest) {
             if !self.inner.store.contains(&layer).await {
-                self.mark_missing(&digest).await;
+                state.mark_missing(&digest).await;
             }
         }
-        let st = self.inner.state.lock();
-        match st.entries.get(&digest) {
-            Some(e) => Ok(self.status_of(e)),
+        match state.view(&digest) {
+            Some(v) => Ok(self.status_of(v)),
             None => Err(not_found("")),
-        }
-    }
-
-    /// The manifest of an available subassembly by layer digest.
-    fn manifest_by_layer(&self, layer: &Digest) -> Option<String> {
-        let st = self.inner.state.lock();
-        let source = st.by_layer.get(layer)?;
-        let e = st.entries.get(source)?;
-        match e.record.phase {
-            Phase::Available => e.record.manifest.clone(),
-            _ => None,
         }
     }
 }
@@ -1120,175 +657,12 @@ impl SubassemblyApi for SubassemblyService {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// HTTP
-
-/// The HTTP side: `GET`/`HEAD /subassemblies/<digest>` serves the layer
-/// (`Content-Type: application/vnd.oci.image.layer.v1.tar+gzip`, `Content-Length`,
-/// `Docker-Content-Digest`, `ETag`, single `Range` requests ⇒ 206 with `Content-Range`,
-/// unsatisfiable ⇒ 416 with `Content-Range: bytes */<size>`); `GET
-/// /subassemblies/<digest>/manifest` serves the [`SubassemblyManifest`]. A malformed digest
-/// is 400, an unknown one 404, both with a JSON body `{"errors":[{"code","message"}]}`.
-/// Streams from the store (verified as it reads), never buffers a layer.
-pub fn subassembly_router(svc: SubassemblyService) -> Router {
-    Router::new()
-        .route("/subassemblies/{digest}", get(serve_layer))
-        .route("/subassemblies/{digest}/manifest", get(serve_manifest))
-        .with_state(svc)
-}
-
-/// Binds `addr` and serves [`subassembly_router`] in a background task; returns the bound
-/// address (useful with port 0) and the task.
-pub async fn serve_subassembly_http(
-    addr: &str,
-    svc: SubassemblyService,
-) -> io::Result<(SocketAddr, tokio::task::JoinHandle<io::Result<()>>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    tracing::info!(address = %local, "serving subassemblies over HTTP");
-    let task = tokio::spawn(async move { axum::serve(listener, subassembly_router(svc)).await });
-    Ok((local, task))
-}
-
-fn json_error(status: StatusCode, code: &str, message: String) -> Response {
-    let body = serde_json::json!({"errors": [{"code": code, "message": message}]});
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-fn invalid_digest(raw: &str) -> Response {
-    json_error(
-        StatusCode::BAD_REQUEST,
-        "DIGEST_INVALID",
-        format!("invalid digest {raw:?}"),
-    )
-}
-
-fn unreadable(d: &Digest, e: &dyn std::fmt::Display) -> Response {
-    json_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "UNKNOWN",
-        format!("cannot read {d}: {e}"),
-    )
-}
-
-fn unknown(d: &Digest) -> Response {
-    json_error(
-        StatusCode::NOT_FOUND,
-        "BLOB_UNKNOWN",
-        format!("no subassembly with digest {d}"),
-    )
-}
-
-async fn serve_manifest(
-    State(svc): State<SubassemblyService>,
-    UrlPath(raw): UrlPath<String>,
-) -> Response {
-    let Ok(d) = raw.parse::<Digest>() else {
-        return invalid_digest(&raw);
-    };
-    match svc.manifest_by_layer(&d) {
-        Some(m) => ([(header::CONTENT_TYPE, "application/json")], m).into_response(),
-        None => unknown(&d),
-    }
-}
-
-async fn serve_layer(
-    State(svc): State<SubassemblyService>,
-    UrlPath(raw): UrlPath<String>,
-    method: Method,
-    headers: HeaderMap,
-) -> Response {
-    let Ok(d) = raw.parse::<Digest>() else {
-        return invalid_digest(&raw);
-    };
-    if svc.manifest_by_layer(&d).is_none() {
-        return unknown(&d);
-    }
-    let store = &svc.inner.store;
-    let size = match store.size(&d).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return unknown(&d),
-        Err(e) => return unreadable(&d, &e),
-    };
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| ByteRange::parse(v).and_then(|r| r.resolve(size)));
-    let (status, start, len) = match range {
-        None | Some(Err(RangeError::Ignored)) => (StatusCode::OK, 0, size),
-        Some(Ok((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
-        Some(Err(RangeError::Unsatisfiable)) => {
-            let mut r = json_error(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "RANGE_INVALID",
-                format!("the range is outside the {size} bytes of {d}"),
-            );
-            r.headers_mut().insert(
-                header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes */{size}")).expect("header"),
-            );
-            return r;
-        }
-    };
-    let body = if method == Method::HEAD {
-        Body::empty()
-    } else {
-        let blob = match store.open_stream(&d, start).await {
-            Ok(Some(b)) => b,
-            Ok(None) => return unknown(&d),
-            Err(e) => return unreadable(&d, &e),
-        };
-        let limited = futures::stream::unfold((blob.stream, len), |(mut s, rest)| async move {
-            if rest == 0 {
-                return None;
-            }
-            match s.next().await? {
-                Ok(mut chunk) => {
-                    if chunk.len() as u64 > rest {
-                        chunk.truncate(rest as usize);
-                    }
-                    let left = rest - chunk.len() as u64;
-                    Some((Ok(chunk), (s, left)))
-                }
-                Err(e) => Some((Err(io::Error::other(e.to_string())), (s, 0))),
-            }
-        });
-        Body::from_stream(limited)
-    };
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    let val = |s: String| HeaderValue::from_str(&s).expect("header");
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(SUBASSEMBLY_LAYER_MEDIA_TYPE),
-    );
-    h.insert(header::CONTENT_LENGTH, val(len.to_string()));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert("docker-content-digest", val(d.to_string()));
-    h.insert(header::ETAG, val(format!("\"{d}\"")));
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
-    );
-    if status == StatusCode::PARTIAL_CONTENT {
-        h.insert(
-            header::CONTENT_RANGE,
-            val(format!("bytes {}-{}/{size}", start, start + len - 1)),
-        );
-    }
-    resp
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::subassembly::state::{write_atomic, Entry, Phase, Record};
+    use std::collections::HashMap;
     use std::time::Duration;
     use tonic::Code;
 
@@ -1368,7 +742,7 @@ mod tests {
             manifest: None,
         };
         write_atomic(
-            &svc.record_path(&digest),
+            &svc.inner.state.record_path(&digest),
             &serde_json::to_vec(&record).unwrap(),
         )
         .unwrap();
@@ -1380,7 +754,8 @@ mod tests {
         assert_eq!(s.phase, SubassemblyPhase::Unavailable as i32);
         assert!(s.message.contains("interrupted by a restart"), "{s:?}");
         let on_disk: Record =
-            serde_json::from_slice(&std::fs::read(svc.record_path(&digest)).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(svc.inner.state.record_path(&digest)).unwrap())
+                .unwrap();
         assert_eq!(on_disk.phase, Phase::Unavailable);
     }
 
@@ -1455,7 +830,8 @@ mod tests {
     }
 
     fn on_disk(svc: &SubassemblyService, digest: &Digest) -> Record {
-        serde_json::from_slice(&std::fs::read(svc.record_path(digest)).unwrap()).unwrap()
+        serde_json::from_slice(&std::fs::read(svc.inner.state.record_path(digest)).unwrap())
+            .unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1464,7 +840,7 @@ mod tests {
         let state = offline_state(dir.path(), "");
         let svc = SubassemblyService::new(&state).unwrap();
         let digest = insert_creating(&svc);
-        svc.persist_record(&digest).await.unwrap();
+        svc.inner.state.persist_record(&digest).await.unwrap();
         assert_eq!(on_disk(&svc, &digest).phase, Phase::Creating);
 
         // many changes, each followed by its own write, racing one another
@@ -1480,7 +856,7 @@ mod tests {
                         e.record.message = format!("change {i}");
                         e.version = version;
                     }
-                    svc.persist_record(&digest).await.unwrap();
+                    svc.inner.state.persist_record(&digest).await.unwrap();
                 })
             })
             .collect();
@@ -1502,7 +878,7 @@ mod tests {
                 .insert("127.0.0.1:1/img:latest".into(), digest.clone());
             st.refs_version = st.bump();
         }
-        svc.persist_refs().await.unwrap();
+        svc.inner.state.persist_refs().await.unwrap();
         let refs: HashMap<String, Digest> =
             serde_json::from_slice(&std::fs::read(svc.root().join("refs.json")).unwrap()).unwrap();
         assert_eq!(refs["127.0.0.1:1/img:latest"], digest);
@@ -1551,7 +927,7 @@ mod tests {
         assert!(s.message.contains("127.0.0.1:1/img"), "{s:?}");
         assert_eq!((svc.creations_waiting(), svc.creations_running()), (0, 0));
         // (waits for a write in flight; writes nothing new)
-        svc.persist_record(&digest).await.unwrap();
+        svc.inner.state.persist_record(&digest).await.unwrap();
         assert_eq!(on_disk(&svc, &digest).phase, Phase::Unavailable);
     }
 }

@@ -31,7 +31,8 @@
 //!   still shows the old data after `/foo` was deleted, the data entry is written under the
 //!   name of its first surviving link (at the data entry's place in the stream, which comes
 //!   before its links; extractors create a parent directory that only comes later), and the
-//!   other surviving links link to that name.
+//!   other surviving links link to that name. The output is written with the `tar` crate's
+//!   builder ([`crate::write`]): GNU headers, pax records for long names and link names.
 //!
 //! Paths are normalised: leading `/` and `./`, empty and `.` components are dropped and `..`
 //! is resolved lexically without leaving the root, so `./a/b`, `/a/b` and `a//b` are one
@@ -45,57 +46,17 @@
 //! rejected by the crate, so a layer with one fails to flatten.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
+use std::io::{self, Read, Write};
 
-use flate2::read::MultiGzDecoder;
-use sha2::{Digest as _, Sha256};
-use tar::{EntryType, Header};
+use tar::EntryType;
 
-/// The name of the opaque-directory marker.
-pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
-/// The prefix of whiteout files.
-pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
+use crate::hash::HashingWriter;
+use crate::path::{ancestors, join, lossy, normalize, split, OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::source::LayerSource;
+use crate::write::{EntryHeader, TarWriter, WriteError};
 
 /// At most this many warnings are kept (the rest are counted).
 const MAX_WARNINGS: usize = 50;
-
-/// A layer that can be opened (more than once) as an uncompressed tar stream.
-pub trait LayerSource: Send + Sync {
-    fn open(&self) -> io::Result<Box<dyn Read + '_>>;
-}
-
-/// An uncompressed tar in memory (for tests and small layers).
-impl LayerSource for Vec<u8> {
-    fn open(&self) -> io::Result<Box<dyn Read + '_>> {
-        Ok(Box::new(&self[..]))
-    }
-}
-
-/// A layer blob on disk, gzip-compressed or plain tar (told by its first bytes, as Docker
-/// does). zstd is recognised and refused.
-#[derive(Debug, Clone)]
-pub struct LayerFile {
-    pub path: PathBuf,
-}
-
-impl LayerSource for LayerFile {
-    fn open(&self) -> io::Result<Box<dyn Read + '_>> {
-        let mut f = BufReader::with_capacity(256 << 10, File::open(&self.path)?);
-        let head = f.fill_buf()?;
-        if head.starts_with(&[0x1f, 0x8b]) {
-            Ok(Box::new(MultiGzDecoder::new(f)))
-        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "zstd-compressed layers are not supported",
-            ))
-        } else {
-            Ok(Box::new(f))
-        }
-    }
-}
 
 /// Why flattening failed.
 #[derive(Debug, thiserror::Error)]
@@ -145,52 +106,6 @@ pub struct Flattened {
     /// Size of the compressed bytes.
     pub size: u64,
     pub stats: FlattenStats,
-}
-
-/// Normalises a tar path (see the module docs); the root is the empty path.
-pub fn normalize(raw: &[u8]) -> Vec<u8> {
-    let mut parts: Vec<&[u8]> = Vec::new();
-    for c in raw.split(|b| *b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    parts.join(&b'/')
-}
-
-/// `(parent, base name)`; the parent of a top-level path is the root (empty).
-fn split(p: &[u8]) -> (&[u8], &[u8]) {
-    match p.iter().rposition(|b| *b == b'/') {
-        Some(i) => (&p[..i], &p[i + 1..]),
-        None => (&[], p),
-    }
-}
-
-fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
-    if parent.is_empty() {
-        name.to_vec()
-    } else {
-        [parent, name].join(&b'/')
-    }
-}
-
-/// The strict ancestors of `p`: the root, then every directory above `p`.
-fn ancestors(p: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let root = (!p.is_empty()).then_some(&p[..0]);
-    root.into_iter().chain(
-        p.iter()
-            .enumerate()
-            .filter(|(_, b)| **b == b'/')
-            .map(move |(i, _)| &p[..i]),
-    )
-}
-
-fn lossy(p: &[u8]) -> String {
-    format!("/{}", String::from_utf8_lossy(p))
 }
 
 /// What the layers above the one being examined contribute.
@@ -458,10 +373,9 @@ pub fn flatten(
     };
     let plan = plan(layers, &mut stats)?;
     let mut w = Pass2 {
-        out,
+        out: TarWriter::new(out),
         written: HashSet::new(),
         stats: &mut stats,
-        buf: vec![0u8; 128 << 10],
     };
     for (i, layer) in layers.iter().enumerate() {
         let (keep, promoted, links) = (&plan.keep[i], &plan.promoted[i], &plan.links[i]);
@@ -488,25 +402,20 @@ pub fn flatten(
             )?;
         }
     }
-    out_end(w.out)?;
+    let Pass2 { out, .. } = w;
+    out.finish().map_err(FlattenError::Output)?;
     Ok(stats)
 }
 
-fn out_end(out: &mut dyn Write) -> Result<(), FlattenError> {
-    out.write_all(&[0u8; 1024]).map_err(FlattenError::Output)?;
-    out.flush().map_err(FlattenError::Output)
-}
-
 /// The writing side of pass 2.
-struct Pass2<'a> {
-    out: &'a mut dyn Write,
+struct Pass2<'a, 'o> {
+    out: TarWriter<&'o mut dyn Write>,
     /// Non-directories written so far (hard link targets).
     written: HashSet<Vec<u8>>,
     stats: &'a mut FlattenStats,
-    buf: Vec<u8>,
 }
 
-impl Pass2<'_> {
+impl Pass2<'_, '_> {
     /// Writes `entry` of `layer`, under `name` instead of its own path if given; `link`: the
     /// target of a hard link (else its own, normalised).
     fn write_entry<R: Read>(
@@ -520,10 +429,7 @@ impl Pass2<'_> {
             out,
             written,
             stats,
-            buf,
         } = self;
-        let (out, stats, buf): (&mut dyn Write, &mut FlattenStats, &mut [u8]) =
-            (&mut **out, &mut **stats, &mut buf[..]);
         let err = layer_err(layer);
         let src = entry.header().clone();
         let ty = src.entry_type();
@@ -569,7 +475,7 @@ impl Pass2<'_> {
             }
             _ => None,
         };
-        let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
         if let Some(exts) = entry.pax_extensions().map_err(&err)? {
             for ext in exts {
                 let ext = ext.map_err(&err)?;
@@ -578,172 +484,58 @@ impl Pass2<'_> {
                 {
                     continue;
                 }
-                pax.push((key.to_vec(), ext.value_bytes().to_vec()));
+                // pax keys are UTF-8 (POSIX); a key that is not cannot be written
+                match std::str::from_utf8(key) {
+                    Ok(k) => pax.push((k.to_string(), ext.value_bytes().to_vec())),
+                    Err(_) => tracing::debug!(
+                        "{} (layer {layer}): pax record with a non-UTF-8 key dropped",
+                        lossy(&p)
+                    ),
+                }
             }
         }
-
-        let mut h = Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(src.mode().unwrap_or(0o644));
-        h.set_uid(src.uid().unwrap_or(0));
-        h.set_gid(src.gid().unwrap_or(0));
-        h.set_mtime(src.mtime().unwrap_or(0));
-        h.set_size(size);
-        if matches!(kind, EntryType::Char | EntryType::Block) {
-            if let Ok(Some(major)) = src.device_major() {
-                h.set_device_major(major).map_err(&err)?;
-            }
-            if let Ok(Some(minor)) = src.device_minor() {
-                h.set_device_minor(minor).map_err(&err)?;
-            }
-        }
-        {
-            let gnu = h.as_gnu_mut().expect("a GNU header");
-            if let Some(u) = src.username_bytes() {
-                copy_field(&mut gnu.uname, u);
-            }
-            if let Some(g) = src.groupname_bytes() {
-                copy_field(&mut gnu.gname, g);
-            }
-        }
-        let mut name = if p.is_empty() {
+        let device = match kind {
+            EntryType::Char | EntryType::Block => Some((
+                src.device_major().ok().flatten().unwrap_or(0),
+                src.device_minor().ok().flatten().unwrap_or(0),
+            )),
+            _ => None,
+        };
+        let mut path = if p.is_empty() {
             b".".to_vec()
         } else {
             p.clone()
         };
         if kind == EntryType::Directory {
-            name.push(b'/');
+            path.push(b'/');
         }
-        {
-            let gnu = h.as_gnu_mut().expect("a GNU header");
-            if !copy_field(&mut gnu.name, &name) {
-                pax.push((b"path".to_vec(), name));
-            }
-            if let Some(link) = &link {
-                if !copy_field(&mut gnu.linkname, link) {
-                    pax.push((b"linkpath".to_vec(), link.clone()));
-                }
-            }
-        }
-        h.set_cksum();
-
-        let out_err = FlattenError::Output;
-        if !pax.is_empty() {
-            let mut data = Vec::new();
-            for (k, v) in &pax {
-                data.extend_from_slice(&pax_record(k, v));
-            }
-            let mut ph = Header::new_ustar();
-            ph.set_entry_type(EntryType::XHeader);
-            copy_field(
-                &mut ph.as_ustar_mut().expect("ustar").name,
-                b"././@PaxHeader",
-            );
-            ph.set_mode(0o644);
-            ph.set_mtime(0);
-            ph.set_size(data.len() as u64);
-            ph.set_cksum();
-            out.write_all(ph.as_bytes()).map_err(out_err)?;
-            out.write_all(&data).map_err(out_err)?;
-            pad(out, data.len() as u64)?;
-        }
-        out.write_all(h.as_bytes()).map_err(out_err)?;
-        if size > 0 {
-            let mut copied = 0u64;
-            loop {
-                let n = entry.read(buf).map_err(&err)?;
-                if n == 0 {
-                    break;
-                }
-                out.write_all(&buf[..n]).map_err(out_err)?;
-                copied += n as u64;
-            }
-            if copied != size {
-                return Err(FlattenError::Layer {
-                    layer,
-                    source: io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("{} is truncated: {copied} of {size} bytes", lossy(&p)),
-                    ),
-                });
-            }
-            pad(out, size)?;
-        }
+        let header = EntryHeader {
+            kind,
+            path,
+            link,
+            mode: src.mode().unwrap_or(0o644),
+            uid: src.uid().unwrap_or(0),
+            gid: src.gid().unwrap_or(0),
+            mtime: src.mtime().unwrap_or(0),
+            size,
+            username: src.username_bytes().map(<[u8]>::to_vec),
+            groupname: src.groupname_bytes().map(<[u8]>::to_vec),
+            device,
+            pax,
+        };
+        let data: &mut dyn Read = if size > 0 { entry } else { &mut io::empty() };
+        out.append(&header, data).map_err(|e| match e {
+            WriteError::Source(source) => FlattenError::Layer {
+                layer,
+                source: io::Error::new(source.kind(), format!("{} is {source}", lossy(&p))),
+            },
+            WriteError::Output(e) => FlattenError::Output(e),
+        })?;
         stats.entries += 1;
         if kind != EntryType::Directory {
             written.insert(p);
         }
         Ok(())
-    }
-}
-
-/// Copies `value` into a NUL-padded header field; false if it does not fit.
-fn copy_field(field: &mut [u8], value: &[u8]) -> bool {
-    if value.len() > field.len() {
-        let n = field.len();
-        field.copy_from_slice(&value[..n]);
-        return false;
-    }
-    field.fill(0);
-    field[..value.len()].copy_from_slice(value);
-    true
-}
-
-fn pad(out: &mut dyn Write, len: u64) -> Result<(), FlattenError> {
-    let rest = (512 - len % 512) % 512;
-    out.write_all(&[0u8; 512][..rest as usize])
-        .map_err(FlattenError::Output)
-}
-
-/// One pax record: `"<len> <key>=<value>\n"`, where len counts the whole record.
-fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
-    let base = key.len() + value.len() + 3;
-    let mut len = base + 1;
-    while base + len.to_string().len() != len {
-        len = base + len.to_string().len();
-    }
-    let mut r = format!("{len} ").into_bytes();
-    r.extend_from_slice(key);
-    r.push(b'=');
-    r.extend_from_slice(value);
-    r.push(b'\n');
-    r
-}
-
-/// A writer that hashes (sha256) and counts what passes through.
-pub struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-
-    /// The inner writer, the digest and the byte count.
-    pub fn finish(self) -> (W, rf_oci::Digest, u64) {
-        let hex = hex::encode(self.hasher.finalize());
-        let digest = format!("sha256:{hex}").parse().expect("a sha256 digest");
-        (self.inner, digest, self.count)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 
@@ -774,51 +566,32 @@ pub fn flatten_to_gzip<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{tar, E};
+    use tar::Header;
 
-    /// A tar entry for tests.
-    enum E<'a> {
-        File(&'a str, &'a str),
-        Dir(&'a str),
-        Symlink(&'a str, &'a str),
-        Hardlink(&'a str, &'a str),
-    }
-
-    fn tar(entries: &[E]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for e in entries {
-            let mut h = Header::new_gnu();
-            h.set_mtime(1_700_000_000);
-            h.set_uid(1000);
-            h.set_gid(1000);
-            match e {
-                E::File(p, data) => {
-                    h.set_entry_type(EntryType::Regular);
-                    h.set_mode(0o640);
-                    h.set_size(data.len() as u64);
-                    b.append_data(&mut h, p, data.as_bytes()).unwrap();
-                }
-                E::Dir(p) => {
-                    h.set_entry_type(EntryType::Directory);
-                    h.set_mode(0o755);
-                    h.set_size(0);
-                    b.append_data(&mut h, p, io::empty()).unwrap();
-                }
-                E::Symlink(p, t) => {
-                    h.set_entry_type(EntryType::Symlink);
-                    h.set_mode(0o777);
-                    h.set_size(0);
-                    b.append_link(&mut h, p, t).unwrap();
-                }
-                E::Hardlink(p, t) => {
-                    h.set_entry_type(EntryType::Link);
-                    h.set_mode(0o640);
-                    h.set_size(0);
-                    b.append_link(&mut h, p, t).unwrap();
-                }
-            }
+    /// One pax record: `"<len> <key>=<value>\n"`, where len counts the whole record.
+    fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
+        let base = key.len() + value.len() + 3;
+        let mut len = base + 1;
+        while base + len.to_string().len() != len {
+            len = base + len.to_string().len();
         }
-        b.into_inner().unwrap()
+        let mut r = format!("{len} ").into_bytes();
+        r.extend_from_slice(key);
+        r.push(b'=');
+        r.extend_from_slice(value);
+        r.push(b'\n');
+        r
     }
+
+    #[test]
+    fn pax_record_lengths() {
+        assert_eq!(pax_record(b"a", b"b"), b"6 a=b\n");
+        let r = pax_record(b"path", &[b'x'; 95]);
+        assert_eq!(r.len().to_string(), String::from_utf8_lossy(&r[..3]));
+    }
+    use crate::source::LayerFile;
+    use flate2::read::MultiGzDecoder;
 
     /// (path, kind char, data or link target) of every entry of a tar.
     fn list(tar_bytes: &[u8]) -> Vec<(String, char, String)> {
@@ -850,25 +623,6 @@ mod tests {
 
     fn paths(entries: &[(String, char, String)]) -> Vec<&str> {
         entries.iter().map(|(p, _, _)| p.as_str()).collect()
-    }
-
-    #[test]
-    fn normalises_paths() {
-        assert_eq!(normalize(b"./a/b"), b"a/b");
-        assert_eq!(normalize(b"/a//b/"), b"a/b");
-        assert_eq!(normalize(b"a/./b/../c"), b"a/c");
-        assert_eq!(normalize(b"../../etc"), b"etc");
-        assert_eq!(normalize(b"./"), b"");
-        let a: Vec<&[u8]> = ancestors(b"a/b/c").collect();
-        assert_eq!(a, [&b""[..], b"a", b"a/b"]);
-        assert_eq!(ancestors(b"").count(), 0);
-    }
-
-    #[test]
-    fn pax_record_lengths() {
-        assert_eq!(pax_record(b"a", b"b"), b"6 a=b\n");
-        let r = pax_record(b"path", &[b'x'; 95]);
-        assert_eq!(r.len().to_string(), String::from_utf8_lossy(&r[..3]));
     }
 
     #[test]

@@ -18,132 +18,22 @@
 //! reader of the whole blob (or of any range reaching its end) never receives a complete-
 //! looking wrong blob.
 
-use std::fmt;
 use std::fs::{File, Metadata};
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use rf_oci::{Digest, DigestHasher};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::index::Index;
 use crate::stream::Reader;
-use crate::{blocking, read_full_at, write_all_at, BlobStore, ReadGuard, StoreError, CHUNK_SIZE};
-
-/// The bytes of a blob from some offset to its end, as a source delivers them.
-pub type SourceStream = BoxStream<'static, Result<Bytes, SourceError>>;
-
-/// Where [`BlobStore::fetch`] downloads a blob from (an upstream registry, in the facade).
-/// The store verifies everything it receives, so a source need not.
-pub trait ByteSource: Send + Sync + 'static {
-    /// The blob's bytes from `offset` to the end. A source that cannot start at `offset`
-    /// fails with a permanent error.
-    fn open(&self, offset: u64) -> BoxFuture<'static, Result<SourceStream, SourceError>>;
-}
-
-/// Why a source (or a download) failed. `transient` errors are worth another attempt.
-#[derive(Clone)]
-pub struct SourceError {
-    pub transient: bool,
-    pub message: String,
-    /// The source's own error, for callers that want to classify it (downcast it).
-    pub cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
-}
-
-impl SourceError {
-    pub fn transient(message: impl Into<String>) -> SourceError {
-        SourceError {
-            transient: true,
-            message: message.into(),
-            cause: None,
-        }
-    }
-
-    pub fn permanent(message: impl Into<String>) -> SourceError {
-        SourceError {
-            transient: false,
-            message: message.into(),
-            cause: None,
-        }
-    }
-
-    /// Wraps a source's own error, keeping it as the `cause`.
-    pub fn from_cause<E: std::error::Error + Send + Sync + 'static>(
-        error: E,
-        transient: bool,
-    ) -> SourceError {
-        SourceError {
-            transient,
-            message: error.to_string(),
-            cause: Some(Arc::new(error)),
-        }
-    }
-
-    /// The cause, if it is an `E`.
-    pub fn cause<E: std::error::Error + 'static>(&self) -> Option<&E> {
-        self.cause.as_deref().and_then(|c| c.downcast_ref::<E>())
-    }
-}
-
-impl fmt::Display for SourceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl fmt::Debug for SourceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SourceError")
-            .field("transient", &self.transient)
-            .field("message", &self.message)
-            .finish()
-    }
-}
-
-impl std::error::Error for SourceError {}
-
-/// How downloads resume.
-#[derive(Debug, Clone)]
-pub struct FetchSettings {
-    /// Consecutive attempts without progress before a download gives up (the first attempt
-    /// included; an attempt that delivered bytes resets the count). At least 1.
-    pub max_attempts: u32,
-    /// Pause before the first reconnection; doubled after each attempt without progress.
-    pub initial_backoff: Duration,
-    /// Upper bound of the pause.
-    pub max_backoff: Duration,
-    /// No bytes of an open body for this long counts as a transient failure.
-    pub stall_timeout: Option<Duration>,
-}
-
-impl Default for FetchSettings {
-    fn default() -> Self {
-        FetchSettings {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(5),
-            stall_timeout: Some(Duration::from_secs(60)),
-        }
-    }
-}
-
-/// Where the bytes of a [`BlobReader`] come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadOrigin {
-    /// The committed file.
-    Stored,
-    /// A download another request started.
-    Joined,
-    /// A download this call started.
-    Started,
-}
+pub use crate::vocab::{ByteSource, FetchSettings, ReadOrigin, SourceError, SourceStream};
+use crate::vocab::{Progress, Status, CHUNK_SIZE};
+use crate::{blocking, read_full_at, write_all_at, BlobStore, ReadGuard, StoreError, StoreIndex};
 
 /// A blob opened by [`BlobStore::fetch`]. `stream` yields the bytes from the requested offset
 /// to the end in chunks of at most [`CHUNK_SIZE`], or ends with an error (never short).
@@ -159,28 +49,9 @@ pub(crate) struct Flight {
     /// The temp file, open for reading and writing; readers use positional reads.
     file: Arc<File>,
     size: u64,
+    /// Bytes reserved in the index for it (its size under a limit, else 0).
+    reserved: u64,
     pub(crate) progress: watch::Receiver<Progress>,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Progress {
-    /// Bytes written to the temp file (and hashed) so far.
-    pub written: u64,
-    /// The source has been opened (first response received); readers wait for this (or a
-    /// failure) so that a source refusing at once becomes an error before any byte is served.
-    pub opened: bool,
-    /// Every byte is there and matches the digest: readers may take the last byte. The
-    /// commit (fsync, rename) still follows; durability is the cache's concern, not theirs.
-    pub verified: bool,
-    pub status: Status,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) enum Status {
-    Running,
-    /// Verified and committed.
-    Done,
-    Failed(SourceError),
 }
 
 enum Found {
@@ -355,6 +226,12 @@ impl BlobStore {
         size: u64,
         source: &Arc<dyn ByteSource>,
     ) -> Result<Option<(Arc<Flight>, ReadGuard)>, StoreError> {
+        // A blob that cannot fit would evict every idle blob and still not fit: refused
+        // before anything is reserved or evicted (the caller can stream it uncached).
+        let limit = self.settings().max_bytes;
+        if limit > 0 && size > limit {
+            return Err(StoreError::TooLarge { size, limit });
+        }
         let tmp = self.temp_path();
         let path = tmp.clone();
         let file = blocking(move || {
@@ -366,10 +243,16 @@ impl BlobStore {
         })
         .await?;
         let file = Arc::new(file);
+        // With a limit, the download reserves its declared size; without one, reservations
+        // would only be arithmetic on a number the descriptor may have made up.
+        let limit = self.settings().max_bytes;
+        let reserved = if limit > 0 { size } else { 0 };
         let started = {
             let mut index = self.index();
             if index.flights.contains_key(digest) || index.entries.contains_key(digest) {
                 None
+            } else if !index.reserve(reserved) {
+                Some(Err(StoreError::TooLarge { size, limit }))
             } else {
                 let (tx, rx) = watch::channel(Progress {
                     written: 0,
@@ -380,18 +263,21 @@ impl BlobStore {
                 let flight = Arc::new(Flight {
                     file: file.clone(),
                     size,
+                    reserved,
                     progress: rx,
                 });
                 index.flights.insert(digest.clone(), flight.clone());
-                index.reserved += size;
                 let guard = ReadGuard::new(self, &mut index, digest);
-                Some((flight, tx, guard))
+                Some(Ok((flight, tx, guard)))
             }
         };
-        let Some((flight, tx, guard)) = started else {
-            drop(file);
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Ok(None);
+        let (flight, tx, guard) = match started {
+            Some(Ok(started)) => started,
+            refused => {
+                drop(file);
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return refused.transpose().map(|_| None);
+            }
         };
         debug!(%digest, size, "starting download");
         let download = Download {
@@ -481,14 +367,14 @@ fn hash_file(file: &File, digest: &Digest) -> io::Result<bool> {
 
 /// Removes the flight from the index and releases its reservation, once: only if the index
 /// still holds this very flight.
-fn retire(index: &mut Index, digest: &Digest, flight: &Arc<Flight>) {
+fn retire(index: &mut StoreIndex, digest: &Digest, flight: &Arc<Flight>) {
     if index
         .flights
         .get(digest)
         .is_some_and(|f| Arc::ptr_eq(f, flight))
     {
         index.flights.remove(digest);
-        index.reserved -= flight.size;
+        index.release(flight.reserved);
     }
 }
 

@@ -839,3 +839,84 @@ async fn index_rebuilt_at_open() {
     assert!(!path(&blobs[1]).exists());
     assert!(path(&blobs[2]).exists());
 }
+
+/// Two idle 1 MiB blobs and the data of a blob whose descriptor lies about its size.
+async fn store_with_idle_blobs(limit: u64) -> (TempDir, BlobStore, Vec<Digest>) {
+    let (dir, store) = store_with(StoreSettings {
+        max_bytes: limit,
+        ..settings()
+    });
+    let mut digests = Vec::new();
+    for i in 0..2 {
+        let b = content(MIB, 300 + i);
+        let (got, err) = drain(fetch(&store, &b, 0, TestSource::plain(&b)).await).await;
+        assert!(err.is_none() && got == b[..]);
+        digests.push(Digest::sha256_of(&b));
+    }
+    settle(&store).await;
+    (dir, store, digests)
+}
+
+/// A descriptor declaring a layer larger than the store's limit does not make the store evict
+/// every idle blob to make room for it: it is refused before any download starts (the facade
+/// then streams it uncached).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_declared_size_evicts_nothing() {
+    let limit = 3 * MIB as u64;
+    let (_dir, store, idle) = store_with_idle_blobs(limit).await;
+    let data = content(1000, 310);
+    let digest = Digest::sha256_of(&data);
+    for declared in [limit + 1, u64::MAX] {
+        let (source, _gate) = TestSource::new(data.clone(), 100, &[], false);
+        let result = store
+            .fetch(&digest, declared, 0, Arc::new(source.clone()))
+            .await;
+        settle(&store).await;
+        for d in &idle {
+            assert!(
+                blob_file(&store, d).exists(),
+                "declared {declared}: evicted"
+            );
+        }
+        assert_eq!(store.total_bytes(), 2 * MIB as u64);
+        assert!(source.opens().is_empty(), "declared {declared}: downloaded");
+        match result {
+            Err(StoreError::TooLarge { size, limit: l }) => {
+                assert_eq!((size, l), (declared, limit))
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+            Ok(_) => panic!("declared {declared}: accepted"),
+        }
+        assert_eq!(tmp_files(&store), 0);
+    }
+}
+
+/// Reservations near u64::MAX: the sum of the downloads in flight does not overflow (it
+/// panicked in debug builds and wrapped in release, evicting or keeping the wrong blobs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_do_not_overflow() {
+    let limit = u64::MAX - 5;
+    let (_dir, store, _) = store_with_idle_blobs(limit).await;
+    // A download that fits the limit alone (making room for it evicts the idle blobs),
+    // stalled.
+    let big = content(1000, 320);
+    let (source, _gate) = TestSource::new(big.clone(), 100, &[Fault::StallAt(0)], false);
+    let held = store
+        .fetch(&Digest::sha256_of(&big), u64::MAX - 10, 0, Arc::new(source))
+        .await
+        .unwrap();
+    // A second one cannot be reserved on top: refused, cleanly.
+    let data = content(1000, 321);
+    let (source, _gate) = TestSource::new(data.clone(), 100, &[], false);
+    let result = store
+        .fetch(&Digest::sha256_of(&data), 1000, 0, Arc::new(source.clone()))
+        .await;
+    assert!(source.opens().is_empty());
+    match result {
+        Err(StoreError::TooLarge { size, .. }) => assert_eq!(size, 1000),
+        Err(other) => panic!("unexpected {other:?}"),
+        Ok(_) => panic!("reserved past u64::MAX"),
+    }
+    assert_eq!(store.downloads_in_flight(), 1);
+    drop(held);
+}

@@ -27,6 +27,7 @@
 pub mod flight;
 mod index;
 mod stream;
+mod vocab;
 mod writer;
 
 use std::collections::hash_map::RandomState;
@@ -36,41 +37,28 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use rf_oci::{Algorithm, Digest};
 
-pub use flight::{BlobReader, ByteSource, FetchSettings, ReadOrigin, SourceError, SourceStream};
+pub use flight::BlobReader;
 pub use stream::StoredBlob;
+pub use vocab::{
+    ByteSource, FetchSettings, ReadOrigin, SourceError, SourceStream, StoreError, CHUNK_SIZE,
+};
 pub use writer::BlobWriter;
 
 use index::Index;
 
-/// Size of the chunks the store's readers yield (at most).
-pub const CHUNK_SIZE: usize = 1024 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store I/O error: {0}")]
-    Io(#[from] io::Error),
-    #[error("digest mismatch: expected {expected}, got {actual}")]
-    DigestMismatch { expected: Digest, actual: Digest },
-    #[error("size mismatch: expected {expected} bytes, got {actual}")]
-    SizeMismatch { expected: u64, actual: u64 },
-    #[error("stored content of {digest} is corrupt and was removed")]
-    Corrupt { digest: Digest },
-    #[error("offset {offset} is beyond the end of a {size}-byte blob")]
-    OffsetOutOfRange { offset: u64, size: u64 },
-    /// The download behind [`BlobStore::fetch`] failed (the source refused, resuming was not
-    /// possible, the content did not match the digest, or the temp file could not be written).
-    #[error("fetching {digest} failed: {error}")]
-    Fetch { digest: Digest, error: SourceError },
-}
+/// The index as the store keeps it: with its downloads in flight.
+pub(crate) type StoreIndex = Index<Arc<flight::Flight>>;
 
 /// How the store behaves beyond plain storage.
 #[derive(Debug, Clone, Default)]
 pub struct StoreSettings {
     /// Upper bound for the bytes under `blobs/` plus downloads in flight; `0` = unlimited.
+    /// A download declared larger than this is refused ([`StoreError::TooLarge`]).
     pub max_bytes: u64,
     /// Resume and stall settings of [`BlobStore::fetch`] downloads.
     pub fetch: FetchSettings,
@@ -86,7 +74,7 @@ struct Inner {
     root: PathBuf,
     tmp: PathBuf,
     settings: StoreSettings,
-    index: Mutex<Index>,
+    index: Mutex<StoreIndex>,
 }
 
 const ALGORITHMS: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Sha512];
@@ -125,7 +113,7 @@ impl BlobStore {
                 Err(e) => return Err(e.into()),
             }
         }
-        let index = Index::scan(&root, &ALGORITHMS)?;
+        let index = Index::from_listing(scan(&root, &ALGORITHMS)?);
         let store = BlobStore {
             inner: Arc::new(Inner {
                 root,
@@ -317,7 +305,7 @@ impl BlobStore {
             .join(format!("{}-{n}-{random:016x}", std::process::id()))
     }
 
-    fn index(&self) -> MutexGuard<'_, Index> {
+    fn index(&self) -> MutexGuard<'_, StoreIndex> {
         self.inner.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -335,7 +323,7 @@ impl BlobStore {
         tmp: &Path,
         digest: &Digest,
         size: u64,
-        also: impl FnOnce(&mut Index),
+        also: impl FnOnce(&mut StoreIndex),
     ) -> Result<(), StoreError> {
         let dest = self.blob_path(digest);
         {
@@ -429,7 +417,7 @@ pub(crate) struct ReadGuard {
 }
 
 impl ReadGuard {
-    pub(crate) fn new(store: &BlobStore, index: &mut Index, digest: &Digest) -> ReadGuard {
+    pub(crate) fn new(store: &BlobStore, index: &mut StoreIndex, digest: &Digest) -> ReadGuard {
         index.add_reader(digest);
         ReadGuard {
             store: store.clone(),
@@ -446,7 +434,7 @@ impl Drop for ReadGuard {
             index.remove_reader(&self.digest);
             // Used until now: the last access is when the last reader finished.
             index.touch(&self.digest, false);
-            limit > 0 && index.total + index.reserved > limit
+            index.over(limit)
         };
         if over {
             let store = self.store.clone();
@@ -458,6 +446,31 @@ impl Drop for ReadGuard {
             }
         }
     }
+}
+
+/// The files under `<root>/blobs/<alg>/`: last modification (the last access, as far as a
+/// restart can tell), digest, size.
+fn scan(root: &Path, algorithms: &[Algorithm]) -> io::Result<Vec<(SystemTime, Digest, u64)>> {
+    let mut found = Vec::new();
+    for alg in algorithms {
+        for entry in fs::read_dir(root.join("blobs").join(alg.as_str()))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(digest) = name
+                .to_str()
+                .and_then(|hex| format!("{}:{hex}", alg.as_str()).parse::<Digest>().ok())
+            else {
+                continue;
+            };
+            let meta = match entry.metadata() {
+                Ok(m) if m.is_file() => m,
+                _ => continue,
+            };
+            let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            found.push((mtime, digest, meta.len()));
+        }
+    }
+    Ok(found)
 }
 
 /// Runs blocking file work off the async threads.

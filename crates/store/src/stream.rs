@@ -13,8 +13,8 @@ use futures::stream::{self, BoxStream, StreamExt};
 use rf_oci::{Digest, DigestHasher};
 use tokio::sync::watch;
 
-use crate::flight::{Progress, SourceError, Status};
-use crate::{blocking, open_if_exists, read_full_at, BlobStore, ReadGuard, StoreError, CHUNK_SIZE};
+use crate::vocab::{Progress, SourceError, Status, StoreError, CHUNK_SIZE};
+use crate::{blocking, open_if_exists, read_full_at, BlobStore, ReadGuard};
 
 /// A stored blob opened for reading.
 ///

@@ -23,6 +23,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
@@ -365,6 +366,19 @@ fn hash_file(file: &File, digest: &Digest) -> io::Result<bool> {
     Ok(hasher.finish() == *digest)
 }
 
+/// The pauses between the attempts of one stretch without progress: `initial_backoff`,
+/// doubled each time up to `max_backoff`, and none after the `max_attempts`-th attempt (the
+/// iterator then ends). A fresh one starts after every attempt that made progress.
+pub(crate) fn resume_backoff(settings: &FetchSettings) -> ExponentialBackoff {
+    let attempts = settings.max_attempts.max(1) as usize;
+    ExponentialBuilder::default()
+        .with_factor(2.0)
+        .with_min_delay(settings.initial_backoff)
+        .with_max_delay(settings.max_backoff.max(settings.initial_backoff))
+        .with_max_times(attempts - 1)
+        .build()
+}
+
 /// Removes the flight from the index and releases its reservation, once: only if the index
 /// still holds this very flight.
 fn retire(index: &mut StoreIndex, digest: &Digest, flight: &Arc<Flight>) {
@@ -431,7 +445,7 @@ impl Download {
         let mut hasher = Some(self.digest.hasher());
         let mut written = 0u64;
         let mut failures = 0u32;
-        let mut backoff = settings.initial_backoff;
+        let mut backoff = resume_backoff(&settings);
         if self.size == 0 {
             self.tx.send_modify(|p| p.opened = true);
         }
@@ -446,10 +460,10 @@ impl Download {
             }
             if written > before {
                 failures = 0;
-                backoff = settings.initial_backoff;
+                backoff = resume_backoff(&settings);
             }
             failures += 1;
-            if failures >= settings.max_attempts.max(1) {
+            let Some(pause) = backoff.next() else {
                 return Err(SourceError {
                     message: format!(
                         "giving up after {failures} attempts without progress at byte {written} of {}: {}",
@@ -457,14 +471,13 @@ impl Download {
                     ),
                     ..error
                 });
-            }
+            };
             warn!(
                 digest = %self.digest, written, size = self.size, error = %error,
-                backoff_ms = backoff.as_millis() as u64,
+                backoff_ms = pause.as_millis() as u64,
                 "blob download interrupted; resuming"
             );
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(settings.max_backoff.max(settings.initial_backoff));
+            tokio::time::sleep(pause).await;
         }
         let actual = hasher.take().expect("hasher is put back").finish();
         if actual != self.digest {

@@ -920,3 +920,30 @@ async fn reservations_do_not_overflow() {
     assert_eq!(store.downloads_in_flight(), 1);
     drop(held);
 }
+
+/// `registry.resume`: `maxAttempts` attempts (the first included) without progress, pauses
+/// from `initialBackoff` doubling up to `maxBackoff`.
+#[test]
+fn resume_backoff_follows_the_settings() {
+    // In whole milliseconds: backon multiplies in f32.
+    let delays = |max_attempts, initial, max| {
+        crate::flight::resume_backoff(&FetchSettings {
+            max_attempts,
+            initial_backoff: Duration::from_millis(initial),
+            max_backoff: Duration::from_millis(max),
+            stall_timeout: None,
+        })
+        .map(|d| d.as_millis())
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(delays(5, 200, 1000), [200, 400, 800, 1000]);
+    assert_eq!(delays(3, 10, 50), [10, 20]);
+    assert_eq!(delays(1, 10, 50), [0u128; 0]);
+    assert_eq!(
+        delays(0, 10, 50),
+        [0u128; 0],
+        "at least one attempt, no pause"
+    );
+    // A maximum below the initial pause does not shorten it.
+    assert_eq!(delays(3, 100, 10), [100, 100]);
+}

@@ -21,6 +21,9 @@ use crate::{BlobReader, BlobStore, StoreError, StoreSettings, CHUNK_SIZE};
 
 const GUARD: Duration = Duration::from_secs(20);
 const MIB: usize = 1024 * 1024;
+/// On a paused clock, a timeout of this length expires only once the runtime has nothing left
+/// to do: every task waits and no blocking I/O runs. Its length does not matter.
+const SILENCE: Duration = Duration::from_secs(1);
 
 /// What one `open` of the [`TestSource`] does.
 #[derive(Debug, Clone, Copy)]
@@ -252,7 +255,8 @@ async fn settle(store: &BlobStore) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On a paused clock: see [`last_byte_waits_for_verification`].
+#[tokio::test(start_paused = true)]
 async fn readers_joining_at_various_points_get_identical_bytes() {
     let (_dir, store) = store_with(settings());
     let data = content(3 * MIB + 12345, 1);
@@ -285,7 +289,7 @@ async fn readers_joining_at_various_points_get_identical_bytes() {
     let mut ahead_stream = ahead.stream;
     // The ranged reader has nothing to read until its offset is written.
     assert!(
-        tokio::time::timeout(Duration::from_millis(100), ahead_stream.next())
+        tokio::time::timeout(SILENCE, ahead_stream.next())
             .await
             .is_err(),
         "a reader ahead of the download must wait"
@@ -501,7 +505,11 @@ async fn failed_download_errors_all_readers_and_leaves_nothing() {
 /// The last byte reaches readers only once the download has verified the content: with all
 /// bytes written but the source's end (and so the verification) still pending, readers have
 /// everything but the last byte; when the content then turns out wrong, they get an error.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///
+/// On a paused clock, so that "the reader gets nothing more" is observed as silence of the
+/// whole runtime (the clock only advances when every task waits and no file I/O is running),
+/// not as the absence of bytes during some real-time interval.
+#[tokio::test(start_paused = true)]
 async fn last_byte_waits_for_verification() {
     let data = content(MIB + 10, 9);
     let digest = Digest::sha256_of(&data);
@@ -533,7 +541,7 @@ async fn last_byte_waits_for_verification() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut got = Vec::new();
-        while let Ok(item) = tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
+        while let Ok(item) = tokio::time::timeout(SILENCE, stream.next()).await {
             got.extend_from_slice(&item.expect("not the end yet").unwrap());
         }
         assert_eq!(

@@ -17,10 +17,15 @@
 //! Readers get the blob's last byte only after the download verified and committed it, so a
 //! reader of the whole blob (or of any range reaching its end) never receives a complete-
 //! looking wrong blob.
+//!
+//! The temp file is local (the store's staging directory) whatever the backend; a verified
+//! download is handed to the backend through the store's commit, so nothing here knows where
+//! committed blobs rest (a directory, an object store).
 
-use std::fs::{File, Metadata};
+use std::fs::File;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
@@ -31,10 +36,12 @@ use rf_oci::{Digest, DigestHasher};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::backend::{ChunkStream, OpenedBlob};
+use crate::fsio::write_all_at;
 use crate::stream::Reader;
 pub use crate::vocab::{ByteSource, FetchSettings, ReadOrigin, SourceError, SourceStream};
 use crate::vocab::{Progress, Status, CHUNK_SIZE};
-use crate::{blocking, read_full_at, write_all_at, BlobStore, ReadGuard, StoreError, StoreIndex};
+use crate::{blocking, BlobStore, ReadGuard, StoreError, StoreIndex};
 
 /// A blob opened by [`BlobStore::fetch`]. `stream` yields the bytes from the requested offset
 /// to the end in chunks of at most [`CHUNK_SIZE`], or ends with an error (never short).
@@ -50,8 +57,8 @@ pub(crate) struct Flight {
     /// The temp file, open for reading and writing; readers use positional reads.
     file: Arc<File>,
     size: u64,
-    /// Bytes reserved in the index for it (its size under a limit, else 0).
-    reserved: u64,
+    /// Bytes reserved in the index for it (its size under a limit, else 0); 0 once released.
+    reserved: AtomicU64,
     pub(crate) progress: watch::Receiver<Progress>,
 }
 
@@ -83,7 +90,7 @@ impl BlobStore {
                 let mut index = self.index();
                 if let Some(flight) = index.flights.get(digest).cloned() {
                     Found::Flight(flight, ReadGuard::new(self, &mut index, digest))
-                } else if index.entries.contains_key(digest) {
+                } else if index.is_committed(digest) {
                     index.touch(digest, false);
                     Found::Stored(ReadGuard::new(self, &mut index, digest))
                 } else {
@@ -120,8 +127,8 @@ impl BlobStore {
         self.index().is_verified(digest)
     }
 
-    /// Opens the committed file after checking its size and (the first time) its content.
-    /// `None` if it is gone or was found corrupt and removed.
+    /// Opens the committed blob after checking its size and (the first time) its content.
+    /// `None` if it is gone or was found corrupt and deleted.
     async fn open_committed(
         &self,
         digest: &Digest,
@@ -129,43 +136,16 @@ impl BlobStore {
         offset: u64,
         guard: ReadGuard,
     ) -> Result<Option<BlobReader>, StoreError> {
-        let path = self.blob_path(digest);
-        let opened = blocking(move || {
-            let Some(file) = crate::open_if_exists(&path)? else {
-                return Ok(None);
-            };
-            // Best effort: the mtime is the last access when the index is rebuilt at open.
-            let _ = file.set_modified(std::time::SystemTime::now());
-            let meta = file.metadata()?;
-            Ok(Some((file, meta)))
-        })
-        .await?;
-        let Some((file, meta)) = opened else {
-            warn!(%digest, "indexed blob is missing from the store");
-            self.index().forget(digest);
+        if !self.ensure_verified(digest, size).await? {
+            return Ok(None);
+        }
+        let Some(opened) = self.open_expecting(digest, size, offset).await? else {
             return Ok(None);
         };
-        if meta.len() != size {
-            warn!(%digest, expected = size, actual = meta.len(), "stored blob has the wrong size");
-            self.discard(digest, &meta).await;
-            return Ok(None);
-        }
-        let file = Arc::new(file);
-        if !self.ensure_verified(digest, &file, &meta).await? {
-            return Ok(None);
-        }
         debug!(%digest, offset, "serving blob from the store");
         // Verified by this process (just now, at commit, or on an earlier serve) and of the
         // right size: hashing it again on every read would halve cached throughput.
-        let reader = Reader::stored(
-            self.clone(),
-            file,
-            digest.clone(),
-            meta,
-            offset,
-            false,
-            guard,
-        );
+        let reader = Reader::stored(self.clone(), opened, digest.clone(), offset, false, guard);
         Ok(Some(BlobReader {
             size,
             origin: ReadOrigin::Stored,
@@ -173,13 +153,29 @@ impl BlobStore {
         }))
     }
 
-    /// Hashes a stored blob unless this process did already; a mismatch removes it.
-    async fn ensure_verified(
+    /// Opens the committed blob at `offset` if it has the expected size; a copy of another
+    /// size is deleted. `None` if absent or deleted.
+    async fn open_expecting(
         &self,
         digest: &Digest,
-        file: &Arc<File>,
-        meta: &Metadata,
-    ) -> Result<bool, StoreError> {
+        size: u64,
+        offset: u64,
+    ) -> Result<Option<OpenedBlob>, StoreError> {
+        let Some(opened) = self.inner.backend.open(digest, offset).await? else {
+            warn!(%digest, "indexed blob is missing from the store");
+            self.index().forget(digest);
+            return Ok(None);
+        };
+        if opened.size != size {
+            warn!(%digest, expected = size, actual = opened.size, "stored blob has the wrong size");
+            self.discard(digest, &opened.version).await;
+            return Ok(None);
+        }
+        Ok(Some(opened))
+    }
+
+    /// Hashes a stored blob unless this process did already; a mismatch deletes it.
+    async fn ensure_verified(&self, digest: &Digest, size: u64) -> Result<bool, StoreError> {
         let lock = {
             let mut index = self.index();
             if index.is_verified(digest) {
@@ -196,28 +192,25 @@ impl BlobStore {
         if verified {
             return Ok(true);
         }
-        let (f, d) = (file.clone(), digest.clone());
-        let ok = blocking(move || Ok(hash_file(&f, &d)?)).await?;
+        let result = match self.open_expecting(digest, size, 0).await {
+            Ok(Some(opened)) => hash_stream(opened.stream, digest)
+                .await
+                .map(|ok| (ok, Some(opened.version))),
+            Ok(None) => Ok((false, None)),
+            Err(e) => Err(e),
+        };
         {
             let mut index = self.index();
             index.verify_locks.remove(digest);
-            if ok {
+            if let Ok((true, _)) = result {
                 index.mark_verified(digest);
             }
         }
-        if !ok {
-            self.discard(digest, meta).await;
+        let (ok, version) = result?;
+        if let (false, Some(version)) = (ok, version) {
+            self.discard(digest, &version).await;
         }
         Ok(ok)
-    }
-
-    async fn discard(&self, digest: &Digest, meta: &Metadata) {
-        let (store, digest, meta) = (self.clone(), digest.clone(), meta.clone());
-        let _ = blocking(move || {
-            store.discard_corrupt(&digest, &meta);
-            Ok(())
-        })
-        .await;
     }
 
     /// Starts a download unless another request just did (or just committed the blob).
@@ -250,7 +243,7 @@ impl BlobStore {
         let reserved = if limit > 0 { size } else { 0 };
         let started = {
             let mut index = self.index();
-            if index.flights.contains_key(digest) || index.entries.contains_key(digest) {
+            if index.flights.contains_key(digest) || index.is_committed(digest) {
                 None
             } else if !index.reserve(reserved) {
                 Some(Err(StoreError::TooLarge { size, limit }))
@@ -264,7 +257,7 @@ impl BlobStore {
                 let flight = Arc::new(Flight {
                     file: file.clone(),
                     size,
-                    reserved,
+                    reserved: AtomicU64::new(reserved),
                     progress: rx,
                 });
                 index.flights.insert(digest.clone(), flight.clone());
@@ -350,18 +343,17 @@ impl BlobStore {
     }
 }
 
-/// Hashes a whole file; whether it matches `digest`.
-fn hash_file(file: &File, digest: &Digest) -> io::Result<bool> {
+/// Hashes a whole stream (off the async threads); whether it matches `digest`.
+async fn hash_stream(mut stream: ChunkStream, digest: &Digest) -> Result<bool, StoreError> {
     let mut hasher = digest.hasher();
-    let mut buf = vec![0u8; CHUNK_SIZE];
-    let mut pos = 0u64;
-    loop {
-        let n = read_full_at(file, &mut buf, pos)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        pos += n as u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        hasher = tokio::task::spawn_blocking(move || {
+            hasher.update(&chunk);
+            hasher
+        })
+        .await
+        .map_err(io::Error::other)?;
     }
     Ok(hasher.finish() == *digest)
 }
@@ -388,8 +380,13 @@ fn retire(index: &mut StoreIndex, digest: &Digest, flight: &Arc<Flight>) {
         .is_some_and(|f| Arc::ptr_eq(f, flight))
     {
         index.flights.remove(digest);
-        index.release(flight.reserved);
     }
+    release(index, flight);
+}
+
+/// Releases the flight's reservation, once (at its commit, or when it fails).
+fn release(index: &mut StoreIndex, flight: &Flight) {
+    index.release(flight.reserved.swap(0, Ordering::Relaxed));
 }
 
 /// The task that fills one temp file. Dropped without finishing (runtime shutdown, panic),
@@ -592,16 +589,26 @@ impl Download {
         }
     }
 
-    /// fsync, rename into place and retire the flight, all or nothing.
+    /// fsync, hand over to the backend and retire the flight; nothing is kept on failure.
     async fn commit(&mut self) -> Result<(), SourceError> {
-        let (store, file, tmp) = (self.store.clone(), self.file.clone(), self.tmp.clone());
-        let (digest, size, flight) = (self.digest.clone(), self.size, self.flight.clone());
-        blocking(move || {
-            file.sync_all()?;
-            store.publish_blob_with(&tmp, &digest, size, |index| retire(index, &digest, &flight))
-        })
-        .await
-        .map_err(|e| SourceError::permanent(format!("committing to the store: {e}")))
+        let file = self.file.clone();
+        let failed =
+            |e: StoreError| SourceError::permanent(format!("committing to the store: {e}"));
+        blocking(move || Ok(file.sync_all()?))
+            .await
+            .map_err(failed)?;
+        // The blob is counted as committed and no longer as reserved in one step; the flight
+        // stays joinable until the evictions its commit caused are done, so that a reader
+        // that saw no download in flight also sees the store within its limit.
+        let flight = self.flight.clone();
+        self.store
+            .commit_blob(&self.tmp, &self.digest, self.size, |index| {
+                release(index, &flight)
+            })
+            .await
+            .map_err(failed)?;
+        retire(&mut self.store.index(), &self.digest, &self.flight);
+        Ok(())
     }
 }
 

@@ -13,10 +13,10 @@ use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use futures::FutureExt;
 use rf_oci::Digest;
-use tempfile::TempDir;
 use tokio::sync::watch;
 
 use crate::flight::{ByteSource, FetchSettings, ReadOrigin, SourceError, SourceStream};
+use crate::testing::{on_every_backend, Fixture, Kind};
 use crate::{BlobReader, BlobStore, StoreError, StoreSettings, CHUNK_SIZE};
 
 const GUARD: Duration = Duration::from_secs(20);
@@ -173,10 +173,10 @@ fn settings() -> StoreSettings {
     }
 }
 
-fn store_with(settings: StoreSettings) -> (TempDir, BlobStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::open_with(dir.path(), settings).unwrap();
-    (dir, store)
+async fn store_with(kind: Kind, settings: StoreSettings) -> (Fixture, BlobStore) {
+    let fx = Fixture::new(kind);
+    let store = fx.open(settings).await;
+    (fx, store)
 }
 
 /// Incompressible test content.
@@ -195,10 +195,6 @@ fn content(len: usize, seed: u32) -> Bytes {
 
 fn tmp_files(store: &BlobStore) -> usize {
     fs::read_dir(store.root().join("tmp")).unwrap().count()
-}
-
-fn blob_file(store: &BlobStore, digest: &Digest) -> std::path::PathBuf {
-    store.root().join("blobs/sha256").join(digest.hex())
 }
 
 async fn fetch(
@@ -256,9 +252,8 @@ async fn settle(store: &BlobStore) {
 }
 
 /// On a paused clock: see [`last_byte_waits_for_verification`].
-#[tokio::test(start_paused = true)]
-async fn readers_joining_at_various_points_get_identical_bytes() {
-    let (_dir, store) = store_with(settings());
+async fn readers_joining_at_various_points_get_identical_bytes(kind: Kind) {
+    let (fx, store) = store_with(kind, settings()).await;
     let data = content(3 * MIB + 12345, 1);
     let digest = Digest::sha256_of(&data);
     let (source, gate) = TestSource::new(data.clone(), 64 * 1024, &[], false);
@@ -322,7 +317,7 @@ async fn readers_joining_at_various_points_get_identical_bytes() {
     assert_eq!(source.opens(), vec![0], "exactly one download");
     // Readers may finish before the commit (fsync + rename) does.
     settle(&store).await;
-    assert_eq!(fs::read(blob_file(&store, &digest)).unwrap(), data);
+    assert_eq!(fx.stored(&digest).unwrap(), data);
     assert!(store.is_verified(&digest));
     assert_eq!(tmp_files(&store), 0);
 
@@ -333,9 +328,8 @@ async fn readers_joining_at_various_points_get_identical_bytes() {
     assert_eq!(source.opens(), vec![0]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_concurrent_fetches_one_download() {
-    let (_dir, store) = store_with(settings());
+async fn many_concurrent_fetches_one_download(kind: Kind) {
+    let (_fx, store) = store_with(kind, settings()).await;
     let data = content(2 * MIB + 1, 2);
     let (source, gate) = TestSource::new(data.clone(), 32 * 1024, &[], false);
     gate.open_to(0);
@@ -361,9 +355,8 @@ async fn many_concurrent_fetches_one_download() {
     assert_eq!(source.opens(), vec![0]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reader_going_away_cancels_nothing() {
-    let (_dir, store) = store_with(settings());
+async fn a_reader_going_away_cancels_nothing(kind: Kind) {
+    let (fx, store) = store_with(kind, settings()).await;
     let data = content(2 * MIB, 3);
     let digest = Digest::sha256_of(&data);
     let (source, gate) = TestSource::new(data.clone(), 64 * 1024, &[], false);
@@ -374,12 +367,11 @@ async fn a_reader_going_away_cancels_nothing() {
     drop(s);
     gate.open_all();
     settle(&store).await;
-    assert_eq!(fs::read(blob_file(&store, &digest)).unwrap(), data);
+    assert_eq!(fx.stored(&digest).unwrap(), data);
     assert_eq!(tmp_files(&store), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resumes_after_reset_truncation_and_stall() {
+async fn resumes_after_reset_truncation_and_stall(kind: Kind) {
     for (fault, what) in [
         (Fault::ResetAt(700_000), "reset"),
         (Fault::EndAt(700_000), "truncated body"),
@@ -387,7 +379,7 @@ async fn resumes_after_reset_truncation_and_stall() {
     ] {
         let mut quick_stall = settings();
         quick_stall.fetch.stall_timeout = Some(Duration::from_millis(300));
-        let (_dir, store) = store_with(quick_stall);
+        let (fx, store) = store_with(kind, quick_stall).await;
         let data = content(2 * MIB + 3, 4);
         let digest = Digest::sha256_of(&data);
         // Two faults in a row, the second without progress at all: still within 3 attempts
@@ -403,11 +395,7 @@ async fn resumes_after_reset_truncation_and_stall() {
         assert!(got == data[..], "{what}");
         assert_eq!(source.opens(), vec![0, 700_000, 700_000], "{what}");
         settle(&store).await;
-        assert_eq!(
-            fs::read(blob_file(&store, &digest)).unwrap(),
-            data,
-            "{what}"
-        );
+        assert_eq!(fx.stored(&digest).unwrap(), data, "{what}");
         settle(&store).await;
         assert_eq!(tmp_files(&store), 0, "{what}");
     }
@@ -415,8 +403,7 @@ async fn resumes_after_reset_truncation_and_stall() {
 
 /// A failed download errors every reader (joined early, late, ranged), keeps nothing, and a
 /// later fetch starts afresh.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_download_errors_all_readers_and_leaves_nothing() {
+async fn failed_download_errors_all_readers_and_leaves_nothing(kind: Kind) {
     let data = content(2 * MIB, 5);
     let digest = Digest::sha256_of(&data);
     let cases: Vec<(&str, TestSource, Gate)> = vec![
@@ -462,7 +449,7 @@ async fn failed_download_errors_all_readers_and_leaves_nothing() {
         },
     ];
     for (what, source, gate) in cases {
-        let (_dir, store) = store_with(settings());
+        let (fx, store) = store_with(kind, settings()).await;
         // Nothing flows until all readers are in.
         gate.open_to(0);
         let src: Arc<dyn ByteSource> = Arc::new(source.clone());
@@ -490,7 +477,7 @@ async fn failed_download_errors_all_readers_and_leaves_nothing() {
             );
         }
         settle(&store).await;
-        assert!(!blob_file(&store, &digest).exists(), "{what}");
+        assert!(!fx.has(&digest), "{what}");
         assert_eq!(tmp_files(&store), 0, "{what}");
         assert_eq!(store.total_bytes(), 0, "{what}");
 
@@ -498,7 +485,7 @@ async fn failed_download_errors_all_readers_and_leaves_nothing() {
         let (got, err) = drain(fetch(&store, &data, 0, TestSource::plain(&data)).await).await;
         assert!(err.is_none() && got == data[..], "{what}: {err:?}");
         settle(&store).await;
-        assert!(blob_file(&store, &digest).is_file());
+        assert!(fx.has(&digest));
     }
 }
 
@@ -509,12 +496,11 @@ async fn failed_download_errors_all_readers_and_leaves_nothing() {
 /// On a paused clock, so that "the reader gets nothing more" is observed as silence of the
 /// whole runtime (the clock only advances when every task waits and no file I/O is running),
 /// not as the absence of bytes during some real-time interval.
-#[tokio::test(start_paused = true)]
-async fn last_byte_waits_for_verification() {
+async fn last_byte_waits_for_verification(kind: Kind) {
     let data = content(MIB + 10, 9);
     let digest = Digest::sha256_of(&data);
     for wrong in [false, true] {
-        let (_dir, store) = store_with(settings());
+        let (fx, store) = store_with(kind, settings()).await;
         let mut served = data.to_vec();
         if wrong {
             served[77] ^= 1;
@@ -560,7 +546,7 @@ async fn last_byte_waits_for_verification() {
             assert!(matches!(err, Some(StoreError::Fetch { .. })), "{err:?}");
             assert!(rest.is_empty());
             settle(&store).await;
-            assert!(!blob_file(&store, &digest).exists());
+            assert!(!fx.has(&digest));
         } else {
             assert!(err.is_none(), "{err:?}");
             got.extend_from_slice(&rest);
@@ -570,9 +556,8 @@ async fn last_byte_waits_for_verification() {
 }
 
 /// A source refusing at once is an error of `fetch` itself (no stream), with its cause.
-#[tokio::test]
-async fn open_errors_are_returned_by_fetch() {
-    let (_dir, store) = store_with(settings());
+async fn open_errors_are_returned_by_fetch(kind: Kind) {
+    let (_fx, store) = store_with(kind, settings()).await;
     let data = content(1000, 6);
     let digest = Digest::sha256_of(&data);
     for transient in [false, true] {
@@ -602,9 +587,8 @@ async fn open_errors_are_returned_by_fetch() {
 }
 
 /// The source sending more than the descriptor says fails the download.
-#[tokio::test]
-async fn oversized_source_fails() {
-    let (_dir, store) = store_with(settings());
+async fn oversized_source_fails(kind: Kind) {
+    let (_fx, store) = store_with(kind, settings()).await;
     let data = content(5000, 7);
     let digest = Digest::sha256_of(&data[..4000]);
     let (source, _gate) = TestSource::new(data, 1000, &[], false);
@@ -621,31 +605,28 @@ async fn oversized_source_fails() {
     assert_eq!(tmp_files(&store), 0);
 }
 
-#[tokio::test]
-async fn empty_blob() {
-    let (_dir, store) = store_with(settings());
+async fn empty_blob(kind: Kind) {
+    let (fx, store) = store_with(kind, settings()).await;
     let data = Bytes::new();
     let (source, _gate) = TestSource::new(data.clone(), 100, &[], false);
     let (got, err) = drain(fetch(&store, &data, 0, Arc::new(source.clone())).await).await;
     assert!(got.is_empty() && err.is_none(), "{err:?}");
     assert!(source.opens().is_empty(), "nothing to download");
     settle(&store).await;
-    assert!(blob_file(&store, &Digest::sha256_of(b"")).is_file());
+    assert!(fx.has(&Digest::sha256_of(b"")));
 }
 
 /// A stored blob that was flipped or truncated behind the store's back is detected when
 /// served (by a new process, which has not verified it yet) and fetched again.
-#[tokio::test]
-async fn corrupt_stored_blobs_are_refetched() {
-    let dir = tempfile::tempdir().unwrap();
+async fn corrupt_stored_blobs_are_refetched(kind: Kind) {
+    let fx = Fixture::new(kind);
     let data = content(MIB + 77, 8);
     let digest = Digest::sha256_of(&data);
     {
-        let store = BlobStore::open_with(dir.path(), settings()).unwrap();
+        let store = fx.open(settings()).await;
         drain(fetch(&store, &data, 0, TestSource::plain(&data)).await).await;
         settle(&store).await;
     }
-    let path = dir.path().join("blobs/sha256").join(digest.hex());
     for (what, damage) in [
         (
             "bit flip",
@@ -656,10 +637,8 @@ async fn corrupt_stored_blobs_are_refetched() {
             Box::new(|raw: &mut Vec<u8>| raw.truncate(raw.len() - 1)),
         ),
     ] {
-        let mut raw = fs::read(&path).unwrap();
-        damage(&mut raw);
-        fs::write(&path, &raw).unwrap();
-        let store = BlobStore::open_with(dir.path(), settings()).unwrap();
+        fx.damage(&digest, |raw| damage(raw));
+        let store = fx.open(settings()).await;
         assert!(!store.is_verified(&digest));
         for offset in [0u64, 500] {
             let (source, _gate) = TestSource::new(data.clone(), 64 * 1024, &[], false);
@@ -674,17 +653,16 @@ async fn corrupt_stored_blobs_are_refetched() {
             assert!(err.is_none(), "{what}: {err:?}");
             assert!(got == data[offset as usize..], "{what}");
             settle(&store).await;
-            assert_eq!(fs::read(&path).unwrap(), data, "{what}: repaired on disk");
+            assert_eq!(fx.stored(&digest).unwrap(), data, "{what}: repaired");
         }
     }
     // A verified blob is not hashed again by this process (that would halve cached
     // throughput), but its size is checked on every open: a truncated file is re-fetched.
-    let store = BlobStore::open_with(dir.path(), settings()).unwrap();
+    let store = fx.open(settings()).await;
     let (got, _) = drain(fetch(&store, &data, 0, TestSource::plain(&data)).await).await;
     assert!(got == data[..]);
     assert!(store.is_verified(&digest));
-    let raw = fs::read(&path).unwrap();
-    fs::write(&path, &raw[..raw.len() - 1]).unwrap();
+    fx.damage(&digest, |raw| raw.truncate(raw.len() - 1));
     let reader = fetch(&store, &data, 0, TestSource::plain(&data)).await;
     assert_ne!(
         reader.origin,
@@ -694,19 +672,22 @@ async fn corrupt_stored_blobs_are_refetched() {
     let (got, err) = drain(reader).await;
     assert!(err.is_none() && got == data[..]);
     settle(&store).await;
-    assert_eq!(fs::read(&path).unwrap(), data, "repaired on disk");
+    assert_eq!(fx.stored(&digest).unwrap(), data, "repaired");
 }
 
 /// LRU eviction: the limit holds after a workload, the most recently used blob stays, and a
 /// blob with an open reader is never evicted: the store exceeds the limit while it is read
 /// and shrinks when the reader is done.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eviction_is_lru_and_spares_open_blobs() {
+async fn eviction_is_lru_and_spares_open_blobs(kind: Kind) {
     let limit = 5 * MIB as u64 / 2;
-    let (_dir, store) = store_with(StoreSettings {
-        max_bytes: limit,
-        ..settings()
-    });
+    let (fx, store) = store_with(
+        kind,
+        StoreSettings {
+            max_bytes: limit,
+            ..settings()
+        },
+    )
+    .await;
     let blobs: Vec<Bytes> = (0..5).map(|i| content(MIB, 100 + i)).collect();
     let digests: Vec<Digest> = blobs.iter().map(|b| Digest::sha256_of(b)).collect();
     for b in &blobs {
@@ -719,19 +700,13 @@ async fn eviction_is_lru_and_spares_open_blobs() {
             store.total_bytes()
         );
     }
-    let present: Vec<bool> = digests
-        .iter()
-        .map(|d| blob_file(&store, d).exists())
-        .collect();
+    let present: Vec<bool> = digests.iter().map(|d| fx.has(d)).collect();
     assert_eq!(present, [false, false, false, true, true]);
     // Using blob 3 again makes blob 4 the least recently used.
     drain(fetch(&store, &blobs[3], 0, TestSource::plain(&blobs[3])).await).await;
     drain(fetch(&store, &blobs[0], 0, TestSource::plain(&blobs[0])).await).await;
     settle(&store).await;
-    let present: Vec<bool> = digests
-        .iter()
-        .map(|d| blob_file(&store, d).exists())
-        .collect();
+    let present: Vec<bool> = digests.iter().map(|d| fx.has(d)).collect();
     assert_eq!(present, [true, false, false, true, false]);
 
     // Hold blob 3 open (a slow reader) and use blob 0 again: 3 is now the least recently
@@ -743,10 +718,7 @@ async fn eviction_is_lru_and_spares_open_blobs() {
     drain(fetch(&store, &blobs[0], 0, TestSource::plain(&blobs[0])).await).await;
     drain(fetch(&store, &blobs[1], 0, TestSource::plain(&blobs[1])).await).await;
     settle(&store).await;
-    let present: Vec<bool> = digests
-        .iter()
-        .map(|d| blob_file(&store, d).exists())
-        .collect();
+    let present: Vec<bool> = digests.iter().map(|d| fx.has(d)).collect();
     assert_eq!(present, [false, true, false, true, false]);
 
     // Pin 1 too, and download 2 while keeping its reader: nothing can go, so the store is
@@ -765,10 +737,7 @@ async fn eviction_is_lru_and_spares_open_blobs() {
     }
     assert!(got2 == blobs[2][..]);
     settle(&store).await;
-    let present: Vec<bool> = digests
-        .iter()
-        .map(|d| blob_file(&store, d).exists())
-        .collect();
+    let present: Vec<bool> = digests.iter().map(|d| fx.has(d)).collect();
     assert_eq!(present, [false, true, true, true, false]);
     assert_eq!(store.total_bytes(), 3 * MIB as u64);
 
@@ -785,28 +754,20 @@ async fn eviction_is_lru_and_spares_open_blobs() {
         assert!(tokio::time::Instant::now() < deadline, "store never shrank");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let present: Vec<bool> = digests
-        .iter()
-        .map(|d| blob_file(&store, d).exists())
-        .collect();
+    let present: Vec<bool> = digests.iter().map(|d| fx.has(d)).collect();
     assert_eq!(present, [false, true, true, false, false]);
     drop(slow1);
     drop(reader2);
-    let on_disk: u64 = fs::read_dir(store.root().join("blobs/sha256"))
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum();
-    assert_eq!(on_disk, store.total_bytes());
+    assert_eq!(fx.stored_bytes(), store.total_bytes());
 }
 
 /// The index is rebuilt at open from the files (oldest mtime first), and a lowered limit
 /// applies at once.
-#[tokio::test]
-async fn index_rebuilt_at_open() {
-    let dir = tempfile::tempdir().unwrap();
+async fn index_rebuilt_at_open(kind: Kind) {
+    let fx = Fixture::new(kind);
     let blobs: Vec<Bytes> = (0..3).map(|i| content(MIB, 200 + i)).collect();
     {
-        let store = BlobStore::open_with(dir.path(), settings()).unwrap();
+        let store = fx.open(settings()).await;
         for b in &blobs {
             drain(fetch(&store, b, 0, TestSource::plain(b)).await).await;
         }
@@ -815,11 +776,7 @@ async fn index_rebuilt_at_open() {
     }
     // Order by mtime: blob 1 oldest, then blob 2, blob 0 the most recently used. Set
     // explicitly: blobs written within one filesystem clock tick share an mtime.
-    let path = |b: &Bytes| {
-        dir.path()
-            .join("blobs/sha256")
-            .join(Digest::sha256_of(b).hex())
-    };
+    let has = |b: &Bytes| fx.has(&Digest::sha256_of(b));
     let now = std::time::SystemTime::now();
     for (i, offset) in [(1, -120i64), (2, -60), (0, 60)] {
         let t = if offset < 0 {
@@ -827,33 +784,30 @@ async fn index_rebuilt_at_open() {
         } else {
             now + Duration::from_secs(offset as u64)
         };
-        fs::File::options()
-            .write(true)
-            .open(path(&blobs[i]))
-            .unwrap()
-            .set_modified(t)
-            .unwrap();
+        fx.set_last_access(&Digest::sha256_of(&blobs[i]), t);
     }
-    let store = BlobStore::open_with(
-        dir.path(),
-        StoreSettings {
+    let store = fx
+        .open(StoreSettings {
             max_bytes: 2 * MIB as u64,
             ..settings()
-        },
-    )
-    .unwrap();
+        })
+        .await;
     assert_eq!(store.total_bytes(), 2 * MIB as u64);
-    assert!(path(&blobs[0]).exists());
-    assert!(!path(&blobs[1]).exists());
-    assert!(path(&blobs[2]).exists());
+    assert!(has(&blobs[0]));
+    assert!(!has(&blobs[1]));
+    assert!(has(&blobs[2]));
 }
 
 /// Two idle 1 MiB blobs and the data of a blob whose descriptor lies about its size.
-async fn store_with_idle_blobs(limit: u64) -> (TempDir, BlobStore, Vec<Digest>) {
-    let (dir, store) = store_with(StoreSettings {
-        max_bytes: limit,
-        ..settings()
-    });
+async fn store_with_idle_blobs(kind: Kind, limit: u64) -> (Fixture, BlobStore, Vec<Digest>) {
+    let (fx, store) = store_with(
+        kind,
+        StoreSettings {
+            max_bytes: limit,
+            ..settings()
+        },
+    )
+    .await;
     let mut digests = Vec::new();
     for i in 0..2 {
         let b = content(MIB, 300 + i);
@@ -862,16 +816,15 @@ async fn store_with_idle_blobs(limit: u64) -> (TempDir, BlobStore, Vec<Digest>) 
         digests.push(Digest::sha256_of(&b));
     }
     settle(&store).await;
-    (dir, store, digests)
+    (fx, store, digests)
 }
 
 /// A descriptor declaring a layer larger than the store's limit does not make the store evict
 /// every idle blob to make room for it: it is refused before any download starts (the facade
 /// then streams it uncached).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn huge_declared_size_evicts_nothing() {
+async fn huge_declared_size_evicts_nothing(kind: Kind) {
     let limit = 3 * MIB as u64;
-    let (_dir, store, idle) = store_with_idle_blobs(limit).await;
+    let (fx, store, idle) = store_with_idle_blobs(kind, limit).await;
     let data = content(1000, 310);
     let digest = Digest::sha256_of(&data);
     for declared in [limit + 1, u64::MAX] {
@@ -881,10 +834,7 @@ async fn huge_declared_size_evicts_nothing() {
             .await;
         settle(&store).await;
         for d in &idle {
-            assert!(
-                blob_file(&store, d).exists(),
-                "declared {declared}: evicted"
-            );
+            assert!(fx.has(d), "declared {declared}: evicted");
         }
         assert_eq!(store.total_bytes(), 2 * MIB as u64);
         assert!(source.opens().is_empty(), "declared {declared}: downloaded");
@@ -901,10 +851,9 @@ async fn huge_declared_size_evicts_nothing() {
 
 /// Reservations near u64::MAX: the sum of the downloads in flight does not overflow (it
 /// panicked in debug builds and wrapped in release, evicting or keeping the wrong blobs).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reservations_do_not_overflow() {
+async fn reservations_do_not_overflow(kind: Kind) {
     let limit = u64::MAX - 5;
-    let (_dir, store, _) = store_with_idle_blobs(limit).await;
+    let (_fx, store, _) = store_with_idle_blobs(kind, limit).await;
     // A download that fits the limit alone (making room for it evicts the idle blobs),
     // stalled.
     let big = content(1000, 320);
@@ -954,4 +903,21 @@ fn resume_backoff_follows_the_settings() {
     );
     // A maximum below the initial pause does not shorten it.
     assert_eq!(delays(3, 100, 10), [100, 100]);
+}
+
+on_every_backend! {
+    #[tokio::test(start_paused = true)] readers_joining_at_various_points_get_identical_bytes,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] many_concurrent_fetches_one_download,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] a_reader_going_away_cancels_nothing,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] resumes_after_reset_truncation_and_stall,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] failed_download_errors_all_readers_and_leaves_nothing,
+    #[tokio::test(start_paused = true)] last_byte_waits_for_verification,
+    #[tokio::test] open_errors_are_returned_by_fetch,
+    #[tokio::test] oversized_source_fails,
+    #[tokio::test] empty_blob,
+    #[tokio::test] corrupt_stored_blobs_are_refetched,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] eviction_is_lru_and_spares_open_blobs,
+    #[tokio::test] index_rebuilt_at_open,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] huge_declared_size_evicts_nothing,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] reservations_do_not_overflow,
 }

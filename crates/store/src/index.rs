@@ -30,6 +30,10 @@ pub(crate) struct Index<F> {
     verified: HashSet<Digest>,
     /// Serialises the first-time verification of a blob.
     pub verify_locks: HashMap<Digest, Arc<tokio::sync::Mutex<()>>>,
+    /// Blobs being deleted from the backend (by eviction, removal, or because they were found
+    /// corrupt), with how many deletions are under way: a commit of the same digest waits for
+    /// them, so that a deletion decided before cannot remove the fresh copy.
+    deleting: HashMap<Digest, usize>,
 }
 
 impl<F> Index<F> {
@@ -43,6 +47,7 @@ impl<F> Index<F> {
             flights: HashMap::new(),
             verified: HashSet::new(),
             verify_locks: HashMap::new(),
+            deleting: HashMap::new(),
         }
     }
 
@@ -158,18 +163,67 @@ impl<F> Index<F> {
         limit > 0 && self.demand() > limit
     }
 
+    pub fn begin_delete(&mut self, digest: &Digest) {
+        *self.deleting.entry(digest.clone()).or_insert(0) += 1;
+    }
+
+    pub fn end_delete(&mut self, digest: &Digest) {
+        if let Some(n) = self.deleting.get_mut(digest) {
+            *n -= 1;
+            if *n == 0 {
+                self.deleting.remove(digest);
+            }
+        }
+    }
+
+    pub fn is_deleting(&self, digest: &Digest) -> bool {
+        self.deleting.contains_key(digest)
+    }
+
+    /// Whether `digest` is committed and not being deleted: what a reader may open.
+    pub fn is_committed(&self, digest: &Digest) -> bool {
+        self.entries.contains_key(digest) && !self.is_deleting(digest)
+    }
+
+    /// [`Self::victims`] if over `limit` (`0` = unlimited: none), marked as being deleted:
+    /// the caller deletes each, then calls [`Self::forget`] if it is gone, and
+    /// [`Self::end_delete`]. They count until forgotten: the total stays what is stored.
+    pub fn take_victims(&mut self, limit: u64) -> Vec<(Digest, u64)> {
+        if !self.over(limit) {
+            return Vec::new();
+        }
+        let victims = self.victims(limit);
+        for (digest, _) in &victims {
+            self.begin_delete(digest);
+        }
+        victims
+    }
+
+    /// Bytes of the committed blobs being deleted.
+    fn deleting_bytes(&self) -> u64 {
+        self.deleting
+            .keys()
+            .filter_map(|d| self.entries.get(d))
+            .map(|e| e.size)
+            .sum()
+    }
+
     /// What to evict, least recently used first, so that committed + reserved bytes fit
     /// `limit`: only blobs without open readers. The caller removes them and calls
     /// [`Self::forget`] for each.
     pub fn victims(&self, limit: u64) -> Vec<(Digest, u64)> {
-        let mut excess = self.demand().saturating_sub(limit);
+        // What is being deleted already will be gone: not to be made room for twice.
+        let mut excess = self
+            .demand()
+            .saturating_sub(self.deleting_bytes())
+            .saturating_sub(limit);
         if excess == 0 {
             return Vec::new();
         }
         let mut candidates: Vec<(u64, &Digest, u64)> = self
             .entries
             .iter()
-            .filter(|(d, e)| e.size > 0 && self.readers(d) == 0)
+            .filter(|(d, e)| e.size > 0 && self.readers(d) == 0 && !self.is_deleting(d))
             .map(|(d, e)| (e.last_access, d, e.size))
             .collect();
         candidates.sort_unstable();
@@ -286,5 +340,28 @@ mod tests {
         index.release(u64::MAX - 20);
         index.release(20);
         assert_eq!(index.demand(), 10);
+    }
+
+    #[test]
+    fn victims_taken_are_forgotten_and_marked_until_deleted() {
+        let mut index = TestIndex::new();
+        index.insert(&d(1), 10);
+        index.insert(&d(2), 10);
+        assert_eq!(index.take_victims(10), vec![(d(1), 10)]);
+        assert_eq!(index.total, 20, "counted until deleted");
+        assert!(!index.is_committed(&d(1)) && index.is_committed(&d(2)));
+        assert!(index.is_deleting(&d(1)) && !index.is_deleting(&d(2)));
+        // Meanwhile no other eviction picks it, or anything else for its bytes.
+        assert!(index.take_victims(10).is_empty());
+        assert!(index.victims(0) == vec![(d(2), 10)]);
+        index.begin_delete(&d(1));
+        index.end_delete(&d(1));
+        assert!(index.is_deleting(&d(1)), "one deletion is still under way");
+        index.forget(&d(1));
+        index.end_delete(&d(1));
+        assert!(!index.is_deleting(&d(1)));
+        assert_eq!(index.total, 10);
+        assert!(index.take_victims(10).is_empty());
+        assert!(index.take_victims(0).is_empty(), "0 = unlimited");
     }
 }

@@ -154,7 +154,8 @@ pub(crate) struct Progress {
     /// failure) so that a source refusing at once becomes an error before any byte is served.
     pub opened: bool,
     /// Every byte is there and matches the digest: readers may take the last byte. The
-    /// commit (fsync, rename) still follows; durability is the cache's concern, not theirs.
+    /// commit (fsync, hand-over to the backend) still follows; durability is the cache's
+    /// concern, not theirs.
     pub verified: bool,
     pub status: Status,
 }

@@ -34,7 +34,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use rf_oci::Digest;
 use tokio::sync::Notify;
@@ -163,10 +163,6 @@ impl BlobStore {
         &self.inner.settings
     }
 
-    pub fn backend(&self) -> &Arc<dyn BlobBackend> {
-        &self.inner.backend
-    }
-
     /// Total bytes of the committed blobs, as indexed.
     pub fn total_bytes(&self) -> u64 {
         self.index().total
@@ -193,12 +189,17 @@ impl BlobStore {
         let Some(opened) = self.inner.backend.open(digest, 0).await? else {
             return Ok(None);
         };
-        let mut data = BytesMut::with_capacity(opened.size.min(64 * 1024 * 1024) as usize);
+        let mut chunks = Vec::new();
         let mut stream = opened.stream;
         while let Some(chunk) = stream.next().await {
-            data.extend_from_slice(&chunk?);
+            chunks.push(chunk?);
         }
-        let data = data.freeze();
+        // Small items come in one chunk: no copy then.
+        let data = match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().expect("one chunk"),
+            _ => chunks.concat().into(),
+        };
         if digest.verify(&data) {
             self.index().touch(digest, true);
             Ok(Some(data))

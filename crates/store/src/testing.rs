@@ -37,6 +37,11 @@ impl Fixture {
         }
     }
 
+    /// The in-memory backend, if this is one.
+    pub(crate) fn memory(&self) -> Option<&MemoryBackend> {
+        self.memory.as_deref()
+    }
+
     /// A store on this backing (the root holds its staging directory in either case).
     pub(crate) async fn open(&self, settings: StoreSettings) -> BlobStore {
         match &self.memory {

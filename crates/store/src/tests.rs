@@ -413,6 +413,41 @@ async fn empty_blob(kind: Kind) {
     assert_eq!(store.get_bytes(&digest).await.unwrap().unwrap().len(), 0);
 }
 
+/// A deletion decided before a commit of the same digest cannot remove the copy that commit
+/// makes: the commit waits for it. (The store orders them itself, since a backend's delete and
+/// commit are separate calls; the old code renamed under the index lock.) On a paused clock:
+/// the commit is seen waiting when the whole runtime is idle.
+#[tokio::test(start_paused = true)]
+async fn commit_waits_for_a_deletion_of_the_same_digest() {
+    let fx = Fixture::new(Kind::Memory);
+    let store = fx.open(StoreSettings::default()).await;
+    let backend = fx.memory().unwrap();
+    let data = content(3000);
+    let digest = put_streamed(&store, &data).await;
+
+    backend.hold_deletes();
+    let removing = tokio::spawn({
+        let (store, digest) = (store.clone(), digest.clone());
+        async move { store.remove(&digest).await }
+    });
+    let mut writing = tokio::spawn({
+        let (store, data) = (store.clone(), data.clone());
+        async move { put_streamed(&store, &data).await }
+    });
+    let silence = std::time::Duration::from_secs(1);
+    assert!(
+        tokio::time::timeout(silence, &mut writing).await.is_err(),
+        "the commit must wait for the deletion"
+    );
+    backend.release_deletes();
+    removing.await.unwrap().unwrap();
+    writing.await.unwrap();
+    assert!(fx.stored(&digest).unwrap() == data, "the fresh copy stays");
+    assert_eq!(store.total_bytes(), data.len() as u64);
+    let (read, err) = drain(&store, &digest, 0).await;
+    assert!(err.is_none() && read == data);
+}
+
 on_every_backend! {
     #[tokio::test] put_get_round_trip,
     #[tokio::test] put_with_wrong_digest_leaves_nothing,

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use rf_oci::Digest;
+use tokio::sync::watch;
 
 use super::{BlobBackend, BlobVersion, ChunkStream, ListedBlob, OpenedBlob};
 use crate::vocab::{StoreError, CHUNK_SIZE};
@@ -32,12 +33,31 @@ struct State {
     versions: u64,
 }
 
-#[derive(Default)]
 pub(crate) struct MemoryBackend {
     state: Mutex<State>,
+    /// Deletions wait while this is false (tests hold them to force an interleaving).
+    deletes_open: watch::Sender<bool>,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        MemoryBackend {
+            state: Mutex::default(),
+            deletes_open: watch::Sender::new(true),
+        }
+    }
 }
 
 impl MemoryBackend {
+    /// Makes deletions wait until [`Self::release_deletes`].
+    pub(crate) fn hold_deletes(&self) {
+        self.deletes_open.send_replace(false);
+    }
+
+    pub(crate) fn release_deletes(&self) {
+        self.deletes_open.send_replace(true);
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -128,6 +148,8 @@ impl BlobBackend for MemoryBackend {
         digest: &Digest,
         version: Option<&BlobVersion>,
     ) -> Result<bool, StoreError> {
+        let mut open = self.deletes_open.subscribe();
+        let _ = open.wait_for(|open| *open).await;
         let mut state = self.state();
         let matches = match (state.blobs.get(digest), version) {
             (None, _) => false,

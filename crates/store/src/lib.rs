@@ -102,7 +102,7 @@ impl BlobStore {
         for (digest, size) in index.take_victims(settings.max_bytes) {
             match backend.delete_blocking(&digest, None) {
                 Ok(_) => {
-                    let _ = fsio::remove_if_exists(&media_type_path(&root, &digest));
+                    let _ = backend.delete_media_type_blocking(&digest);
                     index.forget(&digest);
                     tracing::debug!(%digest, size, "evicted least recently used blob");
                 }
@@ -383,12 +383,6 @@ fn index_of(listed: Vec<backend::ListedBlob>) -> StoreIndex {
             .map(|b| (b.last_access, b.digest, b.size))
             .collect(),
     )
-}
-
-fn media_type_path(root: &Path, digest: &Digest) -> PathBuf {
-    root.join("media-types")
-        .join(digest.algorithm().as_str())
-        .join(digest.hex())
 }
 
 /// Counts an open reader of a blob, so that eviction leaves the blob alone; on drop, evicts

@@ -114,7 +114,8 @@ impl LocalDirBackend {
         }
     }
 
-    fn delete_media_type_blocking(&self, digest: &Digest) -> io::Result<()> {
+    /// [`BlobBackend::delete_media_type`], blocking.
+    pub fn delete_media_type_blocking(&self, digest: &Digest) -> io::Result<()> {
         fsio::remove_if_exists(&self.media_type_path(digest))
     }
 }

@@ -17,133 +17,31 @@
 //! Readers get the blob's last byte only after the download verified and committed it, so a
 //! reader of the whole blob (or of any range reaching its end) never receives a complete-
 //! looking wrong blob.
+//!
+//! The temp file is local (the store's staging directory) whatever the backend; a verified
+//! download is handed to the backend through the store's commit, so nothing here knows where
+//! committed blobs rest (a directory, an object store).
 
-use std::fmt;
-use std::fs::{File, Metadata};
+use std::fs::File;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use bytes::{Bytes, BytesMut};
-use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use rf_oci::{Digest, DigestHasher};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::index::Index;
+use crate::backend::{ChunkStream, OpenedBlob};
+use crate::fsio::write_all_at;
 use crate::stream::Reader;
-use crate::{blocking, read_full_at, write_all_at, BlobStore, ReadGuard, StoreError, CHUNK_SIZE};
-
-/// The bytes of a blob from some offset to its end, as a source delivers them.
-pub type SourceStream = BoxStream<'static, Result<Bytes, SourceError>>;
-
-/// Where [`BlobStore::fetch`] downloads a blob from (an upstream registry, in the facade).
-/// The store verifies everything it receives, so a source need not.
-pub trait ByteSource: Send + Sync + 'static {
-    /// The blob's bytes from `offset` to the end. A source that cannot start at `offset`
-    /// fails with a permanent error.
-    fn open(&self, offset: u64) -> BoxFuture<'static, Result<SourceStream, SourceError>>;
-}
-
-/// Why a source (or a download) failed. `transient` errors are worth another attempt.
-#[derive(Clone)]
-pub struct SourceError {
-    pub transient: bool,
-    pub message: String,
-    /// The source's own error, for callers that want to classify it (downcast it).
-    pub cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
-}
-
-impl SourceError {
-    pub fn transient(message: impl Into<String>) -> SourceError {
-        SourceError {
-            transient: true,
-            message: message.into(),
-            cause: None,
-        }
-    }
-
-    pub fn permanent(message: impl Into<String>) -> SourceError {
-        SourceError {
-            transient: false,
-            message: message.into(),
-            cause: None,
-        }
-    }
-
-    /// Wraps a source's own error, keeping it as the `cause`.
-    pub fn from_cause<E: std::error::Error + Send + Sync + 'static>(
-        error: E,
-        transient: bool,
-    ) -> SourceError {
-        SourceError {
-            transient,
-            message: error.to_string(),
-            cause: Some(Arc::new(error)),
-        }
-    }
-
-    /// The cause, if it is an `E`.
-    pub fn cause<E: std::error::Error + 'static>(&self) -> Option<&E> {
-        self.cause.as_deref().and_then(|c| c.downcast_ref::<E>())
-    }
-}
-
-impl fmt::Display for SourceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl fmt::Debug for SourceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SourceError")
-            .field("transient", &self.transient)
-            .field("message", &self.message)
-            .finish()
-    }
-}
-
-impl std::error::Error for SourceError {}
-
-/// How downloads resume.
-#[derive(Debug, Clone)]
-pub struct FetchSettings {
-    /// Consecutive attempts without progress before a download gives up (the first attempt
-    /// included; an attempt that delivered bytes resets the count). At least 1.
-    pub max_attempts: u32,
-    /// Pause before the first reconnection; doubled after each attempt without progress.
-    pub initial_backoff: Duration,
-    /// Upper bound of the pause.
-    pub max_backoff: Duration,
-    /// No bytes of an open body for this long counts as a transient failure.
-    pub stall_timeout: Option<Duration>,
-}
-
-impl Default for FetchSettings {
-    fn default() -> Self {
-        FetchSettings {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(5),
-            stall_timeout: Some(Duration::from_secs(60)),
-        }
-    }
-}
-
-/// Where the bytes of a [`BlobReader`] come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadOrigin {
-    /// The committed file.
-    Stored,
-    /// A download another request started.
-    Joined,
-    /// A download this call started.
-    Started,
-}
+pub use crate::vocab::{ByteSource, FetchSettings, ReadOrigin, SourceError, SourceStream};
+use crate::vocab::{Progress, Status, CHUNK_SIZE};
+use crate::{blocking, BlobStore, ReadGuard, StoreError, StoreIndex};
 
 /// A blob opened by [`BlobStore::fetch`]. `stream` yields the bytes from the requested offset
 /// to the end in chunks of at most [`CHUNK_SIZE`], or ends with an error (never short).
@@ -159,28 +57,9 @@ pub(crate) struct Flight {
     /// The temp file, open for reading and writing; readers use positional reads.
     file: Arc<File>,
     size: u64,
+    /// Bytes reserved in the index for it (its size under a limit, else 0); 0 once released.
+    reserved: AtomicU64,
     pub(crate) progress: watch::Receiver<Progress>,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Progress {
-    /// Bytes written to the temp file (and hashed) so far.
-    pub written: u64,
-    /// The source has been opened (first response received); readers wait for this (or a
-    /// failure) so that a source refusing at once becomes an error before any byte is served.
-    pub opened: bool,
-    /// Every byte is there and matches the digest: readers may take the last byte. The
-    /// commit (fsync, rename) still follows; durability is the cache's concern, not theirs.
-    pub verified: bool,
-    pub status: Status,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) enum Status {
-    Running,
-    /// Verified and committed.
-    Done,
-    Failed(SourceError),
 }
 
 enum Found {
@@ -211,7 +90,7 @@ impl BlobStore {
                 let mut index = self.index();
                 if let Some(flight) = index.flights.get(digest).cloned() {
                     Found::Flight(flight, ReadGuard::new(self, &mut index, digest))
-                } else if index.entries.contains_key(digest) {
+                } else if index.is_committed(digest) {
                     index.touch(digest, false);
                     Found::Stored(ReadGuard::new(self, &mut index, digest))
                 } else {
@@ -248,8 +127,8 @@ impl BlobStore {
         self.index().is_verified(digest)
     }
 
-    /// Opens the committed file after checking its size and (the first time) its content.
-    /// `None` if it is gone or was found corrupt and removed.
+    /// Opens the committed blob after checking its size and (the first time) its content.
+    /// `None` if it is gone or was found corrupt and deleted.
     async fn open_committed(
         &self,
         digest: &Digest,
@@ -257,43 +136,16 @@ impl BlobStore {
         offset: u64,
         guard: ReadGuard,
     ) -> Result<Option<BlobReader>, StoreError> {
-        let path = self.blob_path(digest);
-        let opened = blocking(move || {
-            let Some(file) = crate::open_if_exists(&path)? else {
-                return Ok(None);
-            };
-            // Best effort: the mtime is the last access when the index is rebuilt at open.
-            let _ = file.set_modified(std::time::SystemTime::now());
-            let meta = file.metadata()?;
-            Ok(Some((file, meta)))
-        })
-        .await?;
-        let Some((file, meta)) = opened else {
-            warn!(%digest, "indexed blob is missing from the store");
-            self.index().forget(digest);
+        if !self.ensure_verified(digest, size).await? {
+            return Ok(None);
+        }
+        let Some(opened) = self.open_expecting(digest, size, offset).await? else {
             return Ok(None);
         };
-        if meta.len() != size {
-            warn!(%digest, expected = size, actual = meta.len(), "stored blob has the wrong size");
-            self.discard(digest, &meta).await;
-            return Ok(None);
-        }
-        let file = Arc::new(file);
-        if !self.ensure_verified(digest, &file, &meta).await? {
-            return Ok(None);
-        }
         debug!(%digest, offset, "serving blob from the store");
         // Verified by this process (just now, at commit, or on an earlier serve) and of the
         // right size: hashing it again on every read would halve cached throughput.
-        let reader = Reader::stored(
-            self.clone(),
-            file,
-            digest.clone(),
-            meta,
-            offset,
-            false,
-            guard,
-        );
+        let reader = Reader::stored(self.clone(), opened, digest.clone(), offset, false, guard);
         Ok(Some(BlobReader {
             size,
             origin: ReadOrigin::Stored,
@@ -301,13 +153,29 @@ impl BlobStore {
         }))
     }
 
-    /// Hashes a stored blob unless this process did already; a mismatch removes it.
-    async fn ensure_verified(
+    /// Opens the committed blob at `offset` if it has the expected size; a copy of another
+    /// size is deleted. `None` if absent or deleted.
+    async fn open_expecting(
         &self,
         digest: &Digest,
-        file: &Arc<File>,
-        meta: &Metadata,
-    ) -> Result<bool, StoreError> {
+        size: u64,
+        offset: u64,
+    ) -> Result<Option<OpenedBlob>, StoreError> {
+        let Some(opened) = self.inner.backend.open(digest, offset).await? else {
+            warn!(%digest, "indexed blob is missing from the store");
+            self.index().forget(digest);
+            return Ok(None);
+        };
+        if opened.size != size {
+            warn!(%digest, expected = size, actual = opened.size, "stored blob has the wrong size");
+            self.discard(digest, &opened.version).await;
+            return Ok(None);
+        }
+        Ok(Some(opened))
+    }
+
+    /// Hashes a stored blob unless this process did already; a mismatch deletes it.
+    async fn ensure_verified(&self, digest: &Digest, size: u64) -> Result<bool, StoreError> {
         let lock = {
             let mut index = self.index();
             if index.is_verified(digest) {
@@ -324,28 +192,25 @@ impl BlobStore {
         if verified {
             return Ok(true);
         }
-        let (f, d) = (file.clone(), digest.clone());
-        let ok = blocking(move || Ok(hash_file(&f, &d)?)).await?;
+        let result = match self.open_expecting(digest, size, 0).await {
+            Ok(Some(opened)) => hash_stream(opened.stream, digest)
+                .await
+                .map(|ok| (ok, Some(opened.version))),
+            Ok(None) => Ok((false, None)),
+            Err(e) => Err(e),
+        };
         {
             let mut index = self.index();
             index.verify_locks.remove(digest);
-            if ok {
+            if let Ok((true, _)) = result {
                 index.mark_verified(digest);
             }
         }
-        if !ok {
-            self.discard(digest, meta).await;
+        let (ok, version) = result?;
+        if let (false, Some(version)) = (ok, version) {
+            self.discard(digest, &version).await;
         }
         Ok(ok)
-    }
-
-    async fn discard(&self, digest: &Digest, meta: &Metadata) {
-        let (store, digest, meta) = (self.clone(), digest.clone(), meta.clone());
-        let _ = blocking(move || {
-            store.discard_corrupt(&digest, &meta);
-            Ok(())
-        })
-        .await;
     }
 
     /// Starts a download unless another request just did (or just committed the blob).
@@ -355,6 +220,12 @@ impl BlobStore {
         size: u64,
         source: &Arc<dyn ByteSource>,
     ) -> Result<Option<(Arc<Flight>, ReadGuard)>, StoreError> {
+        // A blob that cannot fit would evict every idle blob and still not fit: refused
+        // before anything is reserved or evicted (the caller can stream it uncached).
+        let limit = self.settings().max_bytes;
+        if limit > 0 && size > limit {
+            return Err(StoreError::TooLarge { size, limit });
+        }
         let tmp = self.temp_path();
         let path = tmp.clone();
         let file = blocking(move || {
@@ -366,10 +237,16 @@ impl BlobStore {
         })
         .await?;
         let file = Arc::new(file);
+        // With a limit, the download reserves its declared size; without one, reservations
+        // would only be arithmetic on a number the descriptor may have made up.
+        let limit = self.settings().max_bytes;
+        let reserved = if limit > 0 { size } else { 0 };
         let started = {
             let mut index = self.index();
-            if index.flights.contains_key(digest) || index.entries.contains_key(digest) {
+            if index.flights.contains_key(digest) || index.is_committed(digest) {
                 None
+            } else if !index.reserve(reserved) {
+                Some(Err(StoreError::TooLarge { size, limit }))
             } else {
                 let (tx, rx) = watch::channel(Progress {
                     written: 0,
@@ -380,18 +257,21 @@ impl BlobStore {
                 let flight = Arc::new(Flight {
                     file: file.clone(),
                     size,
+                    reserved: AtomicU64::new(reserved),
                     progress: rx,
                 });
                 index.flights.insert(digest.clone(), flight.clone());
-                index.reserved += size;
                 let guard = ReadGuard::new(self, &mut index, digest);
-                Some((flight, tx, guard))
+                Some(Ok((flight, tx, guard)))
             }
         };
-        let Some((flight, tx, guard)) = started else {
-            drop(file);
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Ok(None);
+        let (flight, tx, guard) = match started {
+            Some(Ok(started)) => started,
+            refused => {
+                drop(file);
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return refused.transpose().map(|_| None);
+            }
         };
         debug!(%digest, size, "starting download");
         let download = Download {
@@ -463,33 +343,50 @@ impl BlobStore {
     }
 }
 
-/// Hashes a whole file; whether it matches `digest`.
-fn hash_file(file: &File, digest: &Digest) -> io::Result<bool> {
+/// Hashes a whole stream (off the async threads); whether it matches `digest`.
+async fn hash_stream(mut stream: ChunkStream, digest: &Digest) -> Result<bool, StoreError> {
     let mut hasher = digest.hasher();
-    let mut buf = vec![0u8; CHUNK_SIZE];
-    let mut pos = 0u64;
-    loop {
-        let n = read_full_at(file, &mut buf, pos)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        pos += n as u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        hasher = tokio::task::spawn_blocking(move || {
+            hasher.update(&chunk);
+            hasher
+        })
+        .await
+        .map_err(io::Error::other)?;
     }
     Ok(hasher.finish() == *digest)
 }
 
+/// The pauses between the attempts of one stretch without progress: `initial_backoff`,
+/// doubled each time up to `max_backoff`, and none after the `max_attempts`-th attempt (the
+/// iterator then ends). A fresh one starts after every attempt that made progress.
+pub(crate) fn resume_backoff(settings: &FetchSettings) -> ExponentialBackoff {
+    let attempts = settings.max_attempts.max(1) as usize;
+    ExponentialBuilder::default()
+        .with_factor(2.0)
+        .with_min_delay(settings.initial_backoff)
+        .with_max_delay(settings.max_backoff.max(settings.initial_backoff))
+        .with_max_times(attempts - 1)
+        .build()
+}
+
 /// Removes the flight from the index and releases its reservation, once: only if the index
 /// still holds this very flight.
-fn retire(index: &mut Index, digest: &Digest, flight: &Arc<Flight>) {
+fn retire(index: &mut StoreIndex, digest: &Digest, flight: &Arc<Flight>) {
     if index
         .flights
         .get(digest)
         .is_some_and(|f| Arc::ptr_eq(f, flight))
     {
         index.flights.remove(digest);
-        index.reserved -= flight.size;
     }
+    release(index, flight);
+}
+
+/// Releases the flight's reservation, once (at its commit, or when it fails).
+fn release(index: &mut StoreIndex, flight: &Flight) {
+    index.release(flight.reserved.swap(0, Ordering::Relaxed));
 }
 
 /// The task that fills one temp file. Dropped without finishing (runtime shutdown, panic),
@@ -545,7 +442,7 @@ impl Download {
         let mut hasher = Some(self.digest.hasher());
         let mut written = 0u64;
         let mut failures = 0u32;
-        let mut backoff = settings.initial_backoff;
+        let mut backoff = resume_backoff(&settings);
         if self.size == 0 {
             self.tx.send_modify(|p| p.opened = true);
         }
@@ -560,10 +457,10 @@ impl Download {
             }
             if written > before {
                 failures = 0;
-                backoff = settings.initial_backoff;
+                backoff = resume_backoff(&settings);
             }
             failures += 1;
-            if failures >= settings.max_attempts.max(1) {
+            let Some(pause) = backoff.next() else {
                 return Err(SourceError {
                     message: format!(
                         "giving up after {failures} attempts without progress at byte {written} of {}: {}",
@@ -571,14 +468,13 @@ impl Download {
                     ),
                     ..error
                 });
-            }
+            };
             warn!(
                 digest = %self.digest, written, size = self.size, error = %error,
-                backoff_ms = backoff.as_millis() as u64,
+                backoff_ms = pause.as_millis() as u64,
                 "blob download interrupted; resuming"
             );
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(settings.max_backoff.max(settings.initial_backoff));
+            tokio::time::sleep(pause).await;
         }
         let actual = hasher.take().expect("hasher is put back").finish();
         if actual != self.digest {
@@ -693,16 +589,26 @@ impl Download {
         }
     }
 
-    /// fsync, rename into place and retire the flight, all or nothing.
+    /// fsync, hand over to the backend and retire the flight; nothing is kept on failure.
     async fn commit(&mut self) -> Result<(), SourceError> {
-        let (store, file, tmp) = (self.store.clone(), self.file.clone(), self.tmp.clone());
-        let (digest, size, flight) = (self.digest.clone(), self.size, self.flight.clone());
-        blocking(move || {
-            file.sync_all()?;
-            store.publish_blob_with(&tmp, &digest, size, |index| retire(index, &digest, &flight))
-        })
-        .await
-        .map_err(|e| SourceError::permanent(format!("committing to the store: {e}")))
+        let file = self.file.clone();
+        let failed =
+            |e: StoreError| SourceError::permanent(format!("committing to the store: {e}"));
+        blocking(move || Ok(file.sync_all()?))
+            .await
+            .map_err(failed)?;
+        // The blob is counted as committed and no longer as reserved in one step; the flight
+        // stays joinable until the evictions its commit caused are done, so that a reader
+        // that saw no download in flight also sees the store within its limit.
+        let flight = self.flight.clone();
+        self.store
+            .commit_blob(&self.tmp, &self.digest, self.size, |index| {
+                release(index, &flight)
+            })
+            .await
+            .map_err(failed)?;
+        retire(&mut self.store.index(), &self.digest, &self.flight);
+        Ok(())
     }
 }
 

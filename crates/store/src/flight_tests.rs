@@ -13,14 +13,17 @@ use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use futures::FutureExt;
 use rf_oci::Digest;
-use tempfile::TempDir;
 use tokio::sync::watch;
 
 use crate::flight::{ByteSource, FetchSettings, ReadOrigin, SourceError, SourceStream};
+use crate::testing::{on_every_backend, Fixture, Kind};
 use crate::{BlobReader, BlobStore, StoreError, StoreSettings, CHUNK_SIZE};
 
 const GUARD: Duration = Duration::from_secs(20);
 const MIB: usize = 1024 * 1024;
+/// On a paused clock, a timeout of this length expires only once the runtime has nothing left
+/// to do: every task waits and no blocking I/O runs. Its length does not matter.
+const SILENCE: Duration = Duration::from_secs(1);
 
 /// What one `open` of the [`TestSource`] does.
 #[derive(Debug, Clone, Copy)]
@@ -170,10 +173,10 @@ fn settings() -> StoreSettings {
     }
 }
 
-fn store_with(settings: StoreSettings) -> (TempDir, BlobStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::open_with(dir.path(), settings).unwrap();
-    (dir, store)
+async fn store_with(kind: Kind, settings: StoreSettings) -> (Fixture, BlobStore) {
+    let fx = Fixture::new(kind);
+    let store = fx.open(settings).await;
+    (fx, store)
 }
 
 /// Incompressible test content.
@@ -192,10 +195,6 @@ fn content(len: usize, seed: u32) -> Bytes {
 
 fn tmp_files(store: &BlobStore) -> usize {
     fs::read_dir(store.root().join("tmp")).unwrap().count()
-}
-
-fn blob_file(store: &BlobStore, digest: &Digest) -> std::path::PathBuf {
-    store.root().join("blobs/sha256").join(digest.hex())
 }
 
 async fn fetch(
@@ -252,9 +251,9 @@ async fn settle(store: &BlobStore) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readers_joining_at_various_points_get_identical_bytes() {
-    let (_dir, store) = store_with(settings());
+/// On a paused clock: see [`last_byte_waits_for_verification`].
+async fn readers_joining_at_various_points_get_identical_bytes(kind: Kind) {
+    let (fx, store) = store_with(kind, settings()).await;
     let data = content(3 * MIB + 12345, 1);
     let digest = Digest::sha256_of(&data);
     let (source, gate) = TestSource::new(data.clone(), 64 * 1024, &[], false);
@@ -285,7 +284,7 @@ async fn readers_joining_at_various_points_get_identical_bytes() {
     let mut ahead_stream = ahead.stream;
     // The ranged reader has nothing to read until its offset is written.
     assert!(
-        tokio::time::timeout(Duration::from_millis(100), ahead_stream.next())
+        tokio::time::timeout(SILENCE, ahead_stream.next())
             .await
             .is_err(),
         "a reader ahead of the download must wait"
@@ -318,7 +317,7 @@ async fn readers_joining_at_various_points_get_identical_bytes() {
     assert_eq!(source.opens(), vec![0], "exactly one download");
     // Readers may finish before the commit (fsync + rename) does.
     settle(&store).await;
-    assert_eq!(fs::read(blob_file(&store, &digest)).unwrap(), data);
+    assert_eq!(fx.stored(&digest).unwrap(), data);
     assert!(store.is_verified(&digest));
     assert_eq!(tmp_files(&store), 0);
 
@@ -329,9 +328,8 @@ async fn readers_joining_at_various_points_get_identical_bytes() {
     assert_eq!(source.opens(), vec![0]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_concurrent_fetches_one_download() {
-    let (_dir, store) = store_with(settings());
+async fn many_concurrent_fetches_one_download(kind: Kind) {
+    let (_fx, store) = store_with(kind, settings()).await;
     let data = content(2 * MIB + 1, 2);
     let (source, gate) = TestSource::new(data.clone(), 32 * 1024, &[], false);
     gate.open_to(0);
@@ -357,9 +355,8 @@ async fn many_concurrent_fetches_one_download() {
     assert_eq!(source.opens(), vec![0]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reader_going_away_cancels_nothing() {
-    let (_dir, store) = store_with(settings());
+async fn a_reader_going_away_cancels_nothing(kind: Kind) {
+    let (fx, store) = store_with(kind, settings()).await;
     let data = content(2 * MIB, 3);
     let digest = Digest::sha256_of(&data);
     let (source, gate) = TestSource::new(data.clone(), 64 * 1024, &[], false);
@@ -370,12 +367,11 @@ async fn a_reader_going_away_cancels_nothing() {
     drop(s);
     gate.open_all();
     settle(&store).await;
-    assert_eq!(fs::read(blob_file(&store, &digest)).unwrap(), data);
+    assert_eq!(fx.stored(&digest).unwrap(), data);
     assert_eq!(tmp_files(&store), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resumes_after_reset_truncation_and_stall() {
+async fn resumes_after_reset_truncation_and_stall(kind: Kind) {
     for (fault, what) in [
         (Fault::ResetAt(700_000), "reset"),
         (Fault::EndAt(700_000), "truncated body"),
@@ -383,7 +379,7 @@ async fn resumes_after_reset_truncation_and_stall() {
     ] {
         let mut quick_stall = settings();
         quick_stall.fetch.stall_timeout = Some(Duration::from_millis(300));
-        let (_dir, store) = store_with(quick_stall);
+        let (fx, store) = store_with(kind, quick_stall).await;
         let data = content(2 * MIB + 3, 4);
         let digest = Digest::sha256_of(&data);
         // Two faults in a row, the second without progress at all: still within 3 attempts
@@ -399,11 +395,7 @@ async fn resumes_after_reset_truncation_and_stall() {
         assert!(got == data[..], "{what}");
         assert_eq!(source.opens(), vec![0, 700_000, 700_000], "{what}");
         settle(&store).await;
-        assert_eq!(
-            fs::read(blob_file(&store, &digest)).unwrap(),
-            data,
-            "{what}"
-        );
+        assert_eq!(fx.stored(&digest).unwrap(), data, "{what}");
         settle(&store).await;
         assert_eq!(tmp_files(&store), 0, "{what}");
     }
@@ -411,8 +403,7 @@ async fn resumes_after_reset_truncation_and_stall() {
 
 /// A failed download errors every reader (joined early, late, ranged), keeps nothing, and a
 /// later fetch starts afresh.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_download_errors_all_readers_and_leaves_nothing() {
+async fn failed_download_errors_all_readers_and_leaves_nothing(kind: Kind) {
     let data = content(2 * MIB, 5);
     let digest = Digest::sha256_of(&data);
     let cases: Vec<(&str, TestSource, Gate)> = vec![
@@ -458,7 +449,7 @@ async fn failed_download_errors_all_readers_and_leaves_nothing() {
         },
     ];
     for (what, source, gate) in cases {
-        let (_dir, store) = store_with(settings());
+        let (fx, store) = store_with(kind, settings()).await;
         // Nothing flows until all readers are in.
         gate.open_to(0);
         let src: Arc<dyn ByteSource> = Arc::new(source.clone());
@@ -486,7 +477,7 @@ async fn failed_download_errors_all_readers_and_leaves_nothing() {
             );
         }
         settle(&store).await;
-        assert!(!blob_file(&store, &digest).exists(), "{what}");
+        assert!(!fx.has(&digest), "{what}");
         assert_eq!(tmp_files(&store), 0, "{what}");
         assert_eq!(store.total_bytes(), 0, "{what}");
 
@@ -494,19 +485,22 @@ async fn failed_download_errors_all_readers_and_leaves_nothing() {
         let (got, err) = drain(fetch(&store, &data, 0, TestSource::plain(&data)).await).await;
         assert!(err.is_none() && got == data[..], "{what}: {err:?}");
         settle(&store).await;
-        assert!(blob_file(&store, &digest).is_file());
+        assert!(fx.has(&digest));
     }
 }
 
 /// The last byte reaches readers only once the download has verified the content: with all
 /// bytes written but the source's end (and so the verification) still pending, readers have
 /// everything but the last byte; when the content then turns out wrong, they get an error.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn last_byte_waits_for_verification() {
+///
+/// On a paused clock, so that "the reader gets nothing more" is observed as silence of the
+/// whole runtime (the clock only advances when every task waits and no file I/O is running),
+/// not as the absence of bytes during some real-time interval.
+async fn last_byte_waits_for_verification(kind: Kind) {
     let data = content(MIB + 10, 9);
     let digest = Digest::sha256_of(&data);
     for wrong in [false, true] {
-        let (_dir, store) = store_with(settings());
+        let (fx, store) = store_with(kind, settings()).await;
         let mut served = data.to_vec();
         if wrong {
             served[77] ^= 1;
@@ -533,7 +527,7 @@ async fn last_byte_waits_for_verification() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut got = Vec::new();
-        while let Ok(item) = tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
+        while let Ok(item) = tokio::time::timeout(SILENCE, stream.next()).await {
             got.extend_from_slice(&item.expect("not the end yet").unwrap());
         }
         assert_eq!(
@@ -552,7 +546,7 @@ async fn last_byte_waits_for_verification() {
             assert!(matches!(err, Some(StoreError::Fetch { .. })), "{err:?}");
             assert!(rest.is_empty());
             settle(&store).await;
-            assert!(!blob_file(&store, &digest).exists());
+            assert!(!fx.has(&digest));
         } else {
             assert!(err.is_none(), "{err:?}");
             got.extend_from_slice(&rest);
@@ -562,9 +556,8 @@ async fn last_byte_waits_for_verification() {
 }
 
 /// A source refusing at once is an error of `fetch` itself (no stream), with its cause.
-#[tokio::test]
-async fn open_errors_are_returned_by_fetch() {
-    let (_dir, store) = store_with(settings());
+async fn open_errors_are_returned_by_fetch(kind: Kind) {
+    let (_fx, store) = store_with(kind, settings()).await;
     let data = content(1000, 6);
     let digest = Digest::sha256_of(&data);
     for transient in [false, true] {
@@ -594,9 +587,8 @@ async fn open_errors_are_returned_by_fetch() {
 }
 
 /// The source sending more than the descriptor says fails the download.
-#[tokio::test]
-async fn oversized_source_fails() {
-    let (_dir, store) = store_with(settings());
+async fn oversized_source_fails(kind: Kind) {
+    let (_fx, store) = store_with(kind, settings()).await;
     let data = content(5000, 7);
     let digest = Digest::sha256_of(&data[..4000]);
     let (source, _gate) = TestSource::new(data, 1000, &[], false);
@@ -613,31 +605,28 @@ async fn oversized_source_fails() {
     assert_eq!(tmp_files(&store), 0);
 }
 
-#[tokio::test]
-async fn empty_blob() {
-    let (_dir, store) = store_with(settings());
+async fn empty_blob(kind: Kind) {
+    let (fx, store) = store_with(kind, settings()).await;
     let data = Bytes::new();
     let (source, _gate) = TestSource::new(data.clone(), 100, &[], false);
     let (got, err) = drain(fetch(&store, &data, 0, Arc::new(source.clone())).await).await;
     assert!(got.is_empty() && err.is_none(), "{err:?}");
     assert!(source.opens().is_empty(), "nothing to download");
     settle(&store).await;
-    assert!(blob_file(&store, &Digest::sha256_of(b"")).is_file());
+    assert!(fx.has(&Digest::sha256_of(b"")));
 }
 
 /// A stored blob that was flipped or truncated behind the store's back is detected when
 /// served (by a new process, which has not verified it yet) and fetched again.
-#[tokio::test]
-async fn corrupt_stored_blobs_are_refetched() {
-    let dir = tempfile::tempdir().unwrap();
+async fn corrupt_stored_blobs_are_refetched(kind: Kind) {
+    let fx = Fixture::new(kind);
     let data = content(MIB + 77, 8);
     let digest = Digest::sha256_of(&data);
     {
-        let store = BlobStore::open_with(dir.path(), settings()).unwrap();
+        let store = fx.open(settings()).await;
         drain(fetch(&store, &data, 0, TestSource::plain(&data)).await).await;
         settle(&store).await;
     }
-    let path = dir.path().join("blobs/sha256").join(digest.hex());
     for (what, damage) in [
         (
             "bit flip",
@@ -648,10 +637,8 @@ async fn corrupt_stored_blobs_are_refetched() {
             Box::new(|raw: &mut Vec<u8>| raw.truncate(raw.len() - 1)),
         ),
     ] {
-        let mut raw = fs::read(&path).unwrap();
-        damage(&mut raw);
-        fs::write(&path, &raw).unwrap();
-        let store = BlobStore::open_with(dir.path(), settings()).unwrap();
+        fx.damage(&digest, |raw| damage(raw));
+        let store = fx.open(settings()).await;
         assert!(!store.is_verified(&digest));
         for offset in [0u64, 500] {
             let (source, _gate) = TestSource::new(data.clone(), 64 * 1024, &[], false);
@@ -666,17 +653,16 @@ async fn corrupt_stored_blobs_are_refetched() {
             assert!(err.is_none(), "{what}: {err:?}");
             assert!(got == data[offset as usize..], "{what}");
             settle(&store).await;
-            assert_eq!(fs::read(&path).unwrap(), data, "{what}: repaired on disk");
+            assert_eq!(fx.stored(&digest).unwrap(), data, "{what}: repaired");
         }
     }
     // A verified blob is not hashed again by this process (that would halve cached
     // throughput), but its size is checked on every open: a truncated file is re-fetched.
-    let store = BlobStore::open_with(dir.path(), settings()).unwrap();
+    let store = fx.open(settings()).await;
     let (got, _) = drain(fetch(&store, &data, 0, TestSource::plain(&data)).await).await;
     assert!(got == data[..]);
     assert!(store.is_verified(&digest));
-    let raw = fs::read(&path).unwrap();
-    fs::write(&path, &raw[..raw.len() - 1]).unwrap();
+    fx.damage(&digest, |raw| raw.truncate(raw.len() - 1));
     let reader = fetch(&store, &data, 0, TestSource::plain(&data)).await;
     assert_ne!(
         reader.origin,
@@ -686,19 +672,22 @@ async fn corrupt_stored_blobs_are_refetched() {
     let (got, err) = drain(reader).await;
     assert!(err.is_none() && got == data[..]);
     settle(&store).await;
-    assert_eq!(fs::read(&path).unwrap(), data, "repaired on disk");
+    assert_eq!(fx.stored(&digest).unwrap(), data, "repaired");
 }
 
 /// LRU eviction: the limit holds after a workload, the most recently used blob stays, and a
 /// blob with an open reader is never evicted: the store exceeds the limit while it is read
 /// and shrinks when the reader is done.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eviction_is_lru_and_spares_open_blobs() {
+async fn eviction_is_lru_and_spares_open_blobs(kind: Kind) {
     let limit = 5 * MIB as u64 / 2;
-    let (_dir, store) = store_with(StoreSettings {
-        max_bytes: limit,
-        ..settings()
-    });
+    let (fx, store) = store_with(
+        kind,
+        StoreSettings {
+            max_bytes: limit,
+            ..settings()
+        },
+    )
+    .await;
     let blobs: Vec<Bytes> = (0..5).map(|i| content(MIB, 100 + i)).collect();
     let digests: Vec<Digest> = blobs.iter().map(|b| Digest::sha256_of(b)).collect();
     for b in &blobs {
@@ -711,19 +700,13 @@ async fn eviction_is_lru_and_spares_open_blobs() {
             store.total_bytes()
         );
     }
-    let present: Vec<bool> = digests
-        .iter()
-        .map(|d| blob_file(&store, d).exists())
-        .collect();
+    let present: Vec<bool> = digests.iter().map(|d| fx.has(d)).collect();
     assert_eq!(present, [false, false, false, true, true]);
     // Using blob 3 again makes blob 4 the least recently used.
     drain(fetch(&store, &blobs[3], 0, TestSource::plain(&blobs[3])).await).await;
     drain(fetch(&store, &blobs[0], 0, TestSource::plain(&blobs[0])).await).await;
     settle(&store).await;
-    let present: Vec<bool> = digests
-        .iter()
-        .map(|d| blob_file(&store, d).exists())
-        .collect();
+    let present: Vec<bool> = digests.iter().map(|d| fx.has(d)).collect();
     assert_eq!(present, [true, false, false, true, false]);
 
     // Hold blob 3 open (a slow reader) and use blob 0 again: 3 is now the least recently
@@ -735,10 +718,7 @@ async fn eviction_is_lru_and_spares_open_blobs() {
     drain(fetch(&store, &blobs[0], 0, TestSource::plain(&blobs[0])).await).await;
     drain(fetch(&store, &blobs[1], 0, TestSource::plain(&blobs[1])).await).await;
     settle(&store).await;
-    let present: Vec<bool> = digests
-        .iter()
-        .map(|d| blob_file(&store, d).exists())
-        .collect();
+    let present: Vec<bool> = digests.iter().map(|d| fx.has(d)).collect();
     assert_eq!(present, [false, true, false, true, false]);
 
     // Pin 1 too, and download 2 while keeping its reader: nothing can go, so the store is
@@ -757,10 +737,7 @@ async fn eviction_is_lru_and_spares_open_blobs() {
     }
     assert!(got2 == blobs[2][..]);
     settle(&store).await;
-    let present: Vec<bool> = digests
-        .iter()
-        .map(|d| blob_file(&store, d).exists())
-        .collect();
+    let present: Vec<bool> = digests.iter().map(|d| fx.has(d)).collect();
     assert_eq!(present, [false, true, true, true, false]);
     assert_eq!(store.total_bytes(), 3 * MIB as u64);
 
@@ -777,28 +754,20 @@ async fn eviction_is_lru_and_spares_open_blobs() {
         assert!(tokio::time::Instant::now() < deadline, "store never shrank");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let present: Vec<bool> = digests
-        .iter()
-        .map(|d| blob_file(&store, d).exists())
-        .collect();
+    let present: Vec<bool> = digests.iter().map(|d| fx.has(d)).collect();
     assert_eq!(present, [false, true, true, false, false]);
     drop(slow1);
     drop(reader2);
-    let on_disk: u64 = fs::read_dir(store.root().join("blobs/sha256"))
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum();
-    assert_eq!(on_disk, store.total_bytes());
+    assert_eq!(fx.stored_bytes(), store.total_bytes());
 }
 
 /// The index is rebuilt at open from the files (oldest mtime first), and a lowered limit
 /// applies at once.
-#[tokio::test]
-async fn index_rebuilt_at_open() {
-    let dir = tempfile::tempdir().unwrap();
+async fn index_rebuilt_at_open(kind: Kind) {
+    let fx = Fixture::new(kind);
     let blobs: Vec<Bytes> = (0..3).map(|i| content(MIB, 200 + i)).collect();
     {
-        let store = BlobStore::open_with(dir.path(), settings()).unwrap();
+        let store = fx.open(settings()).await;
         for b in &blobs {
             drain(fetch(&store, b, 0, TestSource::plain(b)).await).await;
         }
@@ -807,11 +776,7 @@ async fn index_rebuilt_at_open() {
     }
     // Order by mtime: blob 1 oldest, then blob 2, blob 0 the most recently used. Set
     // explicitly: blobs written within one filesystem clock tick share an mtime.
-    let path = |b: &Bytes| {
-        dir.path()
-            .join("blobs/sha256")
-            .join(Digest::sha256_of(b).hex())
-    };
+    let has = |b: &Bytes| fx.has(&Digest::sha256_of(b));
     let now = std::time::SystemTime::now();
     for (i, offset) in [(1, -120i64), (2, -60), (0, 60)] {
         let t = if offset < 0 {
@@ -819,23 +784,140 @@ async fn index_rebuilt_at_open() {
         } else {
             now + Duration::from_secs(offset as u64)
         };
-        fs::File::options()
-            .write(true)
-            .open(path(&blobs[i]))
-            .unwrap()
-            .set_modified(t)
-            .unwrap();
+        fx.set_last_access(&Digest::sha256_of(&blobs[i]), t);
     }
-    let store = BlobStore::open_with(
-        dir.path(),
-        StoreSettings {
+    let store = fx
+        .open(StoreSettings {
             max_bytes: 2 * MIB as u64,
+            ..settings()
+        })
+        .await;
+    assert_eq!(store.total_bytes(), 2 * MIB as u64);
+    assert!(has(&blobs[0]));
+    assert!(!has(&blobs[1]));
+    assert!(has(&blobs[2]));
+}
+
+/// Two idle 1 MiB blobs and the data of a blob whose descriptor lies about its size.
+async fn store_with_idle_blobs(kind: Kind, limit: u64) -> (Fixture, BlobStore, Vec<Digest>) {
+    let (fx, store) = store_with(
+        kind,
+        StoreSettings {
+            max_bytes: limit,
             ..settings()
         },
     )
-    .unwrap();
-    assert_eq!(store.total_bytes(), 2 * MIB as u64);
-    assert!(path(&blobs[0]).exists());
-    assert!(!path(&blobs[1]).exists());
-    assert!(path(&blobs[2]).exists());
+    .await;
+    let mut digests = Vec::new();
+    for i in 0..2 {
+        let b = content(MIB, 300 + i);
+        let (got, err) = drain(fetch(&store, &b, 0, TestSource::plain(&b)).await).await;
+        assert!(err.is_none() && got == b[..]);
+        digests.push(Digest::sha256_of(&b));
+    }
+    settle(&store).await;
+    (fx, store, digests)
+}
+
+/// A descriptor declaring a layer larger than the store's limit does not make the store evict
+/// every idle blob to make room for it: it is refused before any download starts (the facade
+/// then streams it uncached).
+async fn huge_declared_size_evicts_nothing(kind: Kind) {
+    let limit = 3 * MIB as u64;
+    let (fx, store, idle) = store_with_idle_blobs(kind, limit).await;
+    let data = content(1000, 310);
+    let digest = Digest::sha256_of(&data);
+    for declared in [limit + 1, u64::MAX] {
+        let (source, _gate) = TestSource::new(data.clone(), 100, &[], false);
+        let result = store
+            .fetch(&digest, declared, 0, Arc::new(source.clone()))
+            .await;
+        settle(&store).await;
+        for d in &idle {
+            assert!(fx.has(d), "declared {declared}: evicted");
+        }
+        assert_eq!(store.total_bytes(), 2 * MIB as u64);
+        assert!(source.opens().is_empty(), "declared {declared}: downloaded");
+        match result {
+            Err(StoreError::TooLarge { size, limit: l }) => {
+                assert_eq!((size, l), (declared, limit))
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+            Ok(_) => panic!("declared {declared}: accepted"),
+        }
+        assert_eq!(tmp_files(&store), 0);
+    }
+}
+
+/// Reservations near u64::MAX: the sum of the downloads in flight does not overflow (it
+/// panicked in debug builds and wrapped in release, evicting or keeping the wrong blobs).
+async fn reservations_do_not_overflow(kind: Kind) {
+    let limit = u64::MAX - 5;
+    let (_fx, store, _) = store_with_idle_blobs(kind, limit).await;
+    // A download that fits the limit alone (making room for it evicts the idle blobs),
+    // stalled.
+    let big = content(1000, 320);
+    let (source, _gate) = TestSource::new(big.clone(), 100, &[Fault::StallAt(0)], false);
+    let held = store
+        .fetch(&Digest::sha256_of(&big), u64::MAX - 10, 0, Arc::new(source))
+        .await
+        .unwrap();
+    // A second one cannot be reserved on top: refused, cleanly.
+    let data = content(1000, 321);
+    let (source, _gate) = TestSource::new(data.clone(), 100, &[], false);
+    let result = store
+        .fetch(&Digest::sha256_of(&data), 1000, 0, Arc::new(source.clone()))
+        .await;
+    assert!(source.opens().is_empty());
+    match result {
+        Err(StoreError::TooLarge { size, .. }) => assert_eq!(size, 1000),
+        Err(other) => panic!("unexpected {other:?}"),
+        Ok(_) => panic!("reserved past u64::MAX"),
+    }
+    assert_eq!(store.downloads_in_flight(), 1);
+    drop(held);
+}
+
+/// `registry.resume`: `maxAttempts` attempts (the first included) without progress, pauses
+/// from `initialBackoff` doubling up to `maxBackoff`.
+#[test]
+fn resume_backoff_follows_the_settings() {
+    // In whole milliseconds: backon multiplies in f32.
+    let delays = |max_attempts, initial, max| {
+        crate::flight::resume_backoff(&FetchSettings {
+            max_attempts,
+            initial_backoff: Duration::from_millis(initial),
+            max_backoff: Duration::from_millis(max),
+            stall_timeout: None,
+        })
+        .map(|d| d.as_millis())
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(delays(5, 200, 1000), [200, 400, 800, 1000]);
+    assert_eq!(delays(3, 10, 50), [10, 20]);
+    assert_eq!(delays(1, 10, 50), [0u128; 0]);
+    assert_eq!(
+        delays(0, 10, 50),
+        [0u128; 0],
+        "at least one attempt, no pause"
+    );
+    // A maximum below the initial pause does not shorten it.
+    assert_eq!(delays(3, 100, 10), [100, 100]);
+}
+
+on_every_backend! {
+    #[tokio::test(start_paused = true)] readers_joining_at_various_points_get_identical_bytes,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] many_concurrent_fetches_one_download,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] a_reader_going_away_cancels_nothing,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] resumes_after_reset_truncation_and_stall,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] failed_download_errors_all_readers_and_leaves_nothing,
+    #[tokio::test(start_paused = true)] last_byte_waits_for_verification,
+    #[tokio::test] open_errors_are_returned_by_fetch,
+    #[tokio::test] oversized_source_fails,
+    #[tokio::test] empty_blob,
+    #[tokio::test] corrupt_stored_blobs_are_refetched,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] eviction_is_lru_and_spares_open_blobs,
+    #[tokio::test] index_rebuilt_at_open,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] huge_declared_size_evicts_nothing,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] reservations_do_not_overflow,
 }

@@ -1,18 +1,16 @@
-//! A local content-addressed cache on disk for manifests, configs and blobs.
+//! A content-addressed blob store for manifests, configs and layers: verification, single
+//! flight downloads with fan-out and resume, and an LRU size limit, above a [`BlobBackend`]
+//! that keeps the committed blobs (the local directory, [`LocalDirBackend`], first).
 //!
-//! Layout under the root directory:
+//! Must not depend on the registry client, composition or HTTP: sources of bytes come in
+//! through the [`ByteSource`] trait, storage through [`BlobBackend`].
 //!
-//! ```text
-//! <root>/blobs/<alg>/<hex>        verified content, named by its digest
-//! <root>/media-types/<alg>/<hex>  optional media type of that content (manifests)
-//! <root>/tmp/                     in-progress writes, cleared by `BlobStore::open`
-//! ```
-//!
-//! Every byte is verified against its digest in a temp file *before* an atomic rename makes
-//! it visible, so a reader never sees partial or unverified content. Reads verify again:
+//! Every byte is verified against its digest in a local temp file (`<root>/tmp/`, the staging
+//! directory) *before* the backend commits it (for the local directory: an atomic rename), so
+//! a reader never sees partial or unverified content. Reads verify again:
 //! [`BlobStore::get_bytes`] hashes the whole item and [`BlobStore::open_stream`] hashes as it
-//! streams (and withholds the last chunk until the hash matched), so on-disk corruption (bit
-//! flips, truncation) is detected and the file removed.
+//! streams (and withholds the last chunk until the hash matched), so corruption at rest (bit
+//! flips, truncation) is detected and the copy deleted.
 //!
 //! Blobs fetched from elsewhere go through [`BlobStore::fetch`]: one download per digest at a
 //! time (single flight), shared by every reader that asks for it meanwhile, resumed after
@@ -22,61 +20,49 @@
 //! whenever the committed blobs plus the downloads in flight exceed it; a blob with an open
 //! reader is never evicted (the store may then exceed the limit until that reader is done).
 //!
-//! One `BlobStore` should own a root at a time: `open` deletes whatever is in `tmp/`.
+//! One `BlobStore` should own a root at a time: opening deletes whatever is in `tmp/`.
 
+pub mod backend;
 pub mod flight;
+mod fsio;
 mod index;
 mod stream;
+mod vocab;
 mod writer;
 
-use std::collections::hash_map::RandomState;
-use std::fs::{self, File, Metadata};
-use std::hash::{BuildHasher, Hasher};
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use rf_oci::{Algorithm, Digest};
+use futures::StreamExt;
+use rf_oci::Digest;
+use tokio::sync::Notify;
 
-pub use flight::{BlobReader, ByteSource, FetchSettings, ReadOrigin, SourceError, SourceStream};
+pub use backend::{BlobBackend, BlobVersion, LocalDirBackend};
+pub use flight::BlobReader;
 pub use stream::StoredBlob;
+pub use vocab::{
+    ByteSource, FetchSettings, ReadOrigin, SourceError, SourceStream, StoreError, CHUNK_SIZE,
+};
 pub use writer::BlobWriter;
 
 use index::Index;
 
-/// Size of the chunks the store's readers yield (at most).
-pub const CHUNK_SIZE: usize = 1024 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store I/O error: {0}")]
-    Io(#[from] io::Error),
-    #[error("digest mismatch: expected {expected}, got {actual}")]
-    DigestMismatch { expected: Digest, actual: Digest },
-    #[error("size mismatch: expected {expected} bytes, got {actual}")]
-    SizeMismatch { expected: u64, actual: u64 },
-    #[error("stored content of {digest} is corrupt and was removed")]
-    Corrupt { digest: Digest },
-    #[error("offset {offset} is beyond the end of a {size}-byte blob")]
-    OffsetOutOfRange { offset: u64, size: u64 },
-    /// The download behind [`BlobStore::fetch`] failed (the source refused, resuming was not
-    /// possible, the content did not match the digest, or the temp file could not be written).
-    #[error("fetching {digest} failed: {error}")]
-    Fetch { digest: Digest, error: SourceError },
-}
+/// The index as the store keeps it: with its downloads in flight.
+pub(crate) type StoreIndex = Index<Arc<flight::Flight>>;
 
 /// How the store behaves beyond plain storage.
 #[derive(Debug, Clone, Default)]
 pub struct StoreSettings {
-    /// Upper bound for the bytes under `blobs/` plus downloads in flight; `0` = unlimited.
+    /// Upper bound for the committed blobs plus downloads in flight; `0` = unlimited.
+    /// A download declared larger than this is refused ([`StoreError::TooLarge`]).
     pub max_bytes: u64,
     /// Resume and stall settings of [`BlobStore::fetch`] downloads.
     pub fetch: FetchSettings,
 }
 
-/// Handle to the on-disk store; cheap to clone.
+/// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct BlobStore {
     inner: Arc<Inner>,
@@ -84,12 +70,14 @@ pub struct BlobStore {
 
 struct Inner {
     root: PathBuf,
-    tmp: PathBuf,
+    /// Local temp files: downloads in flight and writes, verified here before a commit.
+    staging: PathBuf,
+    backend: Arc<dyn BlobBackend>,
     settings: StoreSettings,
-    index: Mutex<Index>,
+    index: Mutex<StoreIndex>,
+    /// Signalled whenever a deletion ends (commits of that digest wait for it).
+    deleted: Notify,
 }
-
-const ALGORITHMS: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Sha512];
 
 impl BlobStore {
     /// [`Self::open_with`] with default settings (no size limit).
@@ -97,45 +85,74 @@ impl BlobStore {
         Self::open_with(root, StoreSettings::default())
     }
 
-    /// Creates `<root>/blobs/<alg>/`, `<root>/media-types/<alg>/` and `<root>/tmp/`, deletes
-    /// leftover temp files from a previous crash, and indexes the stored blobs (size, and
-    /// last access initialised from the file's mtime). Blocking; call it at startup.
+    /// A store in the local directory `root` ([`LocalDirBackend`]): creates its directories,
+    /// deletes leftover temp files from a previous crash, and indexes the stored blobs (size,
+    /// and last access initialised from the file's mtime); evicts if over the limit.
+    /// Blocking; call it at startup.
     pub fn open_with(
         root: impl Into<PathBuf>,
         settings: StoreSettings,
     ) -> Result<BlobStore, StoreError> {
         let root = root.into();
-        for alg in ALGORITHMS {
-            fs::create_dir_all(root.join("blobs").join(alg.as_str()))?;
-            fs::create_dir_all(root.join("media-types").join(alg.as_str()))?;
-        }
-        let tmp = root.join("tmp");
-        fs::create_dir_all(&tmp)?;
-        for entry in fs::read_dir(&tmp)? {
-            let entry = entry?;
-            let path = entry.path();
-            let removed = if entry.file_type()?.is_dir() {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
-            match removed {
-                Ok(()) => tracing::debug!(path = %path.display(), "removed stale temp file"),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
+        let backend = LocalDirBackend::create(&root)?;
+        let staging = root.join("tmp");
+        fsio::clear_dir(&staging)?;
+        let mut index = index_of(backend.list_blocking()?);
+        // A lowered limit applies before anything is served.
+        for (digest, size) in index.take_victims(settings.max_bytes) {
+            match backend.delete_blocking(&digest, None) {
+                Ok(_) => {
+                    let _ = backend.delete_media_type_blocking(&digest);
+                    index.forget(&digest);
+                    tracing::debug!(%digest, size, "evicted least recently used blob");
+                }
+                Err(e) => tracing::warn!(%digest, error = %e, "cannot evict blob"),
             }
+            index.end_delete(&digest);
         }
-        let index = Index::scan(&root, &ALGORITHMS)?;
-        let store = BlobStore {
+        Ok(BlobStore::assemble(
+            root,
+            staging,
+            Arc::new(backend),
+            settings,
+            index,
+        ))
+    }
+
+    /// A store over any backend, staging its temp files in `<root>/tmp/` (cleared here):
+    /// indexes what the backend lists and evicts if over the limit.
+    pub async fn with_backend(
+        root: impl Into<PathBuf>,
+        backend: Arc<dyn BlobBackend>,
+        settings: StoreSettings,
+    ) -> Result<BlobStore, StoreError> {
+        let root = root.into();
+        let staging = root.join("tmp");
+        let s = staging.clone();
+        blocking(move || Ok(fsio::clear_dir(&s)?)).await?;
+        let index = index_of(backend.list().await?);
+        let store = BlobStore::assemble(root, staging, backend, settings, index);
+        store.evict().await;
+        Ok(store)
+    }
+
+    fn assemble(
+        root: PathBuf,
+        staging: PathBuf,
+        backend: Arc<dyn BlobBackend>,
+        settings: StoreSettings,
+        index: StoreIndex,
+    ) -> BlobStore {
+        BlobStore {
             inner: Arc::new(Inner {
                 root,
-                tmp,
+                staging,
+                backend,
                 settings,
                 index: Mutex::new(index),
+                deleted: Notify::new(),
             }),
-        };
-        store.evict_blocking();
-        Ok(store)
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -157,46 +174,42 @@ impl BlobStore {
     }
 
     pub async fn contains(&self, digest: &Digest) -> bool {
-        tokio::fs::metadata(self.blob_path(digest))
-            .await
-            .is_ok_and(|m| m.is_file())
+        matches!(self.inner.backend.size(digest).await, Ok(Some(_)))
     }
 
     /// Size of a stored blob, `None` if absent.
     pub async fn size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
-        match tokio::fs::metadata(self.blob_path(digest)).await {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        self.inner.backend.size(digest).await
     }
 
-    /// Reads a small item (manifest, config) fully and verifies it. A corrupt file is removed
+    /// Reads a small item (manifest, config) fully and verifies it. A corrupt copy is deleted
     /// and reported as `None` (with a warning). Not for large layers: use [`Self::fetch`] or
     /// [`Self::open_stream`].
     pub async fn get_bytes(&self, digest: &Digest) -> Result<Option<Bytes>, StoreError> {
-        let path = self.blob_path(digest);
-        let digest = digest.clone();
-        let store = self.clone();
-        blocking(move || {
-            let Some(mut file) = open_if_exists(&path)? else {
-                return Ok(None);
-            };
-            let meta = file.metadata()?;
-            let mut data = Vec::with_capacity(meta.len() as usize);
-            file.read_to_end(&mut data)?;
-            if digest.verify(&data) {
-                store.index().touch(&digest, true);
-                Ok(Some(Bytes::from(data)))
-            } else {
-                store.discard_corrupt(&digest, &meta);
-                Ok(None)
-            }
-        })
-        .await
+        let Some(opened) = self.inner.backend.open(digest, 0).await? else {
+            return Ok(None);
+        };
+        let mut chunks = Vec::new();
+        let mut stream = opened.stream;
+        while let Some(chunk) = stream.next().await {
+            chunks.push(chunk?);
+        }
+        // Small items come in one chunk: no copy then.
+        let data = match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().expect("one chunk"),
+            _ => chunks.concat().into(),
+        };
+        if digest.verify(&data) {
+            self.index().touch(digest, true);
+            Ok(Some(data))
+        } else {
+            self.discard(digest, &opened.version).await;
+            Ok(None)
+        }
     }
 
-    /// Verifies `data`, writes it to a temp file, fsyncs and renames it into place.
+    /// Verifies `data`, writes it to a temp file, fsyncs and commits it.
     /// Already present = `Ok` without rewriting.
     pub async fn put_bytes(&self, digest: &Digest, data: &[u8]) -> Result<(), StoreError> {
         let mut hasher = digest.hasher();
@@ -213,13 +226,10 @@ impl BlobStore {
         }
         let tmp = self.temp_path();
         let data = data.to_vec();
-        let store = self.clone();
-        let digest = digest.clone();
-        blocking(move || {
-            write_synced(&tmp, &data)?;
-            store.publish_blob(&tmp, &digest, data.len() as u64)
-        })
-        .await
+        let size = data.len() as u64;
+        let t = tmp.clone();
+        blocking(move || Ok(fsio::write_synced(&t, &data)?)).await?;
+        self.commit_blob(&tmp, digest, size, |_| {}).await
     }
 
     /// Stores the media type of a blob (for manifests), atomically like the blob itself.
@@ -228,24 +238,13 @@ impl BlobStore {
         digest: &Digest,
         media_type: &str,
     ) -> Result<(), StoreError> {
-        let tmp = self.temp_path();
-        let dest = self.media_type_path(digest);
-        let data = media_type.as_bytes().to_vec();
-        blocking(move || {
-            write_synced(&tmp, &data)?;
-            publish(&tmp, &dest)
-        })
-        .await
+        self.inner.backend.put_media_type(digest, media_type).await
     }
 
     /// The media type stored with [`Self::put_media_type`], if any. Independent of whether
     /// the blob itself is (still) present.
     pub async fn get_media_type(&self, digest: &Digest) -> Result<Option<String>, StoreError> {
-        match tokio::fs::read_to_string(self.media_type_path(digest)).await {
-            Ok(s) => Ok(Some(s)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        self.inner.backend.get_media_type(digest).await
     }
 
     /// Opens a stored blob for streaming from `offset`; `None` if absent. See [`StoredBlob`].
@@ -276,149 +275,114 @@ impl BlobStore {
 
     /// Removes a blob and its media type; absent is fine.
     pub async fn remove(&self, digest: &Digest) -> Result<(), StoreError> {
-        let store = self.clone();
-        let digest = digest.clone();
-        blocking(move || {
-            {
-                let mut index = store.index();
-                remove_if_exists(&store.blob_path(&digest))?;
-                index.forget(&digest);
-            }
-            remove_if_exists(&store.media_type_path(&digest))?;
-            Ok(())
-        })
-        .await
+        self.index().begin_delete(digest);
+        let deleted = self.inner.backend.delete(digest, None).await;
+        if deleted.is_ok() {
+            self.index().forget(digest);
+        }
+        self.end_delete(digest);
+        deleted?;
+        self.inner.backend.delete_media_type(digest).await
     }
 
-    fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.inner
-            .root
-            .join("blobs")
-            .join(digest.algorithm().as_str())
-            .join(digest.hex())
-    }
-
-    fn media_type_path(&self, digest: &Digest) -> PathBuf {
-        self.inner
-            .root
-            .join("media-types")
-            .join(digest.algorithm().as_str())
-            .join(digest.hex())
-    }
-
-    /// A fresh, unique temp file path on the same filesystem as the blobs:
-    /// `<pid>-<counter>-<random>`.
+    /// A fresh, unique temp file path in the staging directory.
     fn temp_path(&self) -> PathBuf {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let random = RandomState::new().build_hasher().finish();
-        self.inner
-            .tmp
-            .join(format!("{}-{n}-{random:016x}", std::process::id()))
+        fsio::temp_path(&self.inner.staging)
     }
 
-    fn index(&self) -> MutexGuard<'_, Index> {
+    fn index(&self) -> MutexGuard<'_, StoreIndex> {
         self.inner.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Renames a complete, synced and verified temp file into place (replacing identical
-    /// content if a concurrent writer got there first), records it in the index, fsyncs the
-    /// directory and evicts if over the limit. Removes `tmp` on failure. Blocking.
-    fn publish_blob(&self, tmp: &Path, digest: &Digest, size: u64) -> Result<(), StoreError> {
-        self.publish_blob_with(tmp, digest, size, |_| {})
+    fn end_delete(&self, digest: &Digest) {
+        self.index().end_delete(digest);
+        self.inner.deleted.notify_waiters();
     }
 
-    /// [`Self::publish_blob`], running `also` on the index under the same lock as the rename
-    /// (the flight uses it to retire itself atomically with the commit).
-    fn publish_blob_with(
+    /// Waits until no deletion of `digest` is under way.
+    async fn deletions_done(&self, digest: &Digest) {
+        loop {
+            let notified = self.inner.deleted.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.index().is_deleting(digest) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Hands a complete, synced and verified temp file to the backend, records the blob in
+    /// the index (running `also` on the index under the same lock: the flight releases its
+    /// reservation there, so the blob is never counted twice) and evicts if over the limit.
+    /// The temp file is gone afterwards, also on failure. Returns once the evictions it
+    /// caused are done.
+    async fn commit_blob(
         &self,
         tmp: &Path,
         digest: &Digest,
         size: u64,
-        also: impl FnOnce(&mut Index),
+        also: impl FnOnce(&mut StoreIndex),
     ) -> Result<(), StoreError> {
-        let dest = self.blob_path(digest);
-        {
+        // A deletion decided before this commit must not remove the copy it makes.
+        self.deletions_done(digest).await;
+        self.inner.backend.commit(digest, tmp, size).await?;
+        let victims = {
             let mut index = self.index();
-            if let Err(e) = fs::rename(tmp, &dest) {
-                drop(index);
-                let _ = fs::remove_file(tmp);
-                return Err(e.into());
-            }
             index.insert(digest, size);
             also(&mut index);
-        }
-        sync_parent(&dest);
-        self.evict_blocking();
+            index.take_victims(self.inner.settings.max_bytes)
+        };
+        self.delete_victims(victims).await;
         Ok(())
     }
 
-    /// Removes a blob found corrupt, unless the path meanwhile holds a different file (a fresh
-    /// copy renamed into place by a concurrent writer). `opened` is the metadata of the file
-    /// that was read. Blocking.
-    fn discard_corrupt(&self, digest: &Digest, opened: &Metadata) {
-        let path = self.blob_path(digest);
-        tracing::warn!(%digest, path = %path.display(), "stored blob is corrupt; removing it");
-        let mut index = self.index();
-        let current = match fs::metadata(&path) {
-            Ok(m) => m,
-            Err(_) => return,
-        };
-        if !same_file(opened, &current) {
-            return;
+    /// Deletes a copy found corrupt, unless a fresh copy replaced it meanwhile.
+    async fn discard(&self, digest: &Digest, version: &BlobVersion) {
+        tracing::warn!(%digest, "stored blob is corrupt; deleting it");
+        self.index().begin_delete(digest);
+        match self.inner.backend.delete(digest, Some(version)).await {
+            Ok(true) => self.index().forget(digest),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(%digest, error = %e, "failed to delete corrupt blob"),
         }
-        match fs::remove_file(&path) {
-            Ok(()) => index.forget(digest),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => index.forget(digest),
-            Err(e) => tracing::warn!(%digest, error = %e, "failed to remove corrupt blob"),
-        }
+        self.end_delete(digest);
     }
 
     /// Evicts least recently used blobs without readers until the committed blobs plus the
-    /// downloads in flight fit the limit (or nothing evictable is left). Blocking.
-    fn evict_blocking(&self) {
+    /// downloads in flight fit the limit (or nothing evictable is left).
+    async fn evict(&self) {
         let limit = self.inner.settings.max_bytes;
         if limit == 0 {
             return;
         }
-        let mut doomed = Vec::new();
-        {
-            let mut index = self.index();
-            for (digest, size) in index.victims(limit) {
-                // Moved out of sight under the lock (a cheap rename), deleted outside it.
-                let tmp = self.temp_path();
-                match fs::rename(self.blob_path(&digest), &tmp) {
-                    Ok(()) => doomed.push(tmp),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!(%digest, error = %e, "cannot evict blob");
-                        continue;
-                    }
-                }
-                index.forget(&digest);
-                let _ = fs::remove_file(self.media_type_path(&digest));
-                tracing::debug!(%digest, size, "evicted least recently used blob");
-            }
-        }
-        for path in doomed {
-            if let Err(e) = fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "failed to delete evicted blob");
-            }
-        }
+        let victims = self.index().take_victims(limit);
+        self.delete_victims(victims).await;
     }
 
-    /// [`Self::evict_blocking`] off the async threads.
-    async fn evict(&self) {
-        if self.inner.settings.max_bytes == 0 {
-            return;
+    /// Deletes blobs taken by [`Index::take_victims`].
+    async fn delete_victims(&self, victims: Vec<(Digest, u64)>) {
+        for (digest, size) in victims {
+            match self.inner.backend.delete(&digest, None).await {
+                Ok(_) => {
+                    self.index().forget(&digest);
+                    let _ = self.inner.backend.delete_media_type(&digest).await;
+                    tracing::debug!(%digest, size, "evicted least recently used blob");
+                }
+                Err(e) => tracing::warn!(%digest, error = %e, "cannot evict blob"),
+            }
+            self.end_delete(&digest);
         }
-        let store = self.clone();
-        let _ = blocking(move || {
-            store.evict_blocking();
-            Ok(())
-        })
-        .await;
     }
+}
+
+fn index_of(listed: Vec<backend::ListedBlob>) -> StoreIndex {
+    Index::from_listing(
+        listed
+            .into_iter()
+            .map(|b| (b.last_access, b.digest, b.size))
+            .collect(),
+    )
 }
 
 /// Counts an open reader of a blob, so that eviction leaves the blob alone; on drop, evicts
@@ -429,7 +393,7 @@ pub(crate) struct ReadGuard {
 }
 
 impl ReadGuard {
-    pub(crate) fn new(store: &BlobStore, index: &mut Index, digest: &Digest) -> ReadGuard {
+    pub(crate) fn new(store: &BlobStore, index: &mut StoreIndex, digest: &Digest) -> ReadGuard {
         index.add_reader(digest);
         ReadGuard {
             store: store.clone(),
@@ -446,15 +410,13 @@ impl Drop for ReadGuard {
             index.remove_reader(&self.digest);
             // Used until now: the last access is when the last reader finished.
             index.touch(&self.digest, false);
-            limit > 0 && index.total + index.reserved > limit
+            index.over(limit)
         };
         if over {
-            let store = self.store.clone();
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => {
-                    rt.spawn_blocking(move || store.evict_blocking());
-                }
-                Err(_) => store.evict_blocking(),
+            // Outside a runtime there is nothing to run it on; the next commit evicts.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let store = self.store.clone();
+                rt.spawn(async move { store.evict().await });
             }
         }
     }
@@ -469,110 +431,8 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::Io(io::Error::other(e)))?
 }
 
-fn open_if_exists(path: &Path) -> io::Result<Option<File>> {
-    match File::open(path) {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-fn remove_if_exists(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-/// Writes `data` to the new file `tmp` and fsyncs it; removes it on failure.
-fn write_synced(tmp: &Path, data: &[u8]) -> Result<(), StoreError> {
-    let written = File::create_new(tmp).and_then(|mut f| {
-        f.write_all(data)?;
-        f.sync_all()
-    });
-    if let Err(e) = written {
-        let _ = fs::remove_file(tmp);
-        return Err(e.into());
-    }
-    Ok(())
-}
-
-/// Renames a complete, synced temp file into place and fsyncs the directory. Removes `tmp` on
-/// failure. (Blobs go through [`BlobStore::publish_blob`], which also indexes them.)
-fn publish(tmp: &Path, dest: &Path) -> Result<(), StoreError> {
-    if let Err(e) = fs::rename(tmp, dest) {
-        let _ = fs::remove_file(tmp);
-        return Err(e.into());
-    }
-    sync_parent(dest);
-    Ok(())
-}
-
-/// Best-effort fsync of the directory holding `path`, so the rename survives a crash.
-fn sync_parent(path: &Path) {
-    #[cfg(unix)]
-    if let Some(dir) = path.parent() {
-        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-            tracing::debug!(dir = %dir.display(), error = %e, "directory fsync failed");
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-}
-
-#[cfg(unix)]
-fn same_file(a: &Metadata, b: &Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    a.dev() == b.dev() && a.ino() == b.ino()
-}
-
-#[cfg(not(unix))]
-fn same_file(_: &Metadata, _: &Metadata) -> bool {
-    true
-}
-
-/// Positional read of up to `buf.len()` bytes at `offset` (stops early only at EOF); does not
-/// move any file cursor, so readers can share one open file.
-fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match read_at(file, &mut buf[n..], offset + n as u64) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-#[cfg(unix)]
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    std::os::unix::fs::FileExt::read_at(file, buf, offset)
-}
-
-#[cfg(windows)]
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
-}
-
-#[cfg(unix)]
-fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
-}
-
-#[cfg(windows)]
-fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
-    while !buf.is_empty() {
-        let n = std::os::windows::fs::FileExt::seek_write(file, buf, offset)?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        buf = &buf[n..];
-        offset += n as u64;
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod testing;
 
 #[cfg(test)]
 mod tests;

@@ -1,10 +1,11 @@
-//! Streaming reads of stored blobs and of downloads in progress.
+//! Streaming reads of stored blobs (a backend's chunk stream, checked) and of downloads in
+//! progress.
 //!
-//! Readers share an open file and use positional reads, so any number of them can follow one
-//! download (each at its own position) and keep reading after the temp file was renamed into
-//! place.
+//! Readers of a download share its open temp file and use positional reads, so any number of
+//! them can follow one download (each at its own position) and keep reading after the temp
+//! file was committed.
 
-use std::fs::{File, Metadata};
+use std::fs::File;
 use std::io;
 use std::sync::Arc;
 
@@ -13,15 +14,17 @@ use futures::stream::{self, BoxStream, StreamExt};
 use rf_oci::{Digest, DigestHasher};
 use tokio::sync::watch;
 
-use crate::flight::{Progress, SourceError, Status};
-use crate::{blocking, open_if_exists, read_full_at, BlobStore, ReadGuard, StoreError, CHUNK_SIZE};
+use crate::backend::{BlobVersion, ChunkStream, OpenedBlob};
+use crate::fsio::read_full_at;
+use crate::vocab::{Progress, SourceError, Status, StoreError, CHUNK_SIZE};
+use crate::{BlobStore, ReadGuard};
 
 /// A stored blob opened for reading.
 ///
 /// `stream` yields the bytes from the requested offset to the end in chunks of up to
 /// [`CHUNK_SIZE`]. When read from offset 0 it hashes as it goes and holds the last chunk back
 /// until the hash matched; if the content no longer matches the digest (bit flip, truncation)
-/// the file is removed and the stream ends with [`StoreError::Corrupt`] instead of the last
+/// the copy is deleted and the stream ends with [`StoreError::Corrupt`] instead of the last
 /// chunk, so a consumer never receives a complete-looking wrong blob. From a later offset
 /// only truncation can be detected (same outcome).
 pub struct StoredBlob {
@@ -36,19 +39,10 @@ pub(crate) async fn open_stored(
     digest: Digest,
     offset: u64,
 ) -> Result<Option<StoredBlob>, StoreError> {
-    let path = store.blob_path(&digest);
-    let opened = blocking(move || {
-        let Some(file) = open_if_exists(&path)? else {
-            return Ok(None);
-        };
-        let meta = file.metadata()?;
-        Ok(Some((file, meta)))
-    })
-    .await?;
-    let Some((file, meta)) = opened else {
+    let Some(opened) = store.inner.backend.open(&digest, offset).await? else {
         return Ok(None);
     };
-    let size = meta.len();
+    let size = opened.size;
     if offset > size {
         return Err(StoreError::OffsetOutOfRange { offset, size });
     }
@@ -57,7 +51,7 @@ pub(crate) async fn open_stored(
         index.touch(&digest, false);
         ReadGuard::new(&store, &mut index, &digest)
     };
-    let reader = Reader::stored(store, Arc::new(file), digest, meta, offset, true, guard);
+    let reader = Reader::stored(store, opened, digest, offset, true, guard);
     Ok(Some(StoredBlob {
         size,
         stream: reader.into_stream(),
@@ -67,19 +61,24 @@ pub(crate) async fn open_stored(
 // One per reader, never moved around in bulk: the size difference does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Mode {
-    /// A committed file: all `size` bytes are there. Hashes when reading from offset 0.
+    /// A committed blob: all `size` bytes are there. Hashes when reading from offset 0.
     Stored {
-        meta: Metadata,
+        version: BlobVersion,
+        chunks: ChunkStream,
+        /// Bytes of a chunk longer than [`CHUNK_SIZE`] not yielded yet.
+        carry: Option<Bytes>,
         hasher: Option<DigestHasher>,
     },
-    /// A download in progress: read what it has written, wait for more. The download
-    /// verifies the content; the last byte is held back until it has.
-    Flight(watch::Receiver<Progress>),
+    /// A download in progress: read what it has written to its temp file, wait for more. The
+    /// download verifies the content; the last byte is held back until it has.
+    Flight {
+        file: Arc<File>,
+        progress: watch::Receiver<Progress>,
+    },
 }
 
 pub(crate) struct Reader {
     store: BlobStore,
-    file: Arc<File>,
     digest: Digest,
     size: u64,
     pos: u64,
@@ -89,22 +88,23 @@ pub(crate) struct Reader {
 }
 
 impl Reader {
+    /// A reader of a committed blob opened at `offset`; hashes (from offset 0) if `hash`.
     pub(crate) fn stored(
         store: BlobStore,
-        file: Arc<File>,
+        opened: OpenedBlob,
         digest: Digest,
-        meta: Metadata,
         offset: u64,
         hash: bool,
         guard: ReadGuard,
     ) -> Reader {
         Reader {
             store,
-            file,
-            size: meta.len(),
+            size: opened.size,
             pos: offset,
             mode: Mode::Stored {
-                meta,
+                version: opened.version,
+                chunks: opened.stream,
+                carry: None,
                 hasher: (hash && offset == 0).then(|| digest.hasher()),
             },
             digest,
@@ -124,11 +124,10 @@ impl Reader {
     ) -> Reader {
         Reader {
             store,
-            file,
             digest,
             size,
             pos: offset,
-            mode: Mode::Flight(progress),
+            mode: Mode::Flight { file, progress },
             done: false,
             _guard: guard,
         }
@@ -146,7 +145,11 @@ impl Reader {
         if self.done {
             return None;
         }
-        match self.step().await {
+        let step = match self.mode {
+            Mode::Stored { .. } => self.step_stored().await,
+            Mode::Flight { .. } => self.step_flight().await,
+        };
+        match step {
             Ok(Some(chunk)) => Some(Ok(chunk)),
             Ok(None) => {
                 self.done = true;
@@ -159,73 +162,100 @@ impl Reader {
         }
     }
 
-    async fn step(&mut self) -> Result<Option<Bytes>, StoreError> {
-        let available = match &mut self.mode {
-            Mode::Stored { .. } => self.size,
-            Mode::Flight(rx) => wait_available(rx, self.pos, self.size, &self.digest).await?,
+    async fn step_stored(&mut self) -> Result<Option<Bytes>, StoreError> {
+        let Mode::Stored {
+            chunks,
+            carry,
+            hasher,
+            ..
+        } = &mut self.mode
+        else {
+            unreachable!("a stored reader");
         };
-        if self.pos >= available {
+        if self.pos >= self.size {
             // The end. Only an empty blob read from 0 still has its hash to check.
-            if let Mode::Stored { hasher, .. } = &mut self.mode {
-                if let Some(h) = hasher.take() {
-                    if h.finish() != self.digest {
-                        return Err(self.corrupt().await);
-                    }
+            if let Some(h) = hasher.take() {
+                if h.finish() != self.digest {
+                    return Err(self.corrupt().await);
                 }
             }
             return Ok(None);
         }
-        let want = (available - self.pos).min(CHUNK_SIZE as u64) as usize;
-        let mut hasher = match &mut self.mode {
-            Mode::Stored { hasher, .. } => hasher.take(),
-            Mode::Flight(_) => None,
+        let mut chunk = match carry.take() {
+            Some(c) => c,
+            None => loop {
+                match chunks.next().await {
+                    Some(Ok(c)) if c.is_empty() => continue,
+                    Some(Ok(c)) => break c,
+                    Some(Err(e)) => return Err(e.into()),
+                    // Shorter than the size it had when opened: truncated meanwhile.
+                    None => return Err(self.corrupt().await),
+                }
+            },
         };
-        let (file, pos) = (self.file.clone(), self.pos);
-        let read = tokio::task::spawn_blocking(move || {
+        if chunk.len() > CHUNK_SIZE {
+            *carry = Some(chunk.split_off(CHUNK_SIZE));
+        }
+        if self.pos + chunk.len() as u64 > self.size {
+            return Err(self.corrupt().await);
+        }
+        if let Some(mut h) = hasher.take() {
+            // Off the async threads, like the read itself (a MiB of SHA-256 is milliseconds).
+            let c = chunk.clone();
+            h = tokio::task::spawn_blocking(move || {
+                h.update(&c);
+                h
+            })
+            .await
+            .map_err(io::Error::other)?;
+            self.pos += chunk.len() as u64;
+            if self.pos == self.size {
+                if h.finish() != self.digest {
+                    return Err(self.corrupt().await);
+                }
+            } else if let Mode::Stored { hasher, .. } = &mut self.mode {
+                *hasher = Some(h);
+            }
+        } else {
+            self.pos += chunk.len() as u64;
+        }
+        Ok(Some(chunk))
+    }
+
+    async fn step_flight(&mut self) -> Result<Option<Bytes>, StoreError> {
+        let Mode::Flight { file, progress } = &mut self.mode else {
+            unreachable!("a flight reader");
+        };
+        let available = wait_available(progress, self.pos, self.size, &self.digest).await?;
+        if self.pos >= available {
+            return Ok(None);
+        }
+        let want = (available - self.pos).min(CHUNK_SIZE as u64) as usize;
+        let (file, pos) = (file.clone(), self.pos);
+        let buf = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; want];
             let n = read_full_at(&file, &mut buf, pos)?;
             buf.truncate(n);
-            if let Some(h) = hasher.as_mut() {
-                h.update(&buf);
-            }
-            Ok::<_, io::Error>((buf, hasher))
+            Ok::<_, io::Error>(buf)
         })
         .await
         .map_err(io::Error::other)
         .and_then(|r| r)?;
-        let (buf, hasher) = read;
         if buf.len() < want {
-            if matches!(self.mode, Mode::Stored { .. }) {
-                return Err(self.corrupt().await);
-            }
             return Err(StoreError::Io(io::Error::other(format!(
                 "temp file of {} is shorter than the bytes written to it",
                 self.digest
             ))));
         }
         self.pos += buf.len() as u64;
-        if let Mode::Stored { hasher: slot, .. } = &mut self.mode {
-            match hasher {
-                Some(h) if self.pos == self.size => {
-                    if h.finish() != self.digest {
-                        return Err(self.corrupt().await);
-                    }
-                }
-                other => *slot = other,
-            }
-        }
         Ok(Some(Bytes::from(buf)))
     }
 
-    /// Removes the corrupt file; the stream then ends with the returned error.
+    /// Deletes the corrupt copy; the stream then ends with the returned error.
     async fn corrupt(&mut self) -> StoreError {
-        if let Mode::Stored { meta, .. } = &self.mode {
-            let (store, digest, meta) = (self.store.clone(), self.digest.clone(), meta.clone());
-            let _ = blocking(move || {
-                store.discard_corrupt(&digest, &meta);
-                Ok(())
-            })
-            .await;
+        if let Mode::Stored { version, .. } = &self.mode {
+            let version = version.clone();
+            self.store.discard(&self.digest, &version).await;
         }
         StoreError::Corrupt {
             digest: self.digest.clone(),

@@ -1,4 +1,4 @@
-//! Streaming writes: hash while writing to a temp file, publish only when verified.
+//! Streaming writes: hash while writing to a temp file, commit only when verified.
 
 use std::path::PathBuf;
 
@@ -6,10 +6,10 @@ use rf_oci::{Digest, DigestHasher};
 use tokio::fs::File;
 use tokio::io::AsyncWriteExt;
 
-use crate::{blocking, BlobStore, StoreError};
+use crate::{BlobStore, StoreError};
 
 /// Streams one blob into the store. Bytes go to a unique temp file while being hashed;
-/// [`BlobWriter::commit`] verifies size and digest before the blob becomes visible.
+/// [`BlobWriter::commit`] verifies size and digest before the blob is committed.
 /// Dropping the writer without `commit` or `abort` removes the temp file.
 pub struct BlobWriter {
     store: BlobStore,
@@ -70,7 +70,7 @@ impl BlobWriter {
         self.written
     }
 
-    /// Verifies size and digest, fsyncs and renames into place. On a mismatch (or any
+    /// Verifies size and digest, fsyncs and commits. On a mismatch (or any
     /// error) the temp file is removed and nothing becomes visible.
     pub async fn commit(mut self) -> Result<(), StoreError> {
         let result = self.finish().await;
@@ -101,14 +101,10 @@ impl BlobWriter {
         file.flush().await?;
         file.sync_all().await?;
         drop(file);
-        let (store, tmp, digest, size) = (
-            self.store.clone(),
-            self.tmp.clone(),
-            self.digest.clone(),
-            self.written,
-        );
-        // `publish_blob` removes the temp file itself if the rename fails.
-        blocking(move || store.publish_blob(&tmp, &digest, size)).await
+        // The backend takes the temp file over, also when the commit fails.
+        self.store
+            .commit_blob(&self.tmp, &self.digest, self.written, |_| {})
+            .await
     }
 
     /// Drops the temp file.

@@ -5,7 +5,8 @@
 //! or an inline `mod foo { .. }` in `lib.rs`/`main.rs`; those two files are the root, not modules.
 //! There is an edge `foo -> bar` when code in `foo` names `crate::bar` (in a `use`, also inside
 //! `use crate::{bar, ..}`, or in any path), or `super::bar` / `super::super::bar` resolving to the
-//! root. Test-only code does not count: files named `tests.rs` or `*_tests.rs` (or in a `tests/`
+//! root. A name the root re-exports counts as its module: with `pub use bar::Thing;` in
+//! lib.rs, `crate::Thing` in `foo` is an edge `foo -> bar` too. Test-only code does not count: files named `tests.rs` or `*_tests.rs` (or in a `tests/`
 //! directory), modules declared `#[cfg(test)] mod x;`, and items under `#[cfg(test)]`.
 //! Comments (doc links included), string and char literals, `$crate::` and `pub(in crate::..)`
 //! are not references.
@@ -20,6 +21,8 @@ use std::path::{Path, PathBuf};
 /// A cycle not listed here fails the test, and so does an entry that is no longer a cycle (so
 /// the list only shrinks).
 const ALLOWED_CYCLES: &[(&str, &[&str])] = &[
+    // manifest uses crate::Platform, platform uses crate::Descriptor (both root re-exports)
+    ("rf-oci", &["manifest", "platform"]),
     // flight uses crate::index::Index, index uses crate::flight::Flight
     ("rf-store", &["flight", "index"]),
     // flight uses crate::stream::Reader, stream uses crate::flight::{Progress, SourceError, Status}
@@ -260,6 +263,60 @@ fn group_heads(toks: &[Tok], i: usize) -> Vec<String> {
     heads
 }
 
+/// Walks the use tree starting at `i` (just after `use`, or an element of a group), adding
+/// (first path segment, name it is imported as) for each leaf: `a::{b::C, D as E, self}` gives
+/// (a, C), (a, E). `crate::`/`self::` prefixes are skipped; globs are not followed. Returns the
+/// index after the tree.
+fn use_tree(
+    toks: &[Tok],
+    mut i: usize,
+    mut first: Option<String>,
+    out: &mut Vec<(String, String)>,
+) -> usize {
+    loop {
+        match toks.get(i) {
+            Some(Tok::Ident(w)) => {
+                let w = w.clone();
+                i += 1;
+                if toks.get(i) == Some(&Tok::PathSep) {
+                    if first.is_none() && w != "crate" && w != "self" {
+                        first = Some(w);
+                    }
+                    i += 1;
+                    continue;
+                }
+                let mut name = w.clone();
+                if ident(toks.get(i)) == Some("as") {
+                    name = ident(toks.get(i + 1)).unwrap_or("_").to_string();
+                    i += 2;
+                }
+                let from = first.unwrap_or(w);
+                if name != "_" && name != "self" {
+                    out.push((from, name));
+                }
+                return i;
+            }
+            Some(Tok::Punct('{')) => {
+                i += 1;
+                loop {
+                    if punct(toks.get(i), '}') {
+                        return i + 1;
+                    }
+                    let end = use_tree(toks, i, first.clone(), out);
+                    i = if end == i { end + 1 } else { end }; // never stuck on `*` and the like
+                    if punct(toks.get(i), ',') {
+                        i += 1;
+                    }
+                    if i >= toks.len() {
+                        return i;
+                    }
+                }
+            }
+            _ => return i,
+        }
+    }
+}
+
 /// What one file refers to at the root of its crate.
 #[derive(Debug, Default, PartialEq)]
 struct FileRefs {
@@ -268,6 +325,8 @@ struct FileRefs {
     refs: Vec<(Option<String>, String)>,
     /// Inline top-level modules (`mod x { .. }` in a root file).
     inline_modules: Vec<String>,
+    /// Names a root file's `use` items bring into the root: (first segment of the path, name).
+    root_uses: Vec<(String, String)>,
     /// Child modules declared `#[cfg(test)] mod x;`.
     test_children: Vec<String>,
     /// The whole file is `#![cfg(test)]`.
@@ -338,6 +397,15 @@ fn file_refs(src: &str, module_path: &[String]) -> FileRefs {
                     inline.pop();
                 }
                 depth = depth.saturating_sub(1);
+            }
+            Tok::Ident(w)
+                if w == "use"
+                    && module_path.is_empty()
+                    && inline.is_empty()
+                    && depth == 0
+                    && toks.get(i.wrapping_sub(1)) != Some(&Tok::PathSep) =>
+            {
+                use_tree(&toks, i + 1, None, &mut out.root_uses);
             }
             Tok::Ident(w) if w == "mod" => {
                 if let (Some(name), true) = (ident(toks.get(i + 1)), punct(toks.get(i + 2), '{')) {
@@ -453,10 +521,24 @@ fn module_graph(files: &[(PathBuf, String)]) -> BTreeMap<String, BTreeSet<String
         }
         kept.push(refs);
     }
+    // `crate::Name` where the root has `pub use foo::Name` depends on foo just as much
+    let root_names: BTreeMap<String, String> = kept
+        .iter()
+        .flat_map(|r| r.root_uses.iter())
+        .filter(|(module, _)| graph.contains_key(module))
+        .map(|(module, name)| (name.clone(), module.clone()))
+        .collect();
     for refs in kept {
-        for (from, to) in refs.refs {
+        for (from, name) in refs.refs {
             let Some(from) = from else { continue };
-            if from != to && graph.contains_key(&to) {
+            let to = if graph.contains_key(&name) {
+                name
+            } else if let Some(module) = root_names.get(&name) {
+                module.clone()
+            } else {
+                continue;
+            };
+            if from != to {
                 graph.get_mut(&from).expect("known module").insert(to);
             }
         }
@@ -667,6 +749,26 @@ fn ignores_comments_literals_macros_visibility_and_test_code() {
     ]);
     assert_eq!(edges(&g), ["b->a"], "{g:?}");
     assert_eq!(cycles(&g), (vec![], false));
+}
+
+#[test]
+fn follows_names_the_root_reexports() {
+    let g = graph_of(&[
+        (
+            "lib.rs",
+            "mod a; mod b; mod c; mod d;\n\
+             pub use a::{A, inner::{B as Bee, self}};\n\
+             pub(crate) use self::c::C;\n\
+             use std::fmt::Debug;\n\
+             pub use d::*;\n\
+             fn f() { use b::Local; }",
+        ),
+        ("a.rs", ""),
+        ("b.rs", "use crate::{Bee, C};"),
+        ("c.rs", "use super::A; use crate::Debug; use crate::Local;"),
+        ("d.rs", "use crate::Anything;"),
+    ]);
+    assert_eq!(edges(&g), ["b->a", "b->c", "c->a"], "{g:?}");
 }
 
 #[test]

@@ -5,9 +5,10 @@
 //! or an inline `mod foo { .. }` in `lib.rs`/`main.rs`; those two files are the root, not modules.
 //! There is an edge `foo -> bar` when code in `foo` names `crate::bar` (in a `use`, also inside
 //! `use crate::{bar, ..}`, or in any path), or `super::bar` / `super::super::bar` resolving to the
-//! root. A name the root re-exports counts as its module: with `pub use bar::Thing;` in
-//! lib.rs, `crate::Thing` in `foo` is an edge `foo -> bar` too. Test-only code does not count: files named `tests.rs` or `*_tests.rs` (or in a `tests/`
-//! directory), modules declared `#[cfg(test)] mod x;`, and items under `#[cfg(test)]`.
+//! root. A name the root re-exports counts as its module: with `pub use bar::Thing;` in lib.rs,
+//! `crate::Thing` in `foo` is an edge `foo -> bar` too. Test-only code does not count: files
+//! named `tests.rs` or `*_tests.rs` (or in a `tests/` directory), modules declared
+//! `#[cfg(test)] mod x;`, and items under `#[cfg(test)]`.
 //! Comments (doc links included), string and char literals, `$crate::` and `pub(in crate::..)`
 //! are not references.
 //!
@@ -675,7 +676,7 @@ fn no_import_cycles_between_modules() {
     );
 }
 
-// ------------------------------------------------------------------------------------ the checker itself
+// ------------------------------------------------------------------------------- the checker itself
 
 fn graph_of(files: &[(&str, &str)]) -> BTreeMap<String, BTreeSet<String>> {
     let files: Vec<(PathBuf, String)> = files

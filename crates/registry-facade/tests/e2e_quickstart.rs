@@ -1,6 +1,7 @@
 //! End to end, the README's quickstart: the real binary on `examples/quickstart/config.json`,
 //! run from the repository root (the config's paths are relative to it), `skopeo copy` of
-//! `fixed/demo:latest`, and `ctr run` of it printing the greeting of the composed image.
+//! `fixed/demo:latest`, and `ctr run` of it printing the greeting of the composed image; podman
+//! pulls and runs it too and prints the very same greeting.
 
 mod e2e_common;
 
@@ -150,4 +151,8 @@ fn quickstart_serves_fixed_demo() {
          /ide/lib/product.json\n  \
          /workspace/README.md\n"
     );
+
+    // podman (containers/image: GET, not containerd's HEAD-then-GET) runs it the same way
+    let podman_greeting = podman_pull_run(&facade, &image_ref);
+    assert_eq!(podman_greeting, greeting, "podman run {image_ref}");
 }

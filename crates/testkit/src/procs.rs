@@ -6,6 +6,8 @@
 //! test's process group, so a Ctrl-C of `cargo test` (which skips `Drop`) stops them too. Startup waits for
 //! readiness by polling (no sleeps); a failed start reports the tail of the process's log. A server
 //! that loses the race for its port (`address already in use`) is restarted on a new port.
+//!
+//! Also [`Podman`]: rootful podman with all of its state in a temp dir (no daemon).
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -913,6 +915,178 @@ impl Drop for Containerd {
     }
 }
 
+// ------------------------------------------------------------------------------------------ podman
+
+/// Rootful podman whose whole state lives in its own temp dir (`/tmp/rfp-XXXXXX`): storage, run
+/// root, libpod tmp dir, network config, and its own containers.conf, storage.conf and
+/// registries.conf, so neither the host's /etc/containers nor another test's podman is involved
+/// (only the global `/dev/shm/libpod_lock` slots are shared, and freed on drop). Use
+/// [`Podman::pull`] and [`Podman::run`].
+///
+/// The settings are the ones this sandbox needs (/work/shared/reference/oci-clients.md §3.3):
+/// runc (crun rejects the hybrid cgroup hierarchy), cgroupfs (no systemd), ulimits below the hard
+/// limits (no CAP_SYS_RESOURCE to raise them), no network (the default bridge would add
+/// 10.88.0.0/16 and iptables rules to the host), events to a file (no journald), and the vfs
+/// storage driver, which leaves no overlay mounts behind when a test dies.
+///
+/// On drop: its containers are removed, mounts under the dir unmounted, its cgroup parent
+/// (`/rfp-XXXXXX` in every hierarchy, holding conmon) removed and the dir deleted.
+#[derive(Debug)]
+pub struct Podman {
+    dir: TempDir,
+    cgroup_parent: String,
+}
+
+impl Podman {
+    /// Writes the config files; panics if podman, conmon or runc is not installed.
+    pub fn new() -> Result<Podman> {
+        require_tool("podman");
+        require_tool("conmon");
+        require_tool("runc");
+        let dir = tempfile::Builder::new().prefix("rfp-").tempdir_in("/tmp")?;
+        let d = dir.path();
+        let q = |p: PathBuf| yaml_str(&p.to_string_lossy()); // a JSON string is a valid TOML basic string
+        std::fs::write(
+            d.join("containers.conf"),
+            format!(
+                r#"[containers]
+netns = "none"
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+[network]
+network_config_dir = {net}
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+tmp_dir = {tmp}
+"#,
+                net = q(d.join("net")),
+                tmp = q(d.join("tmp")),
+            ),
+        )?;
+        std::fs::write(
+            d.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = {}\nrunroot = {}\n",
+                q(d.join("root")),
+                q(d.join("runroot")),
+            ),
+        )?;
+        // Fully qualified references only: no short-name lookups on the internet.
+        std::fs::write(
+            d.join("registries.conf"),
+            "unqualified-search-registries = []\n",
+        )?;
+        // podman fails on a REGISTRY_AUTH_FILE that does not exist
+        std::fs::write(d.join("auth.json"), "{\"auths\": {}}\n")?;
+        let tag = d
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Podman {
+            cgroup_parent: format!("/{tag}"),
+            dir,
+        })
+    }
+
+    /// The temp dir holding config files and all of podman's state.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `podman <args>` on this instance's config and state; returns its output (whatever the
+    /// exit status).
+    pub fn podman(&self, args: &[&str]) -> Output {
+        let d = self.dir.path();
+        Command::new("podman")
+            .args(args)
+            .env("CONTAINERS_CONF", d.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", d.join("storage.conf"))
+            .env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"))
+            // credentials come from flags only, never from the host's auth files
+            .env("REGISTRY_AUTH_FILE", d.join("auth.json"))
+            .env("NO_PROXY", NO_PROXY)
+            .env("no_proxy", NO_PROXY)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running podman")
+    }
+
+    fn podman_checked(&self, args: &[&str]) -> Result<String> {
+        let out = self.podman(args);
+        if !out.status.success() {
+            return Err(output_error(&format!("podman {}", args.join(" ")), &out));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `podman pull -q --tls-verify=false <extra_args> <image_ref>` (e.g. extra `--creds u:p`,
+    /// `--platform linux/arm64`); returns stdout (the image id), or an error with podman's output.
+    pub fn pull(&self, image_ref: &str, extra_args: &[&str]) -> Result<String> {
+        let mut args = vec!["pull", "-q", "--tls-verify=false"];
+        args.extend_from_slice(extra_args);
+        args.push(image_ref);
+        self.podman_checked(&args)
+    }
+
+    /// `podman run --rm <image_ref> <cmd...>` of an already pulled image; returns stdout.
+    pub fn run(&self, image_ref: &str, cmd: &[&str]) -> Result<String> {
+        self.run_with(image_ref, &[], cmd)
+    }
+
+    /// Like [`Podman::run`] with extra `podman run` flags (e.g. `--env K=V`, `--user 33333`).
+    pub fn run_with(&self, image_ref: &str, run_args: &[&str], cmd: &[&str]) -> Result<String> {
+        // --pull never: a run must not fetch what the test did not pull itself
+        let mut args = vec![
+            "run",
+            "--rm",
+            "--pull",
+            "never",
+            "--cgroup-parent",
+            &self.cgroup_parent,
+        ];
+        args.extend_from_slice(run_args);
+        args.push(image_ref);
+        args.extend_from_slice(cmd);
+        self.podman_checked(&args)
+    }
+
+    /// The cgroup directories of this instance, deepest first.
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        walk(&e.path(), out);
+                    }
+                }
+            }
+            out.push(dir.to_path_buf());
+        }
+        let mut dirs = Vec::new();
+        let rel = self.cgroup_parent.trim_start_matches('/');
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten() {
+            let Ok(h) = hierarchy else { continue };
+            let parent = h.path().join(rel);
+            if parent.is_dir() {
+                walk(&parent, &mut dirs);
+            }
+        }
+        dirs
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.podman(&["rm", "--all", "--force", "--time", "0"]);
+        unmount_under(self.dir.path());
+        // a cgroup's control files do not stop rmdir, its processes and child cgroups do
+        for d in self.cgroup_dirs() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------------ /proc helpers
 
 fn list_pids() -> Vec<u32> {
@@ -1189,6 +1363,49 @@ mod tests {
     fn free_ports_are_distinct() {
         let ports: BTreeSet<u16> = (0..50).map(|_| free_port()).collect();
         assert_eq!(ports.len(), 50);
+    }
+
+    #[test]
+    fn podman_pulls_and_runs_and_cleans_up() {
+        let img = crate::busybox_image().build();
+        let reg = Registry::start(RegistryAuth::None).unwrap();
+        reg.push_image(&img, "busybox:latest").unwrap();
+        let p = Podman::new().unwrap();
+        let r = reg.image_ref("busybox:latest");
+        p.pull(&r, &[]).unwrap();
+        let echo = p
+            .run(&r, &["/bin/sh", "-c", "echo hello from $(id -u)"])
+            .unwrap();
+        assert_eq!(echo, "hello from 0\n");
+        let err = p
+            .run(&reg.image_ref("never-pulled:latest"), &["true"])
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("podman run"), "{err:#}");
+        let containers = p.podman(&["ps", "--all", "--quiet"]);
+        assert!(containers.status.success());
+        assert_eq!(String::from_utf8_lossy(&containers.stdout), "", "--rm");
+
+        assert!(
+            !p.cgroup_dirs().is_empty(),
+            "conmon ran in our cgroup parent"
+        );
+        let dir = p.dir().to_path_buf();
+        let cgroup_parent = p.cgroup_parent.clone();
+        drop(p);
+        assert!(!dir.exists(), "{} still exists", dir.display());
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(
+            !mounts.contains(&*dir.to_string_lossy()),
+            "mounts left: {mounts}"
+        );
+        let left: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|h| h.path().join(cgroup_parent.trim_start_matches('/')))
+            .filter(|c| c.exists())
+            .collect();
+        assert!(left.is_empty(), "cgroups left: {left:?}");
     }
 
     #[test]

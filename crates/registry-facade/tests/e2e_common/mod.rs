@@ -7,6 +7,7 @@
 //! * [`Fixture`]: the test images (built once per test binary) and [`Fixture::seed`] to push them.
 //! * [`SpecServer`]: a tonic `registryfacade.SpecProvider` on 127.0.0.1:0.
 //! * [`shared_containerd`]: one containerd per test binary while any test uses it.
+//! * [`podman_pull_run`]: podman (state in a temp dir) pulls and runs an image.
 
 #![allow(dead_code)]
 
@@ -23,6 +24,7 @@ use rf_api::registryfacade::{
     ImageSpec,
 };
 use rf_testkit::layout::gzip;
+use rf_testkit::procs::Podman;
 use rf_testkit::{
     busybox_image, sha256_digest, BuiltImage, Compression, Containerd, Entry, ImageBuilder,
     IndexStyle, Layer, ManifestStyle, Platform, Registry,
@@ -671,6 +673,19 @@ pub fn shared_containerd() -> Arc<Containerd> {
     let c = Arc::new(Containerd::start().expect("starting containerd"));
     *slot = Arc::downgrade(&c);
     c
+}
+
+/// `podman pull --tls-verify=false <image_ref>` then `podman run --rm <image_ref>` (the image's
+/// own command) on a podman whose state lives in a temp dir of its own; returns the container's
+/// stdout. Panics with podman's output and the facade's logs on failure.
+pub fn podman_pull_run(facade: &Facade, image_ref: &str) -> String {
+    let podman = Podman::new().expect("setting up podman");
+    podman
+        .pull(image_ref, &[])
+        .unwrap_or_else(|e| panic!("podman pull {image_ref}: {e:#}\n{}", facade.logs()));
+    podman
+        .run(image_ref, &[])
+        .unwrap_or_else(|e| panic!("podman run {image_ref}: {e:#}\n{}", facade.logs()))
 }
 
 /// `curl -s <url>` (plain HTTP, 127.0.0.1): (status, body).

@@ -66,9 +66,11 @@ fn quickstart_layouts_are_byte_identical() {
         for (digest, bytes) in img.blobs() {
             assert_eq!(std::fs::read(layout.blob_path(digest)).unwrap(), bytes);
         }
-        // tiny: plain text files only
+        // tiny: plain text files only, but for the base, which must run its greeting (issue 8:
+        // "the quickstart image runs"), so it carries busybox (about 1 MiB gzipped)
         let total: u64 = img.layers.iter().map(|l| l.size).sum();
-        assert!(total < 4096, "{name} layers are {total} bytes");
+        let limit = if name == "base" { 2 << 20 } else { 4096 };
+        assert!(total < limit, "{name} layers are {total} bytes");
     }
 
     let env = |img: &rf_testkit::BuiltImage| img.config_json()["config"]["Env"].clone();

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{Descriptor, OciError};
+use crate::OciError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Platform {
@@ -92,21 +92,6 @@ impl Platform {
         let (o2, a2, v2) = candidate.normalized();
         o1 == o2 && a1 == a2 && (v1 == v2 || self.variant.is_none())
     }
-
-    /// Picks the index entry for this platform: an exact match wins over a variant-agnostic one;
-    /// entries without a platform are never picked.
-    pub fn select<'a>(&self, entries: &'a [Descriptor]) -> Option<&'a Descriptor> {
-        let want = self.normalized();
-        let with_platform = || {
-            entries
-                .iter()
-                .filter_map(|d| d.platform.as_ref().map(|p| (d, p)))
-        };
-        with_platform()
-            .find(|(_, p)| p.normalized() == want)
-            .or_else(|| with_platform().find(|(_, p)| self.matches(p)))
-            .map(|(d, _)| d)
-    }
 }
 
 impl FromStr for Platform {
@@ -142,7 +127,7 @@ impl fmt::Display for Platform {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Digest;
+    use crate::{Descriptor, Digest};
 
     fn entry(p: Option<&str>, n: u8) -> Descriptor {
         let mut d = Descriptor::new(crate::media::OCI_MANIFEST, Digest::sha256_of(&[n]), 1);

@@ -121,6 +121,24 @@ impl ParsedManifest {
     }
 }
 
+/// Platform selection lives with the descriptors it picks from (platform.rs stays a leaf).
+impl Platform {
+    /// Picks the index entry for this platform: an exact match wins over a variant-agnostic one;
+    /// entries without a platform are never picked.
+    pub fn select<'a>(&self, entries: &'a [Descriptor]) -> Option<&'a Descriptor> {
+        let want = self.normalized();
+        let with_platform = || {
+            entries
+                .iter()
+                .filter_map(|d| d.platform.as_ref().map(|p| (d, p)))
+        };
+        with_platform()
+            .find(|(_, p)| p.normalized() == want)
+            .or_else(|| with_platform().find(|(_, p)| self.matches(p)))
+            .map(|(d, _)| d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,23 +197,5 @@ mod tests {
             ParsedManifest::parse(br#"{"mediaType":"text/plain"}"#, None),
             Err(OciError::UnsupportedMediaType(_))
         ));
-    }
-}
-
-/// Platform selection lives with the descriptors it picks from (platform.rs stays a leaf).
-impl Platform {
-    /// Picks the index entry for this platform: an exact match wins over a variant-agnostic one;
-    /// entries without a platform are never picked.
-    pub fn select<'a>(&self, entries: &'a [Descriptor]) -> Option<&'a Descriptor> {
-        let want = self.normalized();
-        let with_platform = || {
-            entries
-                .iter()
-                .filter_map(|d| d.platform.as_ref().map(|p| (d, p)))
-        };
-        with_platform()
-            .find(|(_, p)| p.normalized() == want)
-            .or_else(|| with_platform().find(|(_, p)| self.matches(p)))
-            .map(|(d, _)| d)
     }
 }

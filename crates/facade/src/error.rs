@@ -5,7 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rf_compose::composer::ComposerError;
 use rf_compose::SpecError;
-use rf_upstream::UpstreamError;
+use rf_upstream::{ErrorClass, UpstreamError};
 use serde_json::json;
 
 #[derive(Debug, Clone)]
@@ -102,27 +102,21 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The OCI error for an upstream failure: by its class, so the facade says "try again" exactly
+/// when the retry policy and the composer's stale serving think so.
 fn upstream_error(e: &UpstreamError, image: &str, unknown: fn(String) -> ApiError) -> ApiError {
     let msg = format!("{image}: {e}");
-    match e {
-        UpstreamError::NotFound { .. } => unknown(msg),
-        UpstreamError::InvalidReference(_) => unknown(msg),
-        UpstreamError::Unauthorized { .. } => {
-            // The client did nothing wrong: our credentials for the upstream were refused.
-            ApiError::new(StatusCode::BAD_GATEWAY, "DENIED", msg)
-        }
-        UpstreamError::TooManyRequests { .. } => {
+    match e.class() {
+        ErrorClass::NotFound | ErrorClass::InvalidReference => unknown(msg),
+        // The client did nothing wrong: our credentials for the upstream were refused.
+        ErrorClass::Denied => ApiError::new(StatusCode::BAD_GATEWAY, "DENIED", msg),
+        ErrorClass::RateLimited => {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", msg)
         }
-        UpstreamError::Unavailable { .. } | UpstreamError::Io(_) => {
+        ErrorClass::Transient | ErrorClass::Internal => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", msg)
         }
-        UpstreamError::DigestMismatch { .. }
-        | UpstreamError::TooLarge { .. }
-        | UpstreamError::RangeNotSupported
-        | UpstreamError::InvalidResponse(_) => {
-            ApiError::new(StatusCode::BAD_GATEWAY, "UPSTREAM_ERROR", msg)
-        }
+        ErrorClass::BadUpstream => ApiError::new(StatusCode::BAD_GATEWAY, "UPSTREAM_ERROR", msg),
     }
 }
 

@@ -23,7 +23,10 @@ use crate::error::SpecError;
 /// are never masked, and `NotFound` forgets the last good spec.
 pub struct CachingSpecProvider<P> {
     inner: P,
-    cache: Cache<String, ImageSpec>,
+    /// Specs with the time they were fetched. The TTL is checked on tokio's clock (not moka's),
+    /// so that tests can pause time instead of sleeping through it.
+    cache: Cache<String, (ImageSpec, Instant)>,
+    ttl: Duration,
     /// The last spec fetched per id and when, for outages (bounded like `cache`, no TTL: the
     /// age is checked against `stale_for`).
     last_good: moka::sync::Cache<String, (ImageSpec, Instant)>,
@@ -36,10 +39,8 @@ impl<P: SpecProvider> CachingSpecProvider<P> {
     pub fn new(inner: P, max_entries: u64, ttl: Duration) -> Self {
         CachingSpecProvider {
             inner,
-            cache: Cache::builder()
-                .max_capacity(max_entries)
-                .time_to_live(ttl)
-                .build(),
+            cache: Cache::builder().max_capacity(max_entries).build(),
+            ttl,
             last_good: moka::sync::Cache::builder()
                 .max_capacity(max_entries)
                 .build(),
@@ -89,12 +90,15 @@ impl<P: SpecProvider> CachingSpecProvider<P> {
 #[async_trait]
 impl<P: SpecProvider> SpecProvider for CachingSpecProvider<P> {
     async fn get_spec(&self, id: &str) -> Result<ImageSpec, SpecError> {
-        let err = match self
-            .cache
-            .try_get_with(id.to_string(), self.fetch(id))
-            .await
-        {
-            Ok(spec) => return Ok(spec),
+        if let Some((spec, fetched)) = self.cache.get(id).await {
+            if fetched.elapsed() < self.ttl {
+                return Ok(spec);
+            }
+            self.cache.invalidate(id).await;
+        }
+        let fetch = async { self.fetch(id).await.map(|spec| (spec, Instant::now())) };
+        let err = match self.cache.try_get_with(id.to_string(), fetch).await {
+            Ok((spec, _)) => return Ok(spec),
             Err(e) => (*e).clone(),
         };
         if let SpecError::Unavailable(reason) = &err {

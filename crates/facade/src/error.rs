@@ -3,8 +3,8 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use rf_compose::composer::ComposerError;
-use rf_compose::SpecError;
+use rf_composer::ComposerError;
+use rf_composer::SpecError;
 use rf_upstream::{ErrorClass, UpstreamError};
 use serde_json::json;
 

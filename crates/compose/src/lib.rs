@@ -6,9 +6,9 @@
 //! * [`compose`] – [`compose()`], [`compose_index()`] and the conversion between the OCI and
 //!   Docker manifest families: pure, deterministic, no I/O.
 //!
-//! Must not depend on: the network, the file system, clocks or tokio; the upstream client
-//! (`rf-upstream`), the store (`rf-store`) or the composer (`rf-composer`) that fetches and
-//! caches around this core.
+//! Must not depend on: the network, the file system, clocks or tokio; the API crate (`rf-api`,
+//! its protobuf types are translated by the composer), the upstream client (`rf-upstream`), the
+//! store (`rf-store`) or the composer (`rf-composer`) that fetches and caches around this core.
 
 pub mod compose;
 pub mod env;
@@ -19,6 +19,6 @@ pub use compose::{compose, compose_index, convert_image, convert_index, other_fa
 pub use env::{EnvDirective, EnvOp};
 pub use error::ComposeError;
 pub use model::{
-    AddedLayer, Addition, BlobEntry, BlobSource, ComposedImage, ComposedIndex, ImageParts,
-    LayerSource, SKIP_N_LABEL,
+    AddedLayer, Addition, BlobEntry, BlobSource, ComposedImage, ComposedIndex, ContentLayer,
+    ImageParts, LayerSource, RemoteContentLayer, SKIP_N_LABEL,
 };

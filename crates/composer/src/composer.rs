@@ -26,7 +26,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::try_join_all;
 use rf_api::registryfacade::ImageSpec;
-use rf_compose::{compose, compose_index, other_family, Addition, BlobEntry};
+use rf_compose::{
+    compose, compose_index, other_family, Addition, BlobEntry, ContentLayer, RemoteContentLayer,
+};
 use rf_oci::{Accept, Digest, ImageRef, Platform};
 use rf_store::BlobStore;
 use rf_upstream::Upstream;
@@ -414,7 +416,7 @@ impl Composer {
             .content_layer
             .iter()
             .enumerate()
-            .map(|(i, l)| Addition::from_content_layer(i, l))
+            .map(|(i, l)| Addition::from_content_layer(i, &content_layer(l)))
             .collect::<Result<_, _>>()?;
 
         // Additions for one platform, in Gitpod's order: static, ide, supervisor, ide layers, content.
@@ -512,6 +514,24 @@ impl Composer {
     /// Cached for the freshness window (`cache_ttl`), then revalidated with a HEAD.
     pub async fn resolve(&self, image: &ImageRef) -> Result<Arc<ResolvedImage>, ComposerError> {
         Ok(self.images.resolve(image).await?.value)
+    }
+}
+
+/// The spec's content layer in the core's terms.
+fn content_layer(layer: &rf_api::registryfacade::ContentLayer) -> ContentLayer {
+    use rf_api::registryfacade::content_layer::Spec;
+    match &layer.spec {
+        Some(Spec::Direct(d)) => ContentLayer::Direct {
+            content: Bytes::from(d.content.clone()),
+        },
+        Some(Spec::Remote(r)) => ContentLayer::Remote(RemoteContentLayer {
+            url: r.url.clone(),
+            digest: r.digest.clone(),
+            diff_id: r.diff_id.clone(),
+            media_type: r.media_type.clone(),
+            size: r.size,
+        }),
+        None => ContentLayer::Unknown,
     }
 }
 

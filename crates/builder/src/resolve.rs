@@ -477,6 +477,27 @@ mod tests {
     }
 
     #[test]
+    fn every_upstream_class_has_one_grpc_code() {
+        let map = |e: UpstreamError| Status::from(ResolveError::from_upstream("r", "d", false, e));
+        // A transient local error is retried like an unavailable registry, so it is
+        // reported like one.
+        let timed_out = UpstreamError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert_eq!(timed_out.class(), ErrorClass::Transient);
+        assert_eq!(map(timed_out).code(), Code::Unavailable);
+        for (class, code) in [
+            (ErrorClass::Transient, Code::Unavailable),
+            (ErrorClass::RateLimited, Code::Unavailable),
+            (ErrorClass::NotFound, Code::NotFound),
+            (ErrorClass::Denied, Code::Unauthenticated),
+            (ErrorClass::InvalidReference, Code::InvalidArgument),
+            (ErrorClass::BadUpstream, Code::Internal),
+            (ErrorClass::Internal, Code::Internal),
+        ] {
+            assert_eq!(grpc_code(class), code, "{class:?}");
+        }
+    }
+
+    #[test]
     fn status_mapping_and_messages() {
         let r = "127.0.0.1:5000/x:latest";
         let d = "127.0.0.1:5000";

@@ -1,20 +1,24 @@
 //! The effectful side of composition: asks spec providers for specs, resolves images through
 //! the image cache (upstream client and local store behind it), runs the pure
-//! [`compose()`](crate::compose()) per platform, and remembers what it served so manifests stay
+//! [`compose()`](rf_compose::compose()) per platform, and remembers what it served so manifests stay
 //! addressable by digest and blob requests are answered from a blob table instead of
 //! re-resolving images.
 //!
 //! Caching, from the bottom up:
 //!
 //! * manifests and configs are kept in the local store (when configured), by digest;
-//! * resolved images are kept in the image cache (`composer/images.rs`) for the freshness window
+//! * resolved images are kept in the image cache (`images.rs`) for the freshness window
 //!   (`cache_ttl`), then revalidated with a HEAD; digest-pinned references never are; when
 //!   upstream is unavailable the cached image is served stale;
 //! * compositions are pure, so they are cached by the spec and the digests of every input
 //!   image: a revalidation that finds the same digests reuses the same composed bytes, a
 //!   moved tag gives a new composition;
-//! * every composed manifest and blob is remembered by digest (`served`, `blobs`), so a
-//!   composition stays pullable by digest after a newer one replaced it.
+//! * every composed manifest and blob, in both manifest families, is remembered by digest
+//!   ([`ServedCache`]), so a composition stays pullable by digest after a newer one
+//!   replaced it.
+//!
+//! Resolved images and served manifests sit behind the traits of [`crate::cache`]
+//! ([`ComposerCaches`]); compositions are a memo of a pure function and stay in memory.
 
 use std::collections::HashMap;
 use std::io::Read;

@@ -162,3 +162,61 @@ impl ApiError {
         upstream_error(e, image, ApiError::blob_unknown)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The facade says "try again" (503/429) exactly for the errors the retry policy and the
+    /// composer's stale serving treat as transient.
+    #[test]
+    fn upstream_errors_map_by_class() {
+        let reg = || "r".to_string();
+        let cases = [
+            (
+                UpstreamError::Unavailable {
+                    registry: reg(),
+                    reason: "reset".into(),
+                },
+                503,
+                "UNAVAILABLE",
+            ),
+            (
+                UpstreamError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+                503,
+                "UNAVAILABLE",
+            ),
+            (
+                UpstreamError::TooManyRequests {
+                    registry: reg(),
+                    retry_after: Some(Duration::from_secs(1)),
+                },
+                429,
+                "TOOMANYREQUESTS",
+            ),
+            (
+                UpstreamError::NotFound { what: "x".into() },
+                404,
+                "BLOB_UNKNOWN",
+            ),
+            (
+                UpstreamError::Io(std::io::Error::from(std::io::ErrorKind::NotFound)),
+                404,
+                "BLOB_UNKNOWN",
+            ),
+            (
+                UpstreamError::Unauthorized { registry: reg() },
+                502,
+                "DENIED",
+            ),
+            (UpstreamError::RangeNotSupported, 502, "UPSTREAM_ERROR"),
+        ];
+        for (e, status, code) in cases {
+            let api = ApiError::from_upstream_blob(&e, "img");
+            assert_eq!((api.status.as_u16(), api.code), (status, code), "{e}");
+            assert_eq!(matches!(status, 503 | 429), e.class().is_transient(), "{e}");
+        }
+    }
+}

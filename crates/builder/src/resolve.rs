@@ -31,9 +31,9 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use rf_oci::{media, Digest, ImageRef, ParsedManifest, Platform, Reference};
-use rf_upstream::{Credential, Upstream, UpstreamError};
+use rf_upstream::{Credential, ErrorClass, Upstream, UpstreamError};
 use sha2::{Digest as _, Sha256};
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::auth::{Authenticator, RequestAuth};
 
@@ -81,7 +81,7 @@ fn unauthorized_message(reference: &str, domain: &str, had_credentials: bool) ->
 }
 
 impl ResolveError {
-    /// Maps an upstream failure for `reference` on registry `domain`.
+    /// Maps an upstream failure for `reference` on registry `domain`, by its class.
     pub fn from_upstream(
         reference: &str,
         domain: &str,
@@ -89,31 +89,51 @@ impl ResolveError {
         e: UpstreamError,
     ) -> ResolveError {
         let reference = reference.to_string();
-        match e {
-            UpstreamError::NotFound { what } => ResolveError::NotFound {
+        match (e.class(), e) {
+            (ErrorClass::NotFound, UpstreamError::NotFound { what }) => ResolveError::NotFound {
                 reference,
                 detail: what,
             },
-            UpstreamError::Unauthorized { .. } => ResolveError::Unauthorized {
+            (ErrorClass::NotFound, e) => ResolveError::NotFound {
+                reference,
+                detail: e.to_string(),
+            },
+            (ErrorClass::Denied, _) => ResolveError::Unauthorized {
                 reference,
                 domain: domain.to_string(),
                 had_credentials,
             },
-            e @ UpstreamError::TooManyRequests { .. } => ResolveError::TooManyRequests {
+            (ErrorClass::RateLimited, e) => ResolveError::TooManyRequests {
                 reference,
                 detail: e.to_string(),
             },
-            e @ UpstreamError::Unavailable { .. } => ResolveError::Unavailable {
+            (ErrorClass::Transient, e) => ResolveError::Unavailable {
                 reference,
                 detail: e.to_string(),
             },
-            UpstreamError::InvalidReference(reason) => {
+            (ErrorClass::InvalidReference, UpstreamError::InvalidReference(reason)) => {
                 ResolveError::InvalidReference { reference, reason }
             }
-            e => ResolveError::Other {
+            (ErrorClass::InvalidReference, e) => ResolveError::InvalidReference {
+                reference,
+                reason: e.to_string(),
+            },
+            (ErrorClass::BadUpstream | ErrorClass::Internal, e) => ResolveError::Other {
                 reference,
                 detail: e.to_string(),
             },
+        }
+    }
+
+    /// The class of the failure, in the upstream client's terms.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ResolveError::InvalidReference { .. } => ErrorClass::InvalidReference,
+            ResolveError::NotFound { .. } | ResolveError::NoPlatform { .. } => ErrorClass::NotFound,
+            ResolveError::Unauthorized { .. } => ErrorClass::Denied,
+            ResolveError::TooManyRequests { .. } => ErrorClass::RateLimited,
+            ResolveError::Unavailable { .. } => ErrorClass::Transient,
+            ResolveError::Other { .. } => ErrorClass::BadUpstream,
         }
     }
 }
@@ -127,7 +147,7 @@ async fn head_exists(
 ) -> Result<bool, ResolveError> {
     match client.head_manifest(&ImageRef::Registry(r.clone())).await {
         Ok(_) => Ok(true),
-        Err(UpstreamError::NotFound { .. }) => Ok(false),
+        Err(e) if e.class() == ErrorClass::NotFound => Ok(false),
         Err(e) => Err(ResolveError::from_upstream(
             reference,
             &r.domain,
@@ -137,23 +157,22 @@ async fn head_exists(
     }
 }
 
-/// gRPC mapping: malformed ⇒ `InvalidArgument`, missing (or not for our platform) ⇒
-/// `NotFound`, refused ⇒ `Unauthenticated`, rate limited or down ⇒ `Unavailable`, anything
-/// else ⇒ `Internal`.
+/// The builder's one mapping from failure classes to gRPC codes: malformed ⇒
+/// `InvalidArgument`, missing (or not for our platform) ⇒ `NotFound`, refused ⇒
+/// `Unauthenticated`, rate limited or down ⇒ `Unavailable`, anything else ⇒ `Internal`.
+pub fn grpc_code(class: ErrorClass) -> Code {
+    match class {
+        ErrorClass::InvalidReference => Code::InvalidArgument,
+        ErrorClass::NotFound => Code::NotFound,
+        ErrorClass::Denied => Code::Unauthenticated,
+        ErrorClass::Transient | ErrorClass::RateLimited => Code::Unavailable,
+        ErrorClass::BadUpstream | ErrorClass::Internal => Code::Internal,
+    }
+}
+
 impl From<ResolveError> for Status {
     fn from(e: ResolveError) -> Status {
-        let msg = e.to_string();
-        match e {
-            ResolveError::InvalidReference { .. } => Status::invalid_argument(msg),
-            ResolveError::NotFound { .. } | ResolveError::NoPlatform { .. } => {
-                Status::not_found(msg)
-            }
-            ResolveError::Unauthorized { .. } => Status::unauthenticated(msg),
-            ResolveError::TooManyRequests { .. } | ResolveError::Unavailable { .. } => {
-                Status::unavailable(msg)
-            }
-            ResolveError::Other { .. } => Status::internal(msg),
-        }
+        Status::new(grpc_code(e.class()), e.to_string())
     }
 }
 
@@ -454,6 +473,27 @@ mod tests {
                 "{bad}: {e}"
             );
             assert_eq!(Status::from(e).code(), Code::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_upstream_class_has_one_grpc_code() {
+        let map = |e: UpstreamError| Status::from(ResolveError::from_upstream("r", "d", false, e));
+        // A transient local error is retried like an unavailable registry, so it is
+        // reported like one.
+        let timed_out = UpstreamError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert_eq!(timed_out.class(), ErrorClass::Transient);
+        assert_eq!(map(timed_out).code(), Code::Unavailable);
+        for (class, code) in [
+            (ErrorClass::Transient, Code::Unavailable),
+            (ErrorClass::RateLimited, Code::Unavailable),
+            (ErrorClass::NotFound, Code::NotFound),
+            (ErrorClass::Denied, Code::Unauthenticated),
+            (ErrorClass::InvalidReference, Code::InvalidArgument),
+            (ErrorClass::BadUpstream, Code::Internal),
+            (ErrorClass::Internal, Code::Internal),
+        ] {
+            assert_eq!(grpc_code(class), code, "{class:?}");
         }
     }
 

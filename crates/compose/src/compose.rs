@@ -256,6 +256,128 @@ pub fn compose_index(
     }
 }
 
+/// OCI's media type for a non-distributable gzip layer (Docker's "foreign" layer).
+const OCI_LAYER_NONDISTRIBUTABLE_GZIP: &str =
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+
+/// The other manifest family: Docker schema 2 for OCI, OCI for Docker schema 2.
+pub fn other_family(manifest_media_type: &str) -> &'static str {
+    if manifest_media_type == media::DOCKER_MANIFEST {
+        media::OCI_MANIFEST
+    } else {
+        media::DOCKER_MANIFEST
+    }
+}
+
+/// A descriptor's media type in the manifest family `family`, if it has one there.
+fn in_family(family: &str, media_type: &str) -> Option<&'static str> {
+    let docker = family == media::DOCKER_MANIFEST;
+    Some(match media_type {
+        media::OCI_CONFIG | media::DOCKER_CONFIG if docker => media::DOCKER_CONFIG,
+        media::OCI_CONFIG | media::DOCKER_CONFIG => media::OCI_CONFIG,
+        media::OCI_LAYER_GZIP | media::DOCKER_LAYER_GZIP if docker => media::DOCKER_LAYER_GZIP,
+        media::OCI_LAYER_GZIP | media::DOCKER_LAYER_GZIP => media::OCI_LAYER_GZIP,
+        media::OCI_LAYER_TAR | media::DOCKER_LAYER_TAR if docker => media::DOCKER_LAYER_TAR,
+        media::OCI_LAYER_TAR | media::DOCKER_LAYER_TAR => media::OCI_LAYER_TAR,
+        OCI_LAYER_NONDISTRIBUTABLE_GZIP | media::DOCKER_LAYER_FOREIGN_GZIP if docker => {
+            media::DOCKER_LAYER_FOREIGN_GZIP
+        }
+        OCI_LAYER_NONDISTRIBUTABLE_GZIP | media::DOCKER_LAYER_FOREIGN_GZIP => {
+            OCI_LAYER_NONDISTRIBUTABLE_GZIP
+        }
+        media::OCI_LAYER_ZSTD if !docker => media::OCI_LAYER_ZSTD,
+        _ => return None,
+    })
+}
+
+fn converted(family: &str, media_type: &str) -> Result<&'static str, ComposeError> {
+    in_family(family, media_type).ok_or_else(|| ComposeError::NoCounterpart {
+        media_type: media_type.to_string(),
+        family: family.to_string(),
+    })
+}
+
+/// Fields of OCI documents that Docker schema 2 and manifest lists do not have.
+const OCI_ONLY_FIELDS: [&str; 2] = ["artifactType", "subject"];
+
+/// The same composed image in the manifest family `family` (Docker schema 2 or OCI): media
+/// types of the manifest, config and layers translated, everything else kept, so the config
+/// and every layer are the same blobs. For clients that accept only the other family: a
+/// composition is generated, so it can be served in whichever family the client takes.
+pub fn convert_image(image: &ComposedImage, family: &str) -> Result<ComposedImage, ComposeError> {
+    if image.media_type == family {
+        return Ok(image.clone());
+    }
+    let mut manifest: rf_oci::Manifest =
+        serde_json::from_slice(&image.manifest).map_err(|e| ComposeError::Serialize {
+            what: "manifest",
+            reason: e.to_string(),
+        })?;
+    manifest.media_type = Some(family.to_string());
+    if family == media::DOCKER_MANIFEST {
+        for f in OCI_ONLY_FIELDS {
+            manifest.extra.remove(f);
+        }
+    }
+    let mut blobs = image.blobs.clone();
+    for d in std::iter::once(&mut manifest.config).chain(manifest.layers.iter_mut()) {
+        d.media_type = converted(family, &d.media_type)?.to_string();
+        if let Some(entry) = blobs.get_mut(&d.digest) {
+            entry.media_type = d.media_type.clone();
+        }
+    }
+    let bytes = serialize("manifest", &manifest)?;
+    Ok(ComposedImage {
+        digest: Digest::sha256_of(&bytes),
+        manifest: bytes,
+        media_type: family.to_string(),
+        config: image.config.clone(),
+        config_digest: image.config_digest.clone(),
+        platform: image.platform.clone(),
+        blobs,
+    })
+}
+
+/// The same composed index with every child in the manifest family `family` (see
+/// [`convert_image`]); the index becomes that family's index type.
+pub fn convert_index(index: &ComposedIndex, family: &str) -> Result<ComposedIndex, ComposeError> {
+    let mut doc: Index =
+        serde_json::from_slice(&index.manifest).map_err(|e| ComposeError::Serialize {
+            what: "index",
+            reason: e.to_string(),
+        })?;
+    let children = index
+        .children
+        .iter()
+        .map(|c| convert_image(c, family))
+        .collect::<Result<Vec<_>, _>>()?;
+    // compose_index writes one entry per child, in the same order.
+    for (entry, child) in doc.manifests.iter_mut().zip(&children) {
+        entry.media_type = child.media_type.clone();
+        entry.digest = child.digest.clone();
+        entry.size = child.manifest.len() as u64;
+        if family == media::DOCKER_MANIFEST {
+            for f in OCI_ONLY_FIELDS {
+                entry.extra.remove(f);
+            }
+        }
+    }
+    let media_type = media::index_for(family);
+    doc.media_type = Some(media_type.to_string());
+    if family == media::DOCKER_MANIFEST {
+        for f in OCI_ONLY_FIELDS {
+            doc.extra.remove(f);
+        }
+    }
+    let manifest = serialize("index", &doc)?;
+    Ok(ComposedIndex {
+        digest: Digest::sha256_of(&manifest),
+        manifest,
+        media_type: media_type.to_string(),
+        children,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -860,5 +982,91 @@ mod tests {
             ],
         );
         assert_eq!(again.manifest, ci.manifest);
+    }
+
+    #[test]
+    fn converts_between_families_keeping_the_blobs() {
+        let oci = compose(&oci_base(), BASE_REF, &[ide_addition(), content_addition()]).unwrap();
+        let docker = convert_image(&oci, media::DOCKER_MANIFEST).unwrap();
+        assert_eq!(docker.media_type, media::DOCKER_MANIFEST);
+        assert_eq!(docker.digest, Digest::sha256_of(&docker.manifest));
+        assert_ne!(docker.digest, oci.digest);
+        let m = parse(&docker.manifest);
+        assert_eq!(m["mediaType"], media::DOCKER_MANIFEST);
+        assert_eq!(m["config"]["mediaType"], media::DOCKER_CONFIG);
+        let types: Vec<&str> = m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["mediaType"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                media::DOCKER_LAYER_GZIP,
+                media::DOCKER_LAYER_GZIP,
+                media::DOCKER_LAYER_GZIP,
+                media::DOCKER_LAYER_TAR
+            ]
+        );
+        // the same config and layers, annotations kept
+        assert_eq!(docker.config, oci.config);
+        assert_eq!(m["config"]["digest"], oci.config_digest.to_string());
+        assert_eq!(m["annotations"], parse(&oci.manifest)["annotations"]);
+        assert_eq!(
+            docker.blobs.keys().collect::<Vec<_>>(),
+            oci.blobs.keys().collect::<Vec<_>>()
+        );
+        assert_eq!(docker.blobs[&d(21)].media_type, media::DOCKER_LAYER_GZIP);
+        assert_eq!(
+            docker.blobs[&oci.config_digest].media_type,
+            media::DOCKER_CONFIG
+        );
+        // and back
+        let back = convert_image(&docker, media::OCI_MANIFEST).unwrap();
+        assert_eq!(back.manifest, oci.manifest);
+        assert_eq!(back.blobs, oci.blobs);
+        assert_eq!(
+            convert_image(&oci, media::OCI_MANIFEST).unwrap().manifest,
+            oci.manifest
+        );
+    }
+
+    #[test]
+    fn zstd_layers_have_no_docker_counterpart() {
+        let mut base = oci_base();
+        base.manifest.layers[0].media_type = media::OCI_LAYER_ZSTD.into();
+        let oci = compose(&base, BASE_REF, &[]).unwrap();
+        assert!(matches!(
+            convert_image(&oci, media::DOCKER_MANIFEST),
+            Err(ComposeError::NoCounterpart { .. })
+        ));
+    }
+
+    #[test]
+    fn converts_an_index() {
+        let mut entry = index_entry(61, "linux/arm64/v8");
+        entry.media_type = media::OCI_MANIFEST.into();
+        let base_index = Index {
+            schema_version: 2,
+            media_type: None,
+            manifests: vec![entry.clone()],
+            annotations: None,
+            extra: Map::new(),
+        };
+        let arm = compose(&oci_base(), BASE_REF, &[ide_addition()]).unwrap();
+        let ci = compose_index(&base_index, media::OCI_INDEX, vec![(entry, arm)]);
+        let docker = convert_index(&ci, media::DOCKER_MANIFEST).unwrap();
+        assert_eq!(docker.media_type, media::DOCKER_LIST);
+        assert_eq!(docker.digest, Digest::sha256_of(&docker.manifest));
+        let idx: Index = serde_json::from_slice(&docker.manifest).unwrap();
+        assert_eq!(idx.media_type.as_deref(), Some(media::DOCKER_LIST));
+        let child = &docker.children[0];
+        assert_eq!(child.media_type, media::DOCKER_MANIFEST);
+        assert_eq!(idx.manifests[0].media_type, media::DOCKER_MANIFEST);
+        assert_eq!(idx.manifests[0].digest, child.digest);
+        assert_eq!(idx.manifests[0].size, child.manifest.len() as u64);
+        assert_eq!(idx.manifests[0].platform, base_index.manifests[0].platform);
+        assert!(!idx.manifests[0].extra.contains_key("artifactType"));
     }
 }

@@ -1,4 +1,4 @@
-//! The crate's error types: one for composition, one for spec lookups.
+//! The crate's error type: an input that cannot be composed.
 
 use thiserror::Error;
 
@@ -27,33 +27,11 @@ pub enum ComposeError {
     /// The base manifest is not a single-platform image manifest.
     #[error("unsupported base manifest media type {0:?}")]
     UnsupportedMediaType(String),
+    /// A composed image cannot be expressed in the other manifest family (a zstd layer has no
+    /// Docker media type).
+    #[error("media type {media_type:?} has no counterpart in {family}")]
+    NoCounterpart { media_type: String, family: String },
     /// Serialising the composed document failed (should not happen).
     #[error("cannot serialise {what}: {reason}")]
     Serialize { what: &'static str, reason: String },
-}
-
-/// A spec lookup failed.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-pub enum SpecError {
-    /// The provider has no spec for this id.
-    #[error("image spec not found: {0}")]
-    NotFound(String),
-    /// The provider could not be asked (down, timed out, failed).
-    #[error("image spec provider unavailable: {0}")]
-    Unavailable(String),
-    /// The provider's answer, or its configuration, is unusable.
-    #[error("invalid image spec: {0}")]
-    Invalid(String),
-}
-
-impl SpecError {
-    /// How telling this error is when several providers failed: a definite "not found" says
-    /// more than "invalid", which says more than "could not ask".
-    pub fn relevance(&self) -> u8 {
-        match self {
-            SpecError::NotFound(_) => 2,
-            SpecError::Invalid(_) => 1,
-            SpecError::Unavailable(_) => 0,
-        }
-    }
 }

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use rf_api::registryfacade::{content_layer, ContentLayer};
 use rf_oci::{media, Descriptor, Digest, ImageRef, Manifest, Platform};
 use serde_json::Value;
 
@@ -144,6 +143,28 @@ fn parse_skip_n(value: &str) -> Option<u16> {
     value.parse().ok()
 }
 
+/// A Gitpod content layer as the image spec describes it: the protobuf's shape without the
+/// protobuf, so that the core does not depend on the API crate.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ContentLayer {
+    /// Literal content: an uncompressed tar.
+    Direct { content: Bytes },
+    /// A layer that clients fetch from a URL.
+    Remote(RemoteContentLayer),
+    /// Neither (a layer kind this version does not know).
+    Unknown,
+}
+
+/// A remote content layer; empty strings mean "not given", as in protobuf.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RemoteContentLayer {
+    pub url: String,
+    pub digest: String,
+    pub diff_id: String,
+    pub media_type: String,
+    pub size: i64,
+}
+
 impl Addition {
     /// An image-backed addition (IDE, supervisor, static `image` layer).
     ///
@@ -202,20 +223,20 @@ impl Addition {
         layer: &ContentLayer,
     ) -> Result<Addition, ComposeError> {
         let bad = |reason: String| ComposeError::ContentLayer { index, reason };
-        let added = match &layer.spec {
-            Some(content_layer::Spec::Direct(d)) => {
-                let digest = Digest::sha256_of(&d.content);
+        let added = match layer {
+            ContentLayer::Direct { content } => {
+                let digest = Digest::sha256_of(content);
                 AddedLayer {
                     descriptor: Descriptor::new(
                         media::OCI_LAYER_TAR,
                         digest.clone(),
-                        d.content.len() as u64,
+                        content.len() as u64,
                     ),
                     diff_id: digest,
-                    source: LayerSource::Direct(Bytes::from(d.content.clone())),
+                    source: LayerSource::Direct(content.clone()),
                 }
             }
-            Some(content_layer::Spec::Remote(r)) => {
+            ContentLayer::Remote(r) => {
                 if r.url.is_empty() {
                     return Err(bad("remote layer has an empty url".into()));
                 }
@@ -247,7 +268,9 @@ impl Addition {
                     source: LayerSource::Remote(r.url.clone()),
                 }
             }
-            None => return Err(bad("unknown layer type (neither remote nor direct)".into())),
+            ContentLayer::Unknown => {
+                return Err(bad("unknown layer type (neither remote nor direct)".into()))
+            }
         };
         Ok(Addition {
             name: format!("content layer {index}"),
@@ -330,7 +353,6 @@ pub struct ComposedIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rf_api::registryfacade::{DirectContentLayer, RemoteContentLayer};
     use serde_json::json;
 
     fn d(n: u8) -> Digest {
@@ -472,23 +494,19 @@ mod tests {
     }
 
     fn direct(content: &[u8]) -> ContentLayer {
-        ContentLayer {
-            spec: Some(content_layer::Spec::Direct(DirectContentLayer {
-                content: content.to_vec(),
-            })),
+        ContentLayer::Direct {
+            content: Bytes::copy_from_slice(content),
         }
     }
 
     fn remote(url: &str, digest: &str, diff_id: &str, media_type: &str, size: i64) -> ContentLayer {
-        ContentLayer {
-            spec: Some(content_layer::Spec::Remote(RemoteContentLayer {
-                url: url.into(),
-                digest: digest.into(),
-                diff_id: diff_id.into(),
-                media_type: media_type.into(),
-                size,
-            })),
-        }
+        ContentLayer::Remote(RemoteContentLayer {
+            url: url.into(),
+            digest: digest.into(),
+            diff_id: diff_id.into(),
+            media_type: media_type.into(),
+            size,
+        })
     }
 
     #[test]
@@ -556,7 +574,7 @@ mod tests {
             ),
             (remote("", &dg, "", "", 1), "empty url"),
             (remote("u", &dg, "", "", -1), "negative layer size"),
-            (ContentLayer { spec: None }, "unknown layer type"),
+            (ContentLayer::Unknown, "unknown layer type"),
         ];
         for (layer, want) in cases {
             let e = Addition::from_content_layer(4, &layer).unwrap_err();

@@ -209,8 +209,9 @@ impl UpstreamSource {
     }
 }
 
+/// The store resumes a download exactly when the upstream client would have retried it.
 fn source_error(e: UpstreamError) -> SourceError {
-    let transient = e.is_transient();
+    let transient = e.class().is_transient();
     SourceError::from_cause(e, transient)
 }
 

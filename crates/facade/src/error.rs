@@ -3,9 +3,9 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use rf_compose::composer::ComposerError;
-use rf_compose::SpecError;
-use rf_upstream::UpstreamError;
+use rf_composer::ComposerError;
+use rf_composer::SpecError;
+use rf_upstream::{ErrorClass, UpstreamError};
 use serde_json::json;
 
 #[derive(Debug, Clone)]
@@ -102,27 +102,21 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The OCI error for an upstream failure: by its class, so the facade says "try again" exactly
+/// when the retry policy and the composer's stale serving think so.
 fn upstream_error(e: &UpstreamError, image: &str, unknown: fn(String) -> ApiError) -> ApiError {
     let msg = format!("{image}: {e}");
-    match e {
-        UpstreamError::NotFound { .. } => unknown(msg),
-        UpstreamError::InvalidReference(_) => unknown(msg),
-        UpstreamError::Unauthorized { .. } => {
-            // The client did nothing wrong: our credentials for the upstream were refused.
-            ApiError::new(StatusCode::BAD_GATEWAY, "DENIED", msg)
-        }
-        UpstreamError::TooManyRequests { .. } => {
+    match e.class() {
+        ErrorClass::NotFound | ErrorClass::InvalidReference => unknown(msg),
+        // The client did nothing wrong: our credentials for the upstream were refused.
+        ErrorClass::Denied => ApiError::new(StatusCode::BAD_GATEWAY, "DENIED", msg),
+        ErrorClass::RateLimited => {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", msg)
         }
-        UpstreamError::Unavailable { .. } | UpstreamError::Io(_) => {
+        ErrorClass::Transient | ErrorClass::Internal => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", msg)
         }
-        UpstreamError::DigestMismatch { .. }
-        | UpstreamError::TooLarge { .. }
-        | UpstreamError::RangeNotSupported
-        | UpstreamError::InvalidResponse(_) => {
-            ApiError::new(StatusCode::BAD_GATEWAY, "UPSTREAM_ERROR", msg)
-        }
+        ErrorClass::BadUpstream => ApiError::new(StatusCode::BAD_GATEWAY, "UPSTREAM_ERROR", msg),
     }
 }
 
@@ -166,5 +160,63 @@ impl ApiError {
     /// Maps a failure to open a blob's bytes.
     pub fn from_upstream_blob(e: &UpstreamError, image: &str) -> ApiError {
         upstream_error(e, image, ApiError::blob_unknown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The facade says "try again" (503/429) exactly for the errors the retry policy and the
+    /// composer's stale serving treat as transient.
+    #[test]
+    fn upstream_errors_map_by_class() {
+        let reg = || "r".to_string();
+        let cases = [
+            (
+                UpstreamError::Unavailable {
+                    registry: reg(),
+                    reason: "reset".into(),
+                },
+                503,
+                "UNAVAILABLE",
+            ),
+            (
+                UpstreamError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+                503,
+                "UNAVAILABLE",
+            ),
+            (
+                UpstreamError::TooManyRequests {
+                    registry: reg(),
+                    retry_after: Some(Duration::from_secs(1)),
+                },
+                429,
+                "TOOMANYREQUESTS",
+            ),
+            (
+                UpstreamError::NotFound { what: "x".into() },
+                404,
+                "BLOB_UNKNOWN",
+            ),
+            (
+                UpstreamError::Io(std::io::Error::from(std::io::ErrorKind::NotFound)),
+                404,
+                "BLOB_UNKNOWN",
+            ),
+            (
+                UpstreamError::Unauthorized { registry: reg() },
+                502,
+                "DENIED",
+            ),
+            (UpstreamError::RangeNotSupported, 502, "UPSTREAM_ERROR"),
+        ];
+        for (e, status, code) in cases {
+            let api = ApiError::from_upstream_blob(&e, "img");
+            assert_eq!((api.status.as_u16(), api.code), (status, code), "{e}");
+            assert_eq!(matches!(status, 503 | 429), e.class().is_transient(), "{e}");
+        }
     }
 }

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 use futures::StreamExt;
-use rf_compose::composer::Composer;
+use rf_composer::Composer;
 use rf_oci::name::validate_tag;
 use rf_oci::{Accept, ByteRange, Digest, RangeError};
 use tracing::{info, warn};

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
-use rf_compose::composer::{Composer, ComposerSettings, StaticLayer};
-use rf_compose::{
+use rf_composer::{
     CachingSpecProvider, FixedSpecProvider, RemoteAddr, RemoteSpecProvider, SpecProvider, TlsFiles,
 };
+use rf_composer::{Composer, ComposerSettings, StaticLayer};
 use rf_facade::{BlobServer, FacadeState, Metrics};
 use rf_store::{BlobStore, FetchSettings, StoreSettings};
 use rf_upstream::{Upstream, UpstreamConfig};

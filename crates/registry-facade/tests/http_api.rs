@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 
 const GOOD: &str = "/v2/fixed/demo/manifests/latest";
+const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 
 fn base_image(style: ManifestStyle) -> BuiltImage {
     ImageBuilder::new()
@@ -275,17 +276,42 @@ async fn accept_negotiation() {
         assert_eq!(r.header("content-type"), Some(OCI_MANIFEST), "{accept:?}");
         assert_eq!(r.json()["mediaType"], OCI_MANIFEST);
     }
-    // an OCI base asked for with only Docker types (or with OCI explicitly refused)
+    // an OCI base asked for with only Docker types: the same composition in Docker media
+    // types (same config and layers), pullable by its digest too
+    let oci = manifest(&d.app, "fixed/demo", "latest", OCI_MANIFEST)
+        .await
+        .json();
     for accept in [
         DOCKER_MANIFEST,
         &format!("{DOCKER_MANIFEST}, {DOCKER_LIST}"),
-        &oci_q0,
     ] {
         let r = manifest(&d.app, "fixed/demo", "latest", accept).await;
-        let msg = assert_oci_error(&r, 404, "MANIFEST_UNKNOWN");
-        assert!(msg.contains("OCI"), "{msg}");
-        assert_serving(&d.app, GOOD).await;
+        assert_eq!(r.status, StatusCode::OK, "Accept {accept}: {}", r.text());
+        assert_eq!(r.header("content-type"), Some(DOCKER_MANIFEST), "{accept}");
+        let digest = sha256(r.bytes());
+        assert_eq!(r.header("docker-content-digest"), Some(&*digest));
+        let m = r.json();
+        assert_eq!(m["mediaType"], DOCKER_MANIFEST);
+        assert_eq!(m["config"]["mediaType"], DOCKER_CONFIG);
+        assert_eq!(m["config"]["digest"], oci["config"]["digest"]);
+        assert_eq!(layer_digests(&m), layer_digests(&oci));
+        for l in m["layers"].as_array().unwrap() {
+            let mt = l["mediaType"].as_str().unwrap();
+            assert!(mt.starts_with("application/vnd.docker."), "{mt}");
+        }
+        let by_digest = manifest(&d.app, "fixed/demo", &digest, accept).await;
+        assert_eq!(by_digest.status, StatusCode::OK);
+        assert_eq!(by_digest.bytes(), r.bytes());
+        let cfg = m["config"]["digest"].as_str().unwrap();
+        let c = get(&d.app, &format!("/v2/fixed/demo/blobs/{cfg}")).await;
+        assert_eq!(c.status, StatusCode::OK);
+        assert_eq!(sha256(c.bytes()), cfg);
     }
+    // with every manifest type refused
+    let r = manifest(&d.app, "fixed/demo", "latest", &oci_q0).await;
+    let msg = assert_oci_error(&r, 404, "MANIFEST_UNKNOWN");
+    assert!(msg.contains("OCI"), "{msg}");
+    assert_serving(&d.app, GOOD).await;
 
     // a Docker v2 base
     let reg = Registry::start(RegistryAuth::None).unwrap();

@@ -6,7 +6,7 @@
 //!
 //! Upstream requests are counted by a proxy in front of the registry ([`RateLimitProxy`]),
 //! which records each request before forwarding it. The state machine itself (timeouts,
-//! coalescing) is unit tested with paused time in `rf-compose` (`composer/images.rs`).
+//! coalescing) is unit tested with paused time in `rf-composer` (`images.rs`).
 
 mod common;
 

@@ -169,3 +169,85 @@ async fn multi_platform_base() {
     let r = manifest(&ppc_app, "fixed/multi", "latest", ACCEPT_ALL).await;
     assert_eq!(r.status, StatusCode::OK, "the index is still served");
 }
+
+/// A client that accepts only Docker media types (manifest list + schema 2) gets the composed
+/// index and manifests in Docker media types, never an OCI index; and a platform that an
+/// added image lacks is counted (and logged as a warning naming image and platform).
+#[tokio::test]
+async fn docker_only_clients_get_docker_media_types() {
+    let reg = Registry::start(RegistryAuth::None).unwrap();
+    let imgs = Images {
+        base: push(&reg, "base", &["amd64", "arm64", "ppc64le"], "base:latest"),
+        ide: push(&reg, "ide", &["amd64", "arm64"], "ide:latest"),
+        supervisor: push(&reg, "supervisor", &["arm64", "amd64"], "supervisor:latest"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let spec_file = write_specs(
+        dir.path(),
+        json!({"multi": {
+            "baseRef": reg.image_ref("base:latest"),
+            "ideRef": reg.image_ref("ide:latest"),
+            "supervisorRef": reg.image_ref("supervisor:latest"),
+        }}),
+    );
+    let app = app(&spec_file, None).await;
+    let docker_only = format!("{DOCKER_MANIFEST}, {DOCKER_LIST}");
+
+    let r = manifest(&app, "fixed/multi", "latest", &docker_only).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some(DOCKER_LIST));
+    assert_eq!(r.header("docker-content-digest"), Some(&*sha256(r.bytes())));
+    let list = r.json();
+    assert_eq!(list["mediaType"], DOCKER_LIST);
+    let entries = list["manifests"].as_array().unwrap().clone();
+    assert_eq!(entries.len(), 2, "ppc64le lacks ide and supervisor");
+    assert_eq!(
+        app.state.composer.platforms_dropped(),
+        1,
+        "the left-out platform is counted once per composition"
+    );
+    let mut amd64 = None;
+    for e in &entries {
+        let arch = e["platform"]["architecture"].as_str().unwrap();
+        assert_eq!(e["mediaType"], DOCKER_MANIFEST, "{arch}");
+        let digest = e["digest"].as_str().unwrap();
+        let r = manifest(&app, "fixed/multi", digest, &docker_only).await;
+        assert_eq!(r.status, StatusCode::OK, "{arch}: {}", r.text());
+        assert_eq!(sha256(r.bytes()), digest);
+        assert_eq!(e["size"], r.bytes().len());
+        assert_eq!(r.header("content-type"), Some(DOCKER_MANIFEST));
+        let m = r.json();
+        assert_eq!(m["mediaType"], DOCKER_MANIFEST);
+        assert_eq!(
+            m["config"]["mediaType"],
+            "application/vnd.docker.container.image.v1+json"
+        );
+        assert_eq!(layer_digests(&m), imgs.composed_layers(arch), "{arch}");
+        for l in m["layers"].as_array().unwrap() {
+            assert_eq!(
+                l["mediaType"],
+                "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            );
+        }
+        let cfg = m["config"]["digest"].as_str().unwrap();
+        let c = get(&app, &format!("/v2/fixed/multi/blobs/{cfg}")).await;
+        assert_eq!(sha256(c.bytes()), cfg);
+        assert_eq!(c.json()["architecture"], arch);
+        if arch == "amd64" {
+            amd64 = Some(r.bytes().clone());
+        }
+    }
+
+    // schema 2 only: the default platform's composed manifest, in Docker media types
+    let r = manifest(&app, "fixed/multi", "latest", DOCKER_MANIFEST).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some(DOCKER_MANIFEST));
+    assert_eq!(Some(r.bytes().clone()), amd64);
+
+    // clients that take OCI still get OCI, and the left-out platform is not counted again
+    let r = manifest(&app, "fixed/multi", "latest", ACCEPT_ALL).await;
+    assert_eq!(r.header("content-type"), Some(OCI_INDEX));
+    let r = manifest(&app, "fixed/multi", "latest", ACCEPT_MANIFESTS).await;
+    assert_eq!(r.header("content-type"), Some(OCI_MANIFEST));
+    assert_eq!(app.state.composer.platforms_dropped(), 1);
+}

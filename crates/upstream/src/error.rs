@@ -48,25 +48,73 @@ fn fmt_retry_after(d: &Option<Duration>) -> String {
     }
 }
 
+/// What an upstream failure means for whoever sees it: the one place that decides whether
+/// trying again may help. Retries, stale serving in the composer, the store's resume loop, the
+/// facade's OCI errors and the builder's gRPC codes all follow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// Trying again later may succeed: connect failures, resets, timeouts, 5xx.
+    Transient,
+    /// 429: transient too, but the registry asked us to slow down.
+    RateLimited,
+    /// The manifest, blob or layout entry does not exist.
+    NotFound,
+    /// Our credentials (or anonymous access) were refused.
+    Denied,
+    /// The reference we were asked to fetch is malformed.
+    InvalidReference,
+    /// Upstream answered with something unusable: wrong digest, too large, an unexpected
+    /// status, a ranged request answered whole.
+    BadUpstream,
+    /// A failure on this side (local I/O, building the HTTP client).
+    Internal,
+}
+
+impl ErrorClass {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(self) -> bool {
+        matches!(self, ErrorClass::Transient | ErrorClass::RateLimited)
+    }
+}
+
 impl UpstreamError {
-    /// Whether trying again later may succeed: unavailability and rate limiting. Everything
-    /// else (not found, unauthorized, bad content, bad requests) is permanent.
-    pub fn is_transient(&self) -> bool {
+    pub fn class(&self) -> ErrorClass {
         match self {
-            UpstreamError::Unavailable { .. } | UpstreamError::TooManyRequests { .. } => true,
-            UpstreamError::Io(e) => matches!(
-                e.kind(),
+            UpstreamError::Unavailable { .. } => ErrorClass::Transient,
+            UpstreamError::TooManyRequests { .. } => ErrorClass::RateLimited,
+            UpstreamError::NotFound { .. } => ErrorClass::NotFound,
+            UpstreamError::Unauthorized { .. } => ErrorClass::Denied,
+            UpstreamError::InvalidReference(_) => ErrorClass::InvalidReference,
+            UpstreamError::DigestMismatch { .. }
+            | UpstreamError::TooLarge { .. }
+            | UpstreamError::RangeNotSupported
+            | UpstreamError::InvalidResponse(_) => ErrorClass::BadUpstream,
+            UpstreamError::Io(e) => match e.kind() {
                 std::io::ErrorKind::Interrupted
-                    | std::io::ErrorKind::TimedOut
-                    | std::io::ErrorKind::WouldBlock
-            ),
-            _ => false,
+                | std::io::ErrorKind::TimedOut
+                | std::io::ErrorKind::WouldBlock => ErrorClass::Transient,
+                std::io::ErrorKind::NotFound => ErrorClass::NotFound,
+                _ => ErrorClass::Internal,
+            },
         }
+    }
+
+    /// Whether trying again later may succeed (see [`ErrorClass::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        self.class().is_transient()
     }
 
     /// Whether this is a [`UpstreamError::NotFound`].
     pub fn is_not_found(&self) -> bool {
         matches!(self, UpstreamError::NotFound { .. })
+    }
+
+    /// How long the registry asked us to wait before the next attempt (429 `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            UpstreamError::TooManyRequests { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 }
 
@@ -102,6 +150,42 @@ mod tests {
         ] {
             assert!(!e.is_transient(), "{e}");
         }
+    }
+
+    #[test]
+    fn classes() {
+        let reg = || "r".to_string();
+        let io = |k| UpstreamError::Io(std::io::Error::from(k));
+        assert_eq!(
+            UpstreamError::Unauthorized { registry: reg() }.class(),
+            ErrorClass::Denied
+        );
+        assert_eq!(
+            UpstreamError::InvalidReference("x".into()).class(),
+            ErrorClass::InvalidReference
+        );
+        assert_eq!(
+            UpstreamError::RangeNotSupported.class(),
+            ErrorClass::BadUpstream
+        );
+        assert_eq!(
+            io(std::io::ErrorKind::TimedOut).class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            io(std::io::ErrorKind::NotFound).class(),
+            ErrorClass::NotFound
+        );
+        assert_eq!(
+            io(std::io::ErrorKind::PermissionDenied).class(),
+            ErrorClass::Internal
+        );
+        let limited = UpstreamError::TooManyRequests {
+            registry: reg(),
+            retry_after: Some(Duration::from_secs(3)),
+        };
+        assert_eq!(limited.class(), ErrorClass::RateLimited);
+        assert_eq!(limited.retry_after(), Some(Duration::from_secs(3)));
     }
 
     #[test]

@@ -14,9 +14,11 @@
 //! `expires_in` (default 60 s) and per credentials generation, so a reloaded docker config
 //! never reuses tokens obtained with the old credentials.
 //!
-//! Retries ([`retry`]): connect errors, resets, timeouts, 5xx except 501 and 429 are retried
-//! up to `max_attempts` with exponential backoff and jitter (`Retry-After` honoured up to
-//! 30 s); 4xx, auth failures and digest mismatches are returned at once.
+//! Errors are classified once ([`UpstreamError::class`]); everyone who decides on "try again
+//! later" asks that. Retries ([`retry`], with `backon`): connect errors, resets, timeouts, 5xx
+//! except 501 and 429 are retried up to `max_attempts` with exponential backoff and jitter
+//! (`Retry-After` honoured up to 30 s); 4xx, auth failures and digest mismatches are returned
+//! at once.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), rf_upstream::UpstreamError> {
@@ -46,7 +48,7 @@ use futures::StreamExt;
 use rf_oci::{Digest, ImageRef, OciError, ParsedManifest};
 
 pub use auth::{Credential, CredentialStore, DockerConfig};
-pub use error::UpstreamError;
+pub use error::{ErrorClass, UpstreamError};
 
 /// Largest manifest (or layout `index.json`) accepted, as distribution limits it.
 pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;

@@ -681,38 +681,27 @@ impl Client {
         .await
     }
 
-    /// Runs `op` until it succeeds, fails permanently, or the attempts are used up; waits
-    /// with backoff (or `Retry-After`) in between.
-    async fn with_retries<T, F, Fut>(&self, t: &Target<'_>, mut op: F) -> Result<T, UpstreamError>
+    /// Runs `op` under the retry policy ([`retry::retry`]).
+    async fn with_retries<T, F, Fut>(&self, t: &Target<'_>, op: F) -> Result<T, UpstreamError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, UpstreamError>>,
     {
-        let attempts = self.cfg.max_attempts.max(1);
-        let mut attempt = 1;
-        loop {
-            let err = match op().await {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
-            };
-            if !err.is_transient() || attempt >= attempts {
-                return Err(err);
-            }
-            let retry_after = match &err {
-                UpstreamError::TooManyRequests { retry_after, .. } => *retry_after,
-                _ => None,
-            };
-            let wait = retry::delay(self.cfg.initial_backoff, attempt, retry_after);
-            tracing::warn!(
-                registry = t.registry,
-                repository = %t.reference.repository,
-                attempt,
-                wait_ms = wait.as_millis() as u64,
-                "transient upstream error, retrying: {err}"
-            );
-            tokio::time::sleep(wait).await;
-            attempt += 1;
-        }
+        retry::retry(
+            self.cfg.max_attempts,
+            self.cfg.initial_backoff,
+            op,
+            |err, attempt, wait| {
+                tracing::warn!(
+                    registry = t.registry,
+                    repository = %t.reference.repository,
+                    attempt,
+                    wait_ms = wait.as_millis() as u64,
+                    "transient upstream error, retrying: {err}"
+                )
+            },
+        )
+        .await
     }
 
     // ---- operations ---------------------------------------------------------------------

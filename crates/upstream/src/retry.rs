@@ -1,10 +1,15 @@
-//! Retry policy: which failures are worth another attempt and how long to wait.
+//! Retry policy: which failures are worth another attempt ([`UpstreamError::class`]) and how
+//! long to wait; [`retry`] runs an operation under it (with `backon`).
 
 use std::collections::hash_map::RandomState;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
+use backon::Retryable;
 use reqwest::StatusCode;
+
+use crate::UpstreamError;
 
 /// Upper bound of the exponential backoff.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -58,11 +63,73 @@ pub fn backoff(initial: Duration, attempt: u32) -> Duration {
 /// How long to wait before retrying a failure: the server's `Retry-After` if it asked for
 /// longer than our backoff.
 pub fn delay(initial: Duration, attempt: u32, retry_after: Option<Duration>) -> Duration {
-    let b = backoff(initial, attempt);
+    honour_retry_after(backoff(initial, attempt), retry_after)
+}
+
+fn honour_retry_after(backoff: Duration, retry_after: Option<Duration>) -> Duration {
     match retry_after {
-        Some(r) => r.min(MAX_RETRY_AFTER).max(b),
-        None => b,
+        Some(r) => r.min(MAX_RETRY_AFTER).max(backoff),
+        None => backoff,
     }
+}
+
+/// The waits between the attempts of one operation: [`backoff`] for attempts
+/// `1..max_attempts`, then none (so at most `max_attempts` attempts, the first included).
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    initial: Duration,
+    /// The attempt that just failed.
+    attempt: u32,
+    attempts: u32,
+}
+
+impl Schedule {
+    pub fn new(initial: Duration, max_attempts: u32) -> Schedule {
+        Schedule {
+            initial,
+            attempt: 1,
+            attempts: max_attempts.max(1),
+        }
+    }
+}
+
+impl Iterator for Schedule {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        if self.attempt >= self.attempts {
+            return None;
+        }
+        let wait = backoff(self.initial, self.attempt);
+        self.attempt += 1;
+        Some(wait)
+    }
+}
+
+/// Runs `op` until it succeeds, fails with an error that is not transient, or `max_attempts`
+/// are used up; waits [`backoff`] in between, or longer when a 429 asked for it
+/// (`Retry-After`, capped at [`MAX_RETRY_AFTER`]). `notify` sees every error that is retried,
+/// with the attempt that failed and the wait before the next one.
+pub async fn retry<T, F, Fut>(
+    max_attempts: u32,
+    initial_backoff: Duration,
+    op: F,
+    mut notify: impl FnMut(&UpstreamError, u32, Duration),
+) -> Result<T, UpstreamError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, UpstreamError>>,
+{
+    let mut attempt = 0;
+    op.retry(Schedule::new(initial_backoff, max_attempts))
+        .sleep(tokio::time::sleep)
+        .when(UpstreamError::is_transient)
+        .adjust(|e, wait| wait.map(|w| honour_retry_after(w, e.retry_after())))
+        .notify(|e, wait| {
+            attempt += 1;
+            notify(e, attempt, wait)
+        })
+        .await
 }
 
 /// A uniformly distributed number in [0, 1) from std's randomly seeded hasher.
@@ -132,5 +199,76 @@ mod tests {
             MAX_RETRY_AFTER
         );
         assert!(delay(Duration::from_secs(4), 1, Some(Duration::ZERO)) >= Duration::from_secs(2));
+    }
+
+    #[test]
+    fn schedule_allows_max_attempts() {
+        assert_eq!(Schedule::new(Duration::ZERO, 4).count(), 3);
+        assert_eq!(Schedule::new(Duration::ZERO, 1).count(), 0);
+        assert_eq!(Schedule::new(Duration::ZERO, 0).count(), 0);
+    }
+
+    fn unavailable() -> UpstreamError {
+        UpstreamError::Unavailable {
+            registry: "r".into(),
+            reason: "reset".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_transient_errors_up_to_max_attempts() {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let mut notified = Vec::new();
+        let r: Result<(), _> = retry(
+            4,
+            Duration::from_millis(200),
+            || async {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err(unavailable())
+            },
+            |_, attempt, _| notified.push(attempt),
+        )
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls.into_inner(), 4);
+        assert_eq!(notified, vec![1, 2, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_are_not_retried_and_retry_after_is_honoured() {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let r: Result<(), _> = retry(
+            4,
+            Duration::ZERO,
+            || async {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err(UpstreamError::NotFound { what: "x".into() })
+            },
+            |_, _, _| {},
+        )
+        .await;
+        assert!(r.unwrap_err().is_not_found());
+        assert_eq!(calls.into_inner(), 1);
+
+        let started = tokio::time::Instant::now();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let r = retry(
+            3,
+            Duration::ZERO,
+            || async {
+                if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    Err(UpstreamError::TooManyRequests {
+                        registry: "r".into(),
+                        retry_after: Some(Duration::from_secs(7)),
+                    })
+                } else {
+                    Ok(42)
+                }
+            },
+            |_, _, _| {},
+        )
+        .await;
+        assert_eq!(r.unwrap(), 42);
+        assert_eq!(started.elapsed(), Duration::from_secs(7));
     }
 }

@@ -1,17 +1,24 @@
 //! A bounded TTL cache around any spec provider, which can also bridge short outages of the
 //! provider with the last good spec.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use moka::future::Cache;
+use parking_lot::Mutex;
 use rf_api::registryfacade::ImageSpec;
+use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tracing::warn;
 
 use super::SpecProvider;
+use crate::cache::{MemorySpecs, SpecCache};
 use crate::error::SpecError;
+
+/// One lookup in progress; concurrent lookups of the same id wait for its answer.
+type Flight = Arc<OnceCell<Result<ImageSpec, SpecError>>>;
 
 /// Caches successful lookups by id for `ttl`, at most `max_entries` of them. Concurrent
 /// lookups of the same id share one call to the inner provider; errors are not cached (the
@@ -23,26 +30,29 @@ use crate::error::SpecError;
 /// are never masked, and `NotFound` forgets the last good spec.
 pub struct CachingSpecProvider<P> {
     inner: P,
-    cache: Cache<String, ImageSpec>,
-    /// The last spec fetched per id and when, for outages (bounded like `cache`, no TTL: the
-    /// age is checked against `stale_for`).
-    last_good: moka::sync::Cache<String, (ImageSpec, Instant)>,
+    /// Specs with the time they were fetched, and the last good spec per id for outages. The
+    /// TTL is checked here, on tokio's clock, so that tests can pause time.
+    cache: Arc<dyn SpecCache>,
+    ttl: Duration,
+    flights: Mutex<HashMap<String, Flight>>,
     stale_for: Duration,
     stale_served: AtomicU64,
 }
 
 impl<P: SpecProvider> CachingSpecProvider<P> {
-    /// A cache that never serves stale specs (see [`serve_stale_for`](Self::serve_stale_for)).
+    /// A cache in memory that never serves stale specs (see
+    /// [`serve_stale_for`](Self::serve_stale_for)).
     pub fn new(inner: P, max_entries: u64, ttl: Duration) -> Self {
+        Self::with_cache(inner, Arc::new(MemorySpecs::new(max_entries)), ttl)
+    }
+
+    /// A cache that keeps its specs in `cache`.
+    pub fn with_cache(inner: P, cache: Arc<dyn SpecCache>, ttl: Duration) -> Self {
         CachingSpecProvider {
             inner,
-            cache: Cache::builder()
-                .max_capacity(max_entries)
-                .time_to_live(ttl)
-                .build(),
-            last_good: moka::sync::Cache::builder()
-                .max_capacity(max_entries)
-                .build(),
+            cache,
+            ttl,
+            flights: Mutex::new(HashMap::new()),
             stale_for: Duration::ZERO,
             stale_served: AtomicU64::new(0),
         }
@@ -63,7 +73,7 @@ impl<P: SpecProvider> CachingSpecProvider<P> {
     /// Forgets the cached spec for `id`, if any (the next lookup asks the provider; the last
     /// good spec kept for outages is not forgotten).
     pub async fn invalidate(&self, id: &str) {
-        self.cache.invalidate(id).await;
+        self.cache.remove_spec(id).await;
     }
 
     /// How many lookups were answered with a stale spec because the provider was unavailable.
@@ -73,14 +83,34 @@ impl<P: SpecProvider> CachingSpecProvider<P> {
 
     async fn fetch(&self, id: &str) -> Result<ImageSpec, SpecError> {
         let result = self.inner.get_spec(id).await;
-        if !self.stale_for.is_zero() {
-            match &result {
-                Ok(spec) => self
-                    .last_good
-                    .insert(id.to_string(), (spec.clone(), Instant::now())),
-                Err(SpecError::NotFound(_)) => self.last_good.invalidate(id),
-                Err(_) => {}
+        match &result {
+            Ok(spec) => {
+                let now = Instant::now();
+                self.cache.put_spec(id, spec.clone(), now).await;
+                if !self.stale_for.is_zero() {
+                    self.cache.put_last_good(id, spec.clone(), now).await;
+                }
             }
+            Err(SpecError::NotFound(_)) if !self.stale_for.is_zero() => {
+                self.cache.remove_last_good(id).await
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// One call to the inner provider for all concurrent lookups of `id`.
+    async fn shared_fetch(&self, id: &str) -> Result<ImageSpec, SpecError> {
+        let flight = self
+            .flights
+            .lock()
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        let result = flight.get_or_init(|| self.fetch(id)).await.clone();
+        let mut flights = self.flights.lock();
+        if flights.get(id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            flights.remove(id);
         }
         result
     }
@@ -89,16 +119,18 @@ impl<P: SpecProvider> CachingSpecProvider<P> {
 #[async_trait]
 impl<P: SpecProvider> SpecProvider for CachingSpecProvider<P> {
     async fn get_spec(&self, id: &str) -> Result<ImageSpec, SpecError> {
-        let err = match self
-            .cache
-            .try_get_with(id.to_string(), self.fetch(id))
-            .await
-        {
+        if let Some((spec, fetched)) = self.cache.spec(id).await {
+            if fetched.elapsed() < self.ttl {
+                return Ok(spec);
+            }
+            self.cache.remove_spec(id).await;
+        }
+        let err = match self.shared_fetch(id).await {
             Ok(spec) => return Ok(spec),
-            Err(e) => (*e).clone(),
+            Err(e) => e,
         };
         if let SpecError::Unavailable(reason) = &err {
-            if let Some((spec, fetched)) = self.last_good.get(id) {
+            if let Some((spec, fetched)) = self.cache.last_good(id).await {
                 let age = fetched.elapsed();
                 if age <= self.stale_for {
                     warn!(id, error = %reason, ?age, "spec provider unavailable: using the last spec");

@@ -12,9 +12,11 @@ use rf_store::BlobStore;
 use rf_upstream::Upstream;
 use tracing::warn;
 
-use super::images::ImageSource;
-use super::{ComposerError, ResolvedImage};
-use crate::ImageParts;
+use rf_compose::ImageParts;
+
+use crate::error::ComposerError;
+use crate::images::ImageSource;
+use crate::set::ResolvedImage;
 
 /// [`ImageSource`] backed by the upstream client and the optional local store.
 pub(crate) struct UpstreamSource {

@@ -1,98 +1,52 @@
 //! The effectful side of composition: asks spec providers for specs, resolves images through
 //! the image cache (upstream client and local store behind it), runs the pure
-//! [`compose()`](crate::compose()) per platform, and remembers what it served so manifests stay
+//! [`compose()`](rf_compose::compose()) per platform, and remembers what it served so manifests stay
 //! addressable by digest and blob requests are answered from a blob table instead of
 //! re-resolving images.
 //!
 //! Caching, from the bottom up:
 //!
 //! * manifests and configs are kept in the local store (when configured), by digest;
-//! * resolved images are kept in the image cache (`composer/images.rs`) for the freshness window
+//! * resolved images are kept in the image cache (`images.rs`) for the freshness window
 //!   (`cache_ttl`), then revalidated with a HEAD; digest-pinned references never are; when
 //!   upstream is unavailable the cached image is served stale;
 //! * compositions are pure, so they are cached by the spec and the digests of every input
 //!   image: a revalidation that finds the same digests reuses the same composed bytes, a
 //!   moved tag gives a new composition;
-//! * every composed manifest and blob is remembered by digest (`served`, `blobs`), so a
-//!   composition stays pullable by digest after a newer one replaced it.
-
-mod fetch;
-mod images;
+//! * every composed manifest and blob, in both manifest families, is remembered by digest
+//!   ([`ServedCache`]), so a composition stays pullable by digest after a newer one
+//!   replaced it.
+//!
+//! Resolved images and served manifests sit behind the traits of [`crate::cache`]
+//! ([`ComposerCaches`]); compositions are a memo of a pure function and stay in memory.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::try_join_all;
 use rf_api::registryfacade::ImageSpec;
-use rf_oci::{media, Accept, Descriptor, Digest, ImageRef, Index, Platform};
-use rf_store::BlobStore;
-use rf_upstream::{Upstream, UpstreamError};
-use thiserror::Error;
-use tracing::debug;
-
-use fetch::UpstreamSource;
-pub use images::ImageCacheStats;
-use images::{ImageCache, Resolved};
-
-use crate::{
-    compose, compose_index, spec_key, Addition, BlobEntry, ComposeError, ComposedImage,
-    ComposedIndex, ImageParts, SpecError, SpecProvider,
+use rf_compose::{
+    compose, compose_index, other_family, Addition, BlobEntry, ContentLayer, RemoteContentLayer,
 };
+use rf_oci::{Accept, Digest, ImageRef, Platform};
+use rf_store::BlobStore;
+use rf_upstream::Upstream;
+use tracing::{debug, warn};
+
+use crate::cache::{ImageEntries, MemoryImages, MemoryServed, ServedCache};
+use crate::error::{ComposerError, SpecError};
+use crate::fetch::UpstreamSource;
+use crate::images::{ImageCache, ImageCacheStats, Resolved};
+use crate::set::{ComposedSet, ResolvedImage, ServedManifest};
+use crate::spec::{spec_key, SpecProvider};
 
 /// The only tag a facade repository has: what kubelet pulls for an untagged image.
 pub const TAG: &str = "latest";
-
-#[derive(Debug, Clone, Error)]
-pub enum ComposerError {
-    #[error(transparent)]
-    Spec(#[from] SpecError),
-    #[error("unknown spec provider {0:?}")]
-    UnknownProvider(String),
-    #[error("{image}: {source}")]
-    Upstream {
-        image: String,
-        source: Arc<UpstreamError>,
-    },
-    #[error(transparent)]
-    Compose(#[from] ComposeError),
-    #[error("{image}: {reason}")]
-    InvalidImage { image: String, reason: String },
-    #[error("{0}")]
-    NoPlatform(String),
-    #[error("{0}")]
-    ManifestUnknown(String),
-    #[error("{0}")]
-    BlobUnknown(String),
-    #[error("static layer {path}: {reason}")]
-    StaticLayer { path: String, reason: String },
-}
-
-impl ComposerError {
-    /// Whether trying again later may succeed (upstream unavailable or rate limiting).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ComposerError::Upstream { source, .. } => source.is_transient(),
-            _ => false,
-        }
-    }
-
-    fn upstream(image: &ImageRef, source: UpstreamError) -> Self {
-        ComposerError::Upstream {
-            image: image.to_string(),
-            source: Arc::new(source),
-        }
-    }
-    fn invalid(image: &ImageRef, reason: impl ToString) -> Self {
-        ComposerError::InvalidImage {
-            image: image.to_string(),
-            reason: reason.to_string(),
-        }
-    }
-}
 
 /// A static layer from the configuration, in config order.
 #[derive(Debug, Clone)]
@@ -138,80 +92,6 @@ impl Default for ComposerSettings {
     }
 }
 
-/// An image as fetched: one manifest, or an index with its platform manifests.
-// Lives behind an Arc in the cache; boxing the larger variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum ResolvedImage {
-    Single(ImageParts),
-    Multi {
-        index: Index,
-        media_type: String,
-        children: Vec<(Descriptor, ImageParts)>,
-    },
-}
-
-impl ResolvedImage {
-    /// The image for `platform`. A single-platform image serves every platform (as Gitpod
-    /// does) unless `strict` and its config names another platform.
-    fn for_platform(&self, platform: Option<&Platform>, strict: bool) -> Option<&ImageParts> {
-        match self {
-            ResolvedImage::Single(parts) => match (platform, parts.platform()) {
-                (Some(want), Some(have)) if strict && !want.matches(&have) => None,
-                _ => Some(parts),
-            },
-            ResolvedImage::Multi { children, .. } => {
-                let want = platform?;
-                let descs: Vec<Descriptor> = children.iter().map(|(d, _)| d.clone()).collect();
-                let chosen = want.select(&descs)?;
-                children
-                    .iter()
-                    .find(|(d, _)| d.digest == chosen.digest)
-                    .map(|(_, p)| p)
-            }
-        }
-    }
-}
-
-/// Everything composed for one spec: one image per platform, plus an index when the base is
-/// multi-platform.
-#[derive(Debug)]
-pub struct ComposedSet {
-    pub index: Option<ComposedIndex>,
-    pub images: Vec<ComposedImage>,
-}
-
-impl ComposedSet {
-    fn image_for(&self, platform: &Platform) -> Option<&ComposedImage> {
-        if self.index.is_none() {
-            return self.images.first();
-        }
-        let descs: Vec<Descriptor> = self
-            .images
-            .iter()
-            .filter_map(|i| {
-                let mut d = Descriptor::new(
-                    i.media_type.clone(),
-                    i.digest.clone(),
-                    i.manifest.len() as u64,
-                );
-                d.platform = Some(i.platform.clone()?);
-                Some(d)
-            })
-            .collect();
-        let chosen = platform.select(&descs)?;
-        self.images.iter().find(|i| i.digest == chosen.digest)
-    }
-}
-
-/// A manifest ready to be served.
-#[derive(Debug, Clone)]
-pub struct ServedManifest {
-    pub bytes: Bytes,
-    pub media_type: String,
-    pub digest: Digest,
-}
-
 pub struct Composer {
     providers: HashMap<String, Arc<dyn SpecProvider>>,
     upstream: Upstream,
@@ -223,8 +103,11 @@ pub struct Composer {
     images: Arc<ImageCache<ResolvedImage>>,
     /// Compositions by [`Inputs::key`].
     sets: moka::future::Cache<Digest, Arc<ComposedSet>>,
-    served: moka::sync::Cache<(String, Digest), ServedManifest>,
-    blobs: moka::sync::Cache<(String, Digest), BlobEntry>,
+    /// Composed manifests and blob table entries by digest, per repository name.
+    served: Arc<dyn ServedCache>,
+    /// Platforms of multi-platform bases left out of a composition because an added image
+    /// lacks them.
+    platforms_dropped: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -233,13 +116,42 @@ enum StaticAddition {
     Image(ImageRef),
 }
 
+/// The composer's caches (see [`crate::cache`]).
+pub struct ComposerCaches {
+    pub served: Arc<dyn ServedCache>,
+    pub images: Arc<dyn ImageEntries<ResolvedImage>>,
+}
+
+impl ComposerCaches {
+    /// In memory, bounded as `settings` say.
+    pub fn in_memory(settings: &ComposerSettings) -> ComposerCaches {
+        ComposerCaches {
+            served: Arc::new(MemoryServed::new(settings.served_capacity)),
+            images: Arc::new(MemoryImages::new(settings.image_cache_entries)),
+        }
+    }
+}
+
 impl Composer {
-    /// Hashes static file layers up front, so a bad file stops startup instead of every pull.
+    /// A composer with in-memory caches. Hashes static file layers up front, so a bad file
+    /// stops startup instead of every pull.
     pub async fn new(
         providers: HashMap<String, Arc<dyn SpecProvider>>,
         upstream: Upstream,
         store: Option<BlobStore>,
         settings: ComposerSettings,
+    ) -> Result<Composer, ComposerError> {
+        let caches = ComposerCaches::in_memory(&settings);
+        Self::with_caches(providers, upstream, store, settings, caches).await
+    }
+
+    /// A composer that keeps resolved images and served manifests and blobs in `caches`.
+    pub async fn with_caches(
+        providers: HashMap<String, Arc<dyn SpecProvider>>,
+        upstream: Upstream,
+        store: Option<BlobStore>,
+        settings: ComposerSettings,
+        caches: ComposerCaches,
     ) -> Result<Composer, ComposerError> {
         let statics = hash_statics(&settings.static_layers).await?;
         let source = UpstreamSource {
@@ -252,22 +164,18 @@ impl Composer {
             upstream,
             store,
             statics: parking_lot::RwLock::new(Arc::new(statics)),
-            images: Arc::new(ImageCache::new(
+            images: Arc::new(ImageCache::with_entries(
                 Arc::new(source),
-                settings.image_cache_entries,
+                caches.images,
                 settings.cache_ttl,
                 settings.revalidate_timeout,
             )),
             sets: moka::future::Cache::builder()
                 .max_capacity(settings.composition_cache_entries)
                 .build(),
-            served: moka::sync::Cache::builder()
-                .max_capacity(settings.served_capacity)
-                .build(),
-            blobs: moka::sync::Cache::builder()
-                .max_capacity(settings.served_capacity)
-                .build(),
+            served: caches.served,
             settings,
+            platforms_dropped: AtomicU64::new(0),
         })
     }
 
@@ -286,6 +194,12 @@ impl Composer {
 
     pub fn store(&self) -> Option<&BlobStore> {
         self.store.as_ref()
+    }
+
+    /// How many platforms of multi-platform bases were left out of compositions because an
+    /// added image has no manifest for them (each logged as a warning).
+    pub fn platforms_dropped(&self) -> u64 {
+        self.platforms_dropped.load(Ordering::Relaxed)
     }
 
     /// Counters of the image cache (hits, revalidations, stale answers).
@@ -317,11 +231,11 @@ impl Composer {
     ) -> Result<ServedManifest, ComposerError> {
         let name = format!("{provider}/{id}");
         if let Ok(digest) = reference.parse::<Digest>() {
-            if let Some(m) = self.served.get(&(name.clone(), digest.clone())) {
+            if let Some(m) = self.served.manifest(&name, &digest).await {
                 return Ok(m);
             }
             self.current_set(provider, id, &name).await?;
-            return self.served.get(&(name, digest.clone())).ok_or_else(|| {
+            return self.served.manifest(&name, &digest).await.ok_or_else(|| {
                 ComposerError::ManifestUnknown(format!(
                     "manifest {digest} is not part of this image"
                 ))
@@ -335,13 +249,25 @@ impl Composer {
             )));
         }
         let set = self.current_set(provider, id, &name).await?;
-        if let Some(index) = &set.index {
-            if accept.accepts_index_explicitly(&index.media_type) {
-                return Ok(ServedManifest {
-                    bytes: index.manifest.clone(),
-                    media_type: index.media_type.clone(),
-                    digest: index.digest.clone(),
-                });
+        // Never answer with a media type the client did not accept: a composition is
+        // generated, so it is served in the other family when that is all the client takes
+        // (a Docker-only client gets a manifest list and schema 2 for an OCI base).
+        let served = |bytes: &Bytes, media_type: &str, digest: &Digest| ServedManifest {
+            bytes: bytes.clone(),
+            media_type: media_type.to_string(),
+            digest: digest.clone(),
+        };
+        if set
+            .index
+            .as_ref()
+            .is_some_and(|i| accept.accepts_index_explicitly(&i.media_type))
+        {
+            if let Some(index) = set
+                .families()
+                .filter_map(|f| f.index.as_ref())
+                .find(|i| accept.accepts(&i.media_type))
+            {
+                return Ok(served(&index.manifest, &index.media_type, &index.digest));
             }
         }
         let platform = &self.settings.default_platform;
@@ -350,16 +276,22 @@ impl Composer {
                 "the composed image has no manifest for platform {platform}; accept an image index to choose another"
             ))
         })?;
-        if image.media_type == media::OCI_MANIFEST && !accept.accepts(media::OCI_MANIFEST) {
-            return Err(ComposerError::ManifestUnknown(
-                "OCI manifest found, but the Accept header does not support OCI manifests".into(),
-            ));
+        if accept.accepts(&image.media_type) {
+            return Ok(served(&image.manifest, &image.media_type, &image.digest));
         }
-        Ok(ServedManifest {
-            bytes: image.manifest.clone(),
-            media_type: image.media_type.clone(),
-            digest: image.digest.clone(),
-        })
+        if let Some(other) = set
+            .other_family
+            .as_deref()
+            .and_then(|f| f.image_for(platform))
+            .filter(|i| accept.accepts(&i.media_type))
+        {
+            return Ok(served(&other.manifest, &other.media_type, &other.digest));
+        }
+        Err(ComposerError::ManifestUnknown(format!(
+            "the composed image is an {}, but the Accept header accepts neither that nor an {}",
+            family_name(&image.media_type),
+            family_name(other_family(&image.media_type)),
+        )))
     }
 
     /// Where the blob `digest` of repository `<provider>/<id>` comes from.
@@ -370,12 +302,11 @@ impl Composer {
         digest: &Digest,
     ) -> Result<BlobEntry, ComposerError> {
         let name = format!("{provider}/{id}");
-        let key = (name.clone(), digest.clone());
-        if let Some(b) = self.blobs.get(&key) {
+        if let Some(b) = self.served.blob(&name, digest).await {
             return Ok(b);
         }
         self.current_set(provider, id, &name).await?;
-        self.blobs.get(&key).ok_or_else(|| {
+        self.served.blob(&name, digest).await.ok_or_else(|| {
             ComposerError::BlobUnknown(format!("blob {digest} is not part of image {name}"))
         })
     }
@@ -397,33 +328,42 @@ impl Composer {
             })
             .await
             .map_err(unwrap_shared)?;
-        self.remember(name, &set);
+        self.remember(name, &set).await;
         Ok(set)
     }
 
-    fn remember(&self, name: &str, set: &ComposedSet) {
-        if let Some(index) = &set.index {
-            self.served.insert(
-                (name.to_string(), index.digest.clone()),
-                ServedManifest {
-                    bytes: index.manifest.clone(),
-                    media_type: index.media_type.clone(),
-                    digest: index.digest.clone(),
-                },
-            );
-        }
-        for image in &set.images {
-            self.served.insert(
-                (name.to_string(), image.digest.clone()),
-                ServedManifest {
-                    bytes: image.manifest.clone(),
-                    media_type: image.media_type.clone(),
-                    digest: image.digest.clone(),
-                },
-            );
-            for (digest, entry) in &image.blobs {
-                self.blobs
-                    .insert((name.to_string(), digest.clone()), entry.clone());
+    async fn remember(&self, name: &str, set: &ComposedSet) {
+        // The base's family last: its media types win for blobs both families share.
+        let families: Vec<&ComposedSet> = set.families().collect();
+        for family in families.into_iter().rev() {
+            if let Some(index) = &family.index {
+                self.served
+                    .put_manifest(
+                        name,
+                        ServedManifest {
+                            bytes: index.manifest.clone(),
+                            media_type: index.media_type.clone(),
+                            digest: index.digest.clone(),
+                        },
+                    )
+                    .await;
+            }
+            for image in &family.images {
+                self.served
+                    .put_manifest(
+                        name,
+                        ServedManifest {
+                            bytes: image.manifest.clone(),
+                            media_type: image.media_type.clone(),
+                            digest: image.digest.clone(),
+                        },
+                    )
+                    .await;
+                for (digest, entry) in &image.blobs {
+                    self.served
+                        .put_blob(name, digest.clone(), entry.clone())
+                        .await;
+                }
             }
         }
     }
@@ -480,13 +420,13 @@ impl Composer {
             .content_layer
             .iter()
             .enumerate()
-            .map(|(i, l)| Addition::from_content_layer(i, l))
+            .map(|(i, l)| Addition::from_content_layer(i, &content_layer(l)))
             .collect::<Result<_, _>>()?;
 
         // Additions for one platform, in Gitpod's order: static, ide, supervisor, ide layers, content.
         let additions_for = |platform: Option<&Platform>,
                              strict: bool|
-         -> Result<Option<Vec<Addition>>, ComposerError> {
+         -> Result<Result<Vec<Addition>, String>, ComposerError> {
             let mut out = Vec::new();
             let statics = inputs.statics.iter().map(|s| match s {
                 StaticAddition::File(a) => Err(a.clone()),
@@ -501,14 +441,14 @@ impl Composer {
                     Ok(key) => {
                         let resolved = added[key.as_str()];
                         let Some(parts) = resolved.for_platform(platform, strict) else {
-                            return Ok(None);
+                            return Ok(Err(key));
                         };
                         out.push(Addition::from_image(&key, parts)?);
                     }
                 }
             }
             out.extend(content.iter().cloned());
-            Ok(Some(out))
+            Ok(Ok(out))
         };
 
         match &*inputs.base.value {
@@ -516,16 +456,17 @@ impl Composer {
                 let platform = parts
                     .platform()
                     .unwrap_or_else(|| self.settings.default_platform.clone());
-                let additions = additions_for(Some(&platform), false)?.ok_or_else(|| {
+                let additions = additions_for(Some(&platform), false)?.map_err(|image| {
                     ComposerError::NoPlatform(format!(
-                        "an added image has no manifest for platform {platform}"
+                        "added image {image} has no manifest for platform {platform}"
                     ))
                 })?;
                 let image = compose(parts, &spec.base_ref, &additions)?;
-                Ok(ComposedSet {
+                Ok(with_other_family(ComposedSet {
                     index: None,
                     images: vec![image],
-                })
+                    other_family: None,
+                }))
             }
             ResolvedImage::Multi {
                 index,
@@ -538,13 +479,21 @@ impl Composer {
                         continue;
                     };
                     match additions_for(Some(platform), true)? {
-                        Some(additions) => {
+                        Ok(additions) => {
                             let mut image = compose(parts, &spec.base_ref, &additions)?;
                             image.platform = Some(platform.clone());
                             composed.push((desc.clone(), image));
                         }
-                        None => {
-                            debug!(%platform, "skipping platform not provided by every added image")
+                        Err(image) => {
+                            // Nodes of this platform will fail with "no match for platform":
+                            // say which image is to blame.
+                            warn!(
+                                base = %spec.base_ref,
+                                image = %image,
+                                %platform,
+                                "platform left out of the composed index: the added image has no manifest for it"
+                            );
+                            self.platforms_dropped.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
@@ -556,10 +505,11 @@ impl Composer {
                 }
                 let images = composed.iter().map(|(_, i)| i.clone()).collect();
                 let index = compose_index(index, media_type, composed);
-                Ok(ComposedSet {
+                Ok(with_other_family(ComposedSet {
                     index: Some(index),
                     images,
-                })
+                    other_family: None,
+                }))
             }
         }
     }
@@ -569,6 +519,42 @@ impl Composer {
     pub async fn resolve(&self, image: &ImageRef) -> Result<Arc<ResolvedImage>, ComposerError> {
         Ok(self.images.resolve(image).await?.value)
     }
+}
+
+/// The spec's content layer in the core's terms.
+fn content_layer(layer: &rf_api::registryfacade::ContentLayer) -> ContentLayer {
+    use rf_api::registryfacade::content_layer::Spec;
+    match &layer.spec {
+        Some(Spec::Direct(d)) => ContentLayer::Direct {
+            content: Bytes::from(d.content.clone()),
+        },
+        Some(Spec::Remote(r)) => ContentLayer::Remote(RemoteContentLayer {
+            url: r.url.clone(),
+            digest: r.digest.clone(),
+            diff_id: r.diff_id.clone(),
+            media_type: r.media_type.clone(),
+            size: r.size,
+        }),
+        None => ContentLayer::Unknown,
+    }
+}
+
+fn family_name(manifest_media_type: &str) -> &'static str {
+    if manifest_media_type == rf_oci::media::DOCKER_MANIFEST {
+        "Docker schema 2 manifest"
+    } else {
+        "OCI manifest"
+    }
+}
+
+/// `set` with its other-family variant, when there is one.
+// Lives here rather than in `set.rs` because it decides what to log.
+fn with_other_family(mut set: ComposedSet) -> ComposedSet {
+    match set.in_other_family() {
+        Ok(other) => set.other_family = Some(Box::new(other)),
+        Err(e) => debug!(error = %e, "composition served in its base's manifest family only"),
+    }
+    set
 }
 
 /// The resolved images a composition is made of.

@@ -20,7 +20,15 @@ use super::*;
 #[derive(Clone, Default)]
 struct TestService {
     calls: Arc<AtomicUsize>,
-    delay: Duration,
+    /// When set, every call is announced on `arrived` and answered only once a permit is
+    /// added to the gate.
+    gate: Option<Gate>,
+}
+
+#[derive(Clone)]
+struct Gate {
+    arrived: Arc<tokio::sync::Notify>,
+    open: Arc<tokio::sync::Semaphore>,
 }
 
 #[tonic::async_trait]
@@ -30,7 +38,10 @@ impl SpecProviderService for TestService {
         request: Request<GetImageSpecRequest>,
     ) -> Result<Response<GetImageSpecResponse>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(self.delay).await;
+        if let Some(gate) = &self.gate {
+            gate.arrived.notify_one();
+            gate.open.acquire().await.unwrap().forget();
+        }
         match request.into_inner().id.as_str() {
             "ws1" => Ok(Response::new(GetImageSpecResponse {
                 spec: Some(ws1_spec()),
@@ -187,15 +198,24 @@ async fn caching_expires_after_ttl() {
     let server = serve(service).await;
     let p = CachingSpecProvider::new(remote(vec![addr(server)]), 16, Duration::from_millis(100));
     guarded(p.get_spec("ws1")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    guarded(p.get_spec("ws1")).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Past the TTL on tokio's clock; real time runs again for the gRPC call.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(101)).await;
+    tokio::time::resume();
     guarded(p.get_spec("ws1")).await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
 async fn caching_coalesces_concurrent_lookups() {
+    let gate = Gate {
+        arrived: Arc::new(tokio::sync::Notify::new()),
+        open: Arc::new(tokio::sync::Semaphore::new(0)),
+    };
     let service = TestService {
-        delay: Duration::from_millis(300),
+        gate: Some(gate.clone()),
         ..Default::default()
     };
     let calls = service.calls.clone();
@@ -205,13 +225,27 @@ async fn caching_coalesces_concurrent_lookups() {
         16,
         Duration::from_secs(60),
     ));
+    let entered = Arc::new(AtomicUsize::new(0));
     let lookups: Vec<_> = (0..8)
         .map(|_| {
             let p = p.clone();
-            tokio::spawn(async move { p.get_spec("ws1").await })
+            let entered = entered.clone();
+            tokio::spawn(async move {
+                entered.fetch_add(1, Ordering::SeqCst);
+                p.get_spec("ws1").await
+            })
         })
         .collect();
-    for l in futures::future::join_all(lookups).await {
+    // The provider holds the first call until every lookup has started waiting on it.
+    guarded(gate.arrived.notified()).await;
+    guarded(async {
+        while entered.load(Ordering::SeqCst) < 8 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    gate.open.add_permits(8);
+    for l in guarded(futures::future::join_all(lookups)).await {
         assert_eq!(l.unwrap().unwrap(), ws1_spec());
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);

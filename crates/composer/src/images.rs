@@ -36,7 +36,8 @@ use rf_upstream::UpstreamError;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::ComposerError;
+use crate::cache::{CachedImage, ImageEntries};
+use crate::error::ComposerError;
 
 /// Where images come from (upstream in production, a fake in tests).
 #[async_trait]
@@ -60,15 +61,6 @@ impl<V> Clone for Resolved<V> {
             digest: self.digest.clone(),
         }
     }
-}
-
-struct Entry<V> {
-    value: Arc<V>,
-    digest: Digest,
-    /// Until when the entry is used without asking upstream (ignored for pinned references).
-    fresh_until: Instant,
-    /// Kept because the last revalidation failed transiently.
-    stale: bool,
 }
 
 type Flight<V> = Shared<BoxFuture<'static, Result<Resolved<V>, ComposerError>>>;
@@ -106,7 +98,7 @@ fn inc(c: &AtomicU64) {
 
 pub(crate) struct ImageCache<V> {
     source: Arc<dyn ImageSource<V>>,
-    entries: moka::sync::Cache<String, Arc<Entry<V>>>,
+    entries: Arc<dyn ImageEntries<V>>,
     flights: Mutex<HashMap<String, Flight<V>>>,
     window: Duration,
     revalidate_timeout: Duration,
@@ -114,17 +106,32 @@ pub(crate) struct ImageCache<V> {
 }
 
 impl<V: Send + Sync + 'static> ImageCache<V> {
+    /// An image cache that keeps its entries in memory.
+    #[cfg(test)]
     pub fn new(
         source: Arc<dyn ImageSource<V>>,
         max_entries: u64,
         window: Duration,
         revalidate_timeout: Duration,
     ) -> Self {
+        Self::with_entries(
+            source,
+            Arc::new(crate::cache::MemoryImages::new(max_entries)),
+            window,
+            revalidate_timeout,
+        )
+    }
+
+    /// An image cache that keeps its entries in `entries`.
+    pub fn with_entries(
+        source: Arc<dyn ImageSource<V>>,
+        entries: Arc<dyn ImageEntries<V>>,
+        window: Duration,
+        revalidate_timeout: Duration,
+    ) -> Self {
         ImageCache {
             source,
-            entries: moka::sync::Cache::builder()
-                .max_capacity(max_entries)
-                .build(),
+            entries,
             flights: Mutex::new(HashMap::new()),
             window,
             revalidate_timeout,
@@ -148,7 +155,7 @@ impl<V: Send + Sync + 'static> ImageCache<V> {
     /// The image `image` refers to: cached, revalidated or fetched (see the module docs).
     pub async fn resolve(self: &Arc<Self>, image: &ImageRef) -> Result<Resolved<V>, ComposerError> {
         let key = image.to_string();
-        if let Some(hit) = self.usable(image, &key) {
+        if let Some(hit) = self.usable(image, &key).await {
             return Ok(hit);
         }
         let flight = self
@@ -166,8 +173,8 @@ impl<V: Send + Sync + 'static> ImageCache<V> {
     }
 
     /// The cached entry, if it may be used without asking upstream.
-    fn usable(&self, image: &ImageRef, key: &str) -> Option<Resolved<V>> {
-        let e = self.entries.get(key)?;
+    async fn usable(&self, image: &ImageRef, key: &str) -> Option<Resolved<V>> {
+        let e = self.entries.get(key).await?;
         if image.digest().is_none() && Instant::now() >= e.fresh_until {
             return None;
         }
@@ -182,18 +189,18 @@ impl<V: Send + Sync + 'static> ImageCache<V> {
         })
     }
 
-    fn put(&self, key: String, value: Arc<V>, digest: Digest, stale: bool) -> Resolved<V> {
+    async fn put(&self, key: String, value: Arc<V>, digest: Digest, stale: bool) -> Resolved<V> {
         let resolved = Resolved {
             value: value.clone(),
             digest: digest.clone(),
         };
-        let entry = Entry {
+        let entry = CachedImage {
             value,
             digest,
             fresh_until: Instant::now() + self.window,
             stale,
         };
-        self.entries.insert(key, Arc::new(entry));
+        self.entries.put(key, Arc::new(entry)).await;
         resolved
     }
 
@@ -201,13 +208,13 @@ impl<V: Send + Sync + 'static> ImageCache<V> {
     async fn refresh(self: Arc<Self>, image: ImageRef) -> Result<Resolved<V>, ComposerError> {
         let key = image.to_string();
         // A flight that ended just before this one started may have refreshed the entry.
-        if let Some(hit) = self.usable(&image, &key) {
+        if let Some(hit) = self.usable(&image, &key).await {
             return Ok(hit);
         }
-        let Some(current) = self.entries.get(&key) else {
+        let Some(current) = self.entries.get(&key).await else {
             let (value, digest) = self.source.fetch(&image).await?;
             inc(&self.counters.fetches);
-            return Ok(self.put(key, value, digest, false));
+            return Ok(self.put(key, value, digest, false).await);
         };
         let head = tokio::time::timeout(self.revalidate_timeout, self.source.head(&image))
             .await
@@ -227,7 +234,7 @@ impl<V: Send + Sync + 'static> ImageCache<V> {
             Ok(digest) if digest == current.digest => {
                 debug!(image = %key, %digest, "revalidated: unchanged");
                 inc(&self.counters.unchanged);
-                return Ok(self.put(key, current.value.clone(), digest, false));
+                return Ok(self.put(key, current.value.clone(), digest, false).await);
             }
             Ok(digest) => {
                 debug!(image = %key, old = %current.digest, new = %digest, "revalidated: moved");
@@ -238,7 +245,7 @@ impl<V: Send + Sync + 'static> ImageCache<V> {
         match fetched {
             Ok((value, digest)) => {
                 inc(&self.counters.changed);
-                Ok(self.put(key, value, digest, false))
+                Ok(self.put(key, value, digest, false).await)
             }
             Err(e) if e.is_transient() => {
                 warn!(
@@ -250,11 +257,13 @@ impl<V: Send + Sync + 'static> ImageCache<V> {
                 );
                 inc(&self.counters.revalidation_failures);
                 inc(&self.counters.stale_served);
-                Ok(self.put(key, current.value.clone(), current.digest.clone(), true))
+                Ok(self
+                    .put(key, current.value.clone(), current.digest.clone(), true)
+                    .await)
             }
             Err(e) => {
                 debug!(image = %key, error = %e, "revalidation failed: dropping the cached image");
-                self.entries.invalidate(&key);
+                self.entries.remove(&key).await;
                 Err(e)
             }
         }
@@ -273,6 +282,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
+    use crate::cache::MemoryImages;
 
     const WINDOW: Duration = Duration::from_secs(60);
     const TIMEOUT: Duration = Duration::from_secs(10);
@@ -580,12 +590,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_cache_is_bounded() {
         let fake = Fake::new("v1", Duration::ZERO);
-        let c = Arc::new(ImageCache::new(fake.clone(), 8, WINDOW, TIMEOUT));
+        let entries = Arc::new(MemoryImages::new(8));
+        let c = Arc::new(ImageCache::with_entries(
+            fake.clone(),
+            entries.clone(),
+            WINDOW,
+            TIMEOUT,
+        ));
         for i in 0..100 {
             let r: ImageRef = format!("registry.example/img{i}:1").parse().unwrap();
             c.resolve(&r).await.unwrap();
         }
-        c.entries.run_pending_tasks();
-        assert!(c.entries.entry_count() <= 8, "{}", c.entries.entry_count());
+        assert!(entries.len() <= 8, "{}", entries.len());
     }
 }

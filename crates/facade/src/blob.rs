@@ -21,7 +21,7 @@ use rf_oci::{Digest, ImageRef};
 use rf_store::{BlobStore, ByteSource, ReadOrigin, SourceError, SourceStream, StoreError};
 use rf_upstream::{Upstream, UpstreamError};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -148,6 +148,10 @@ impl BlobServer {
                             format!("{image}: {digest}: {error}"),
                         ),
                     })
+                }
+                // Caching it would evict everything else and still not fit: stream it past.
+                Err(StoreError::TooLarge { size, limit }) => {
+                    info!(%digest, size, limit, "blob larger than registry.storeMaxBytes; streaming from upstream uncached")
                 }
                 // The store itself failed (disk full, permissions): serve without it.
                 Err(e) => {

@@ -725,3 +725,55 @@ async fn kill_9_mid_download_leaves_no_partial_blob() {
     assert!(body.unwrap()[..] == layer.blob[..], "the exact blob");
     wait_cached(&store, &layer.digest, &layer.blob).await;
 }
+
+/// A layer that cannot fit under `storeMaxBytes` streams uncached: the client gets its exact
+/// bytes, nothing already cached is evicted for it, and it leaves nothing behind in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_larger_than_the_store_limit_streams_uncached() {
+    let small = random_layer(64 * 1024, 40);
+    let big = random_layer(MIB, 41);
+    let img = image_of(vec![small.clone(), big.clone()]);
+    let (_reg, proxy) = upstream_with(&img).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let limit = 2 * small.size + 16 * 1024;
+    let app = demo_app(
+        dir.path(),
+        &proxy,
+        json!({"store": store, "storeMaxBytes": limit}),
+    )
+    .await;
+    let served = Served::start(&app).await;
+    let url = |l: &Layer| format!("{}{}", served.base, blob_uri(&l.digest));
+    let client = http();
+
+    let (status, _, body) = get_tcp(&client, &url(&small), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.unwrap()[..] == small.blob[..]);
+    wait_cached(&store, &small.digest, &small.blob).await;
+
+    for _ in 0..2 {
+        let (status, _, body) = get_tcp(&client, &url(&big), &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            body.unwrap()[..] == big.blob[..],
+            "the big layer's exact bytes"
+        );
+    }
+    assert_eq!(
+        proxy.blob_gets(&big.digest).len(),
+        2,
+        "each request streams from upstream"
+    );
+    assert!(!cached_path(&store, &big.digest).exists());
+    assert!(
+        cached_path(&store, &small.digest).exists(),
+        "the small layer was not evicted for a blob that cannot fit"
+    );
+    assert!(tmp_files(&store).is_empty());
+    assert!(
+        store_bytes(&store) <= limit,
+        "{} > {limit}",
+        store_bytes(&store)
+    );
+}

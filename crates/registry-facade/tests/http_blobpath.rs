@@ -724,3 +724,48 @@ async fn kill_9_mid_download_leaves_no_partial_blob() {
     assert!(body.unwrap()[..] == layer.blob[..], "the exact blob");
     wait_cached(&store, &layer.digest, &layer.blob).await;
 }
+
+/// 9. The blob metrics count a response once its body is gone: a broken body as failed only
+/// (it used to be counted ok when the headers went out, then failed too), a whole one as ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_metrics_count_the_outcome_after_the_body() {
+    let layer = random_layer(3 * MIB, 9);
+    let img = image_of(vec![layer.clone()]);
+    let (_reg, proxy) = upstream_with(&img).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let app = demo_app(
+        dir.path(),
+        &proxy,
+        json!({"store": store, "resume": {"initialBackoff": "50ms"}}),
+    )
+    .await;
+    let served = Served::start(&app).await;
+    let url = format!("{}{}", served.base, blob_uri(&layer.digest));
+    let client = http();
+    let dl = |ok: bool| {
+        let line = format!(
+            "gitpod_registry_facade_registry_blob_req_dl_total{{blobSource=\"proxy\",ok=\"{ok}\"}} "
+        );
+        let text = app.state.metrics.render();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+
+    // An upstream that breaks and cannot resume: the client's body fails.
+    proxy.set(Fault::StripRange);
+    proxy.script(&layer.digest, &[Fault::ResetBlobAfter(MIB)]);
+    let (status, _, body) = get_tcp(&client, &url, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.is_err(), "the body must fail");
+    wait_for("the failure counted", || dl(false) == 1).await;
+    assert_eq!(dl(true), 0, "a failed body counted as ok");
+
+    proxy.set(Fault::None);
+    let (status, _, body) = get_tcp(&client, &url, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.unwrap()[..] == layer.blob[..]);
+    wait_for("the success counted", || dl(true) == 1).await;
+    assert_eq!(dl(false), 1);
+}

@@ -27,6 +27,10 @@ impl TcpAcceptor {
     pub fn new(listener: TcpListener) -> Self {
         TcpAcceptor(listener)
     }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
 }
 
 impl Accept for TcpAcceptor {

@@ -297,4 +297,80 @@ mod tests {
         );
         assert_eq!(d(&[("range", "bytes=20-")]), Answer::Unsatisfiable);
     }
+
+    async fn respond(
+        method: Method,
+        hs: &[(&'static str, &'static str)],
+        chunks: Vec<&'static [u8]>,
+    ) -> (Response, bool) {
+        let opened = std::sync::atomic::AtomicBool::new(false);
+        let meta = BlobMeta {
+            digest: "sha256:ab",
+            size: 10,
+            media_type: "application/octet-stream",
+        };
+        let resp =
+            blob_response(&method, &h(hs), &meta, |range| {
+                opened.store(true, std::sync::atomic::Ordering::Relaxed);
+                let all: Vec<u8> = chunks.concat();
+                let part = all[range.start as usize..].to_vec();
+                async move {
+                    Ok::<_, std::convert::Infallible>(stream::iter(vec![Ok(Bytes::from(part))]))
+                }
+            })
+            .await
+            .unwrap();
+        (resp, opened.into_inner())
+    }
+
+    async fn body(resp: Response) -> Result<Vec<u8>, String> {
+        use http_body_util::BodyExt;
+        resp.into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().to_vec())
+            .map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn responses() {
+        let data: &'static [u8] = b"0123456789";
+        let (r, opened) = respond(Method::GET, &[("range", "bytes=2-4")], vec![data]).await;
+        assert!(opened);
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.headers()["content-range"], "bytes 2-4/10");
+        assert_eq!(r.headers()["content-length"], "3");
+        assert_eq!(r.headers()["etag"], "\"sha256:ab\"");
+        assert_eq!(r.headers()["docker-content-digest"], "sha256:ab");
+        assert_eq!(body(r).await.unwrap(), b"234");
+
+        let (r, opened) = respond(Method::HEAD, &[], vec![data]).await;
+        assert!(!opened, "HEAD opens nothing");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-length"], "10");
+        assert_eq!(r.headers()["content-type"], "application/octet-stream");
+
+        let (r, opened) = respond(
+            Method::GET,
+            &[("if-none-match", "\"sha256:ab\"")],
+            vec![data],
+        )
+        .await;
+        assert!(!opened);
+        assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(r.headers()["etag"], "\"sha256:ab\"");
+        assert!(body(r).await.unwrap().is_empty());
+
+        let (r, opened) = respond(Method::GET, &[("range", "bytes=10-")], vec![data]).await;
+        assert!(!opened);
+        assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(r.headers()["content-range"], "bytes */10");
+        let b = body(r).await.unwrap();
+        assert!(b.windows(13).any(|w| w == b"RANGE_INVALID"));
+
+        // A stream that ends short fails the body instead of ending it early.
+        let (r, _) = respond(Method::GET, &[], vec![b"01234"]).await;
+        assert_eq!(r.headers()["content-length"], "10");
+        assert!(body(r).await.is_err());
+    }
 }

@@ -29,6 +29,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use futures::{stream, Stream, StreamExt};
+use rf_oci::{ByteRange, RangeError};
 
 use crate::oci_error::oci_error;
 
@@ -50,34 +51,15 @@ enum Answer {
     Partial(u64, u64),
 }
 
-/// One `bytes=` range in the inclusive `(first, last)` form, `None` when the header is absent
-/// or not something we serve partially (several ranges, other units, garbage), `Err(())`
-/// when it selects no byte of the blob.
+/// One `bytes=` range in the inclusive `(first, last)` form, `None` when it is not something
+/// we serve partially (several ranges, other units, garbage), `Err(())` when it selects no
+/// byte of the blob.
 fn parse_range(value: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
-    let spec = value.trim().strip_prefix("bytes=")?.trim();
-    if spec.contains(',') {
-        return None;
+    match ByteRange::parse(value).and_then(|r| r.resolve(size)) {
+        Ok(r) => Some(Ok(r)),
+        Err(RangeError::Ignored) => None,
+        Err(RangeError::Unsatisfiable) => Some(Err(())),
     }
-    let (a, b) = spec.split_once('-')?;
-    let num = |s: &str| s.trim().parse::<u64>().ok();
-    let (a, b) = (a.trim(), b.trim());
-    Some(match (a.is_empty(), b.is_empty()) {
-        (true, true) => return None,
-        (true, false) => match num(b)? {
-            0 => Err(()),
-            _ if size == 0 => Err(()),
-            n => Ok((size.saturating_sub(n), size - 1)),
-        },
-        (false, _) => {
-            let first = num(a)?;
-            let last = if b.is_empty() { u64::MAX } else { num(b)? };
-            if last < first || first >= size {
-                Err(())
-            } else {
-                Ok((first, last.min(size - 1)))
-            }
-        }
-    })
 }
 
 /// Entity tags in an `If-None-Match` / `If-Range` list, with their weakness.

@@ -4,8 +4,9 @@
 //! the server, graceful shutdown, the metrics and readiness endpoints, a debug access log, the
 //! OCI error JSON body, and the ranged blob response (Range/If-Range/If-None-Match/HEAD).
 //!
-//! It must NOT depend on any other crate of this workspace: registries, stores and builders
-//! hand it routers, byte streams and closures, never their own types.
+//! It must NOT depend on any crate of this workspace but the vocabulary `rf-oci` (for byte
+//! ranges): registries, stores and builders hand it routers, byte streams and closures,
+//! never their own types.
 
 mod access_log;
 pub mod blob;

@@ -6,7 +6,6 @@ use axum::response::{IntoResponse, Response};
 use rf_composer::ComposerError;
 use rf_composer::SpecError;
 use rf_upstream::{ErrorClass, UpstreamError};
-use serde_json::json;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -86,15 +85,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let err = json!({"code": self.code, "message": self.message});
-        let mut body = serde_json::to_vec(&json!({ "errors": [err] })).unwrap_or_default();
-        body.push(b'\n');
-        let mut resp = (
-            self.status,
-            [(header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-            .into_response();
+        let mut resp = rf_serve::oci_error(self.status, self.code, &self.message, None);
         for (k, v) in self.headers {
             resp.headers_mut().insert(k, v);
         }

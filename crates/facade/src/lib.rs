@@ -17,10 +17,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
-use futures::StreamExt;
 use rf_composer::Composer;
 use rf_oci::name::validate_tag;
-use rf_oci::{Accept, ByteRange, Digest, RangeError};
+use rf_oci::{Accept, Digest};
 use tracing::{info, warn};
 
 pub use blob::BlobServer;
@@ -62,7 +61,7 @@ pub fn router(state: Arc<FacadeState>, prefix: &str) -> Router {
             .fallback(|| async { ApiError::not_found_route() })
     };
     // Access log at debug level: method, path, status and latency of every request.
-    router.layer(tower_http::trace::TraceLayer::new_for_http())
+    router.layer(middleware::from_fn(rf_serve::access_log))
 }
 
 async fn basic_auth_present(req: Request, next: Next) -> Response {
@@ -262,62 +261,35 @@ async fn blob(
         .blob(&n.provider, &n.id, &digest)
         .await
         .map_err(|e| ApiError::from_compose_for_blob(&e))?;
-    let size = entry.size;
-    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        None => None,
-        Some(v) => match ByteRange::parse(v).and_then(|r| r.resolve(size)) {
-            Ok(r) => Some(r),
-            Err(RangeError::Ignored) => None,
-            Err(RangeError::Unsatisfiable) => return Err(ApiError::range_unsatisfiable(size)),
-        },
-    };
-    let (first, last) = range.unwrap_or((0, size.saturating_sub(1)));
-    let len = if size == 0 { 0 } else { last - first + 1 };
-
-    let mut resp = if method == Method::HEAD {
-        if let rf_compose::BlobSource::Layer(rf_compose::LayerSource::Remote(url)) = &entry.source {
-            return Ok(redirect(url));
+    if let rf_compose::BlobSource::Layer(rf_compose::LayerSource::Remote(url)) = &entry.source {
+        // The client asks the URL itself, with its Range and conditions.
+        if method == Method::GET {
+            state.metrics.blob_done("composite", true);
         }
-        Response::new(Body::empty())
-    } else {
-        match state.blobs.open(&digest, &entry, first, last).await? {
-            blob::BlobBody::Redirect(url) => {
-                state.metrics.blob_done("composite", true);
-                return Ok(redirect(&url));
-            }
-            blob::BlobBody::Stream { origin, stream } => {
-                let metrics = state.metrics.clone();
-                let label = origin.label();
-                let counted = stream.map(move |item| {
-                    match &item {
-                        Ok(chunk) => metrics.blob_bytes(label, chunk.len() as u64),
-                        Err(e) => {
-                            warn!(error = %e, "blob stream failed; aborting the response");
-                            metrics.blob_done(label, false);
-                        }
-                    }
-                    item
-                });
-                state.metrics.blob_done(label, true);
-                Response::new(Body::from_stream(counted))
-            }
-        }
-    };
-    if range.is_some() {
-        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-        insert(
-            resp.headers_mut(),
-            header::CONTENT_RANGE,
-            &format!("bytes {first}-{last}/{size}"),
-        );
+        return Ok(redirect(url));
     }
-    let h = resp.headers_mut();
-    insert(h, header::CONTENT_TYPE, &entry.media_type);
-    insert(h, header::CONTENT_LENGTH, &len.to_string());
-    insert(h, "docker-content-digest", &digest.to_string());
-    insert(h, header::ETAG, &format!("\"{digest}\""));
-    insert(h, header::ACCEPT_RANGES, "bytes");
-    Ok(resp)
+    let digest_text = digest.to_string();
+    let meta = rf_serve::BlobMeta {
+        digest: &digest_text,
+        size: entry.size,
+        media_type: &entry.media_type,
+    };
+    let (digest, entry) = (&digest, &entry);
+    rf_serve::blob_response(method, headers, &meta, |range| async move {
+        let len = range.end - range.start;
+        let last = range.end.saturating_sub(1).max(range.start);
+        match state.blobs.open(digest, entry, range.start, last).await? {
+            blob::BlobBody::Stream { origin, stream } => {
+                Ok(state.metrics.count_blob(origin.label(), len, stream))
+            }
+            blob::BlobBody::Redirect(url) => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN",
+                format!("unexpected redirect to {url}"),
+            )),
+        }
+    })
+    .await
 }
 
 fn redirect(url: &str) -> Response {

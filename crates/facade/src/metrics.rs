@@ -1,6 +1,12 @@
 //! Prometheus metrics under Gitpod's names, so existing dashboards keep working.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -101,10 +107,113 @@ impl Metrics {
             .inc_by(n);
     }
 
+    /// Counts the bytes of a blob response's body and, once the body is gone (ended, failed
+    /// or dropped because the client left), its outcome: ok only when all `len` bytes went
+    /// out without an error. Exactly one `blob_req_dl` count per body.
+    pub fn count_blob<S>(&self, source: &'static str, len: u64, stream: S) -> CountedBlob<S> {
+        CountedBlob {
+            inner: stream,
+            metrics: self.clone(),
+            source,
+            expected: len,
+            seen: 0,
+            failed: false,
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// A blob body stream that records its outcome when dropped; see [`Metrics::count_blob`].
+pub struct CountedBlob<S> {
+    inner: S,
+    metrics: Metrics,
+    source: &'static str,
+    expected: u64,
+    seen: u64,
+    failed: bool,
+}
+
+impl<S: Stream<Item = Result<Bytes, io::Error>> + Unpin> Stream for CountedBlob<S> {
+    type Item = Result<Bytes, io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = Pin::new(&mut self.inner).poll_next(cx);
+        match &item {
+            Poll::Ready(Some(Ok(chunk))) => {
+                self.seen += chunk.len() as u64;
+                self.metrics.blob_bytes(self.source, chunk.len() as u64);
+            }
+            Poll::Ready(Some(Err(e))) => {
+                tracing::warn!(error = %e, "blob stream failed; aborting the response");
+                self.failed = true;
+            }
+            _ => {}
+        }
+        item
+    }
+}
+
+impl<S> Drop for CountedBlob<S> {
+    fn drop(&mut self) {
+        let ok = !self.failed && self.seen >= self.expected;
+        self.metrics.blob_done(self.source, ok);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::{stream, StreamExt};
+
+    fn dl(m: &Metrics, ok: bool) -> u64 {
+        m.blob_req_dl
+            .get_or_create(&vec![
+                ("blobSource".into(), "proxy".into()),
+                ("ok".into(), ok.to_string()),
+            ])
+            .get()
+    }
+
+    fn chunks(
+        items: Vec<Result<&'static [u8], &'static str>>,
+    ) -> impl Stream<Item = Result<Bytes, io::Error>> + Unpin {
+        stream::iter(
+            items
+                .into_iter()
+                .map(|i| i.map(Bytes::from_static).map_err(io::Error::other)),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_blob_counts_once_when_its_body_is_gone() {
+        let m = Metrics::new();
+        let mut body = m.count_blob("proxy", 6, chunks(vec![Ok(b"abc"), Ok(b"def")]));
+        body.next().await.unwrap().unwrap();
+        assert_eq!(
+            (dl(&m, true), dl(&m, false)),
+            (0, 0),
+            "counted before the end"
+        );
+        body.next().await.unwrap().unwrap();
+        assert!(body.next().await.is_none());
+        drop(body);
+        assert_eq!((dl(&m, true), dl(&m, false)), (1, 0));
+
+        let mut failed = m.count_blob("proxy", 6, chunks(vec![Ok(b"abc"), Err("reset")]));
+        while failed.next().await.is_some() {}
+        drop(failed);
+        assert_eq!((dl(&m, true), dl(&m, false)), (1, 1));
+
+        // The client left half way.
+        let mut left = m.count_blob("proxy", 6, chunks(vec![Ok(b"abc"), Ok(b"def")]));
+        left.next().await.unwrap().unwrap();
+        drop(left);
+        assert_eq!((dl(&m, true), dl(&m, false)), (1, 2));
     }
 }

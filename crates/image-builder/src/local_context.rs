@@ -82,9 +82,9 @@ pub async fn serve(
         });
     }
 
-    let listener = tokio::net::TcpListener::bind(serve_address)
+    let listener = rf_serve::bind(serve_address)
         .await
-        .with_context(|| format!("--serve-address: cannot listen on {serve_address}"))?;
+        .context("--serve-address")?;
     let bound: SocketAddr = listener.local_addr()?;
     let base = serve_url
         .map(|u| u.trim_end_matches('/').to_string())
@@ -103,7 +103,8 @@ pub async fn serve(
         .route("/files/{index}", axum::routing::get(serve_file))
         .with_state(Arc::new(offered));
     let server = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        let server = rf_serve::Server::new(listener);
+        if let Err(e) = server.serve(app, std::future::pending()).await {
             tracing::warn!(error = %e, "context file server stopped");
         }
     });

@@ -17,11 +17,9 @@ use rf_api::builder::{
     SubassemblyPhase,
 };
 use rf_api::contentservice::CloneTargetMode;
-use rf_builder::{
-    serve_subassembly_http, BuilderService, BuilderState, Config, SubassemblyService,
-};
+use rf_builder::{subassembly_router, BuilderService, BuilderState, Config, SubassemblyService};
 use rf_cli::{init_tracing, shutdown_signal, LogFormat};
-use tonic::transport::{Channel, Identity, Server, ServerTlsConfig};
+use tonic::transport::Channel;
 
 mod local_context;
 
@@ -168,9 +166,7 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config)?;
     config.warn_ignored();
     let listener_cfg = config.server.as_ref().and_then(|s| s.services.grpc.clone());
-    let listener = tokio::net::TcpListener::bind(config.grpc_address())
-        .await
-        .with_context(|| format!("cannot listen on {}", config.grpc_address()))?;
+    let listener = rf_serve::bind(config.grpc_address()).await?;
     let addr = listener.local_addr()?;
     let state = Arc::new(BuilderState::new(config)?);
     for rec in state.builds.recover()? {
@@ -178,11 +174,25 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
     }
     let _ref_cache = state.start_ref_cache();
     if let Some(addr) = config_metrics_address(&state) {
-        let metrics = serve_metrics(&addr, &state.builds.metrics).await?;
-        tracing::info!(addr = %metrics, "metrics on /metrics");
+        serve_metrics(&addr, &state.builds.metrics)
+            .await
+            .context("builder.metricsAddress")?;
     }
+    // One signal stops every listener.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
     let subassemblies = SubassemblyService::new(&state)
         .with_context(|| format!("{}/subassemblies", state.config.builder.work_dir.display()))?;
+    let mut subassembly_http = None;
     if let Some(addr) = state
         .config
         .builder
@@ -190,38 +200,41 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
         .clone()
         .filter(|a| !a.is_empty())
     {
-        let (bound, _task) = serve_subassembly_http(&addr, subassemblies.clone())
-            .await
-            .with_context(|| format!("builder.subassemblyHTTPAddress: cannot listen on {addr}"))?;
+        let server = rf_serve::Server::new(
+            rf_serve::bind(&addr)
+                .await
+                .context("builder.subassemblyHTTPAddress")?,
+        );
+        let bound = server.local_addr()?;
         if state.config.builder.subassembly_url.is_none() && !bound.ip().is_unspecified() {
             // Port 0 in the config: the URL must name the port actually bound.
             subassemblies.set_url_base(Some(format!("http://{bound}")));
         }
         tracing::info!(addr = %bound, url = ?subassemblies.url_base(), "subassemblies over HTTP");
+        subassembly_http = Some(tokio::spawn(
+            server.serve(subassembly_router(subassemblies.clone()), stopped()),
+        ));
     }
-    let mut server = Server::builder();
-    if let Some(tls) = listener_cfg.and_then(|l| l.tls) {
-        let cert = std::fs::read(&tls.cert_path)
-            .with_context(|| format!("reading {}", tls.cert_path.display()))?;
-        let key = std::fs::read(&tls.key_path)
-            .with_context(|| format!("reading {}", tls.key_path.display()))?;
-        let mut t = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-        if let Some(ca) = &tls.ca_path {
-            let ca = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-            t = t.client_ca_root(tonic::transport::Certificate::from_pem(ca));
-        }
-        server = server.tls_config(t)?;
-    }
+    let tls = match listener_cfg.and_then(|l| l.tls) {
+        None => None,
+        Some(tls) => Some(
+            rf_serve::tls_acceptor(&tls.cert_path, &tls.key_path, tls.ca_path.as_deref())
+                .context("server.services.grpc.tls")?,
+        ),
+    };
+    let grpc = tonic::service::Routes::new(BuilderService::new(state).into_server())
+        .add_service(subassemblies.into_server())
+        .prepare()
+        .into_axum_router();
     println!("image-builder listening on {addr}");
     std::io::stdout().flush()?;
-    server
-        .add_service(BuilderService::new(state).into_server())
-        .add_service(subassemblies.into_server())
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown_signal(),
-        )
+    rf_serve::Server::new(listener)
+        .tls(tls)
+        .serve(grpc, stopped())
         .await?;
+    if let Some(task) = subassembly_http {
+        task.await??;
+    }
     Ok(())
 }
 
@@ -242,32 +255,12 @@ async fn serve_metrics(
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
     let registry = Arc::new(registry);
-    let addr = if addr.starts_with(':') {
-        format!("0.0.0.0{addr}")
-    } else {
-        addr.to_string()
-    };
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("builder.metricsAddress: cannot listen on {addr}"))?;
-    let local = listener.local_addr()?;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = registry.clone();
-            async move {
-                let mut out = String::new();
-                let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-                out
-            }
-        }),
-    );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(error = %e, "metrics server stopped");
-        }
-    });
-    Ok(local)
+    Ok(rf_serve::spawn_metrics(addr, move || {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    })
+    .await?)
 }
 
 async fn build(opts: &ClientOpts, source: SourceFrom, force: bool) -> anyhow::Result<()> {

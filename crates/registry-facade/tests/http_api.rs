@@ -663,11 +663,15 @@ async fn range_requests() {
     assert_eq!(&r.bytes()[..], &tar_layer.blob[..]);
     let stored = store.join("blobs/sha256").join(hex_of(&tar_layer.digest));
     // The client may finish before the store's commit (fsync + rename) does.
-    rf_testkit::wait_until(
+    rf_testkit::wait_until_async(
         Duration::from_secs(30),
         "the layer is committed to the store",
-        || stored.is_file(),
-    );
+        || {
+            let committed = stored.is_file();
+            async move { committed }
+        },
+    )
+    .await;
     drop(reg);
     check(&cached, &tar_layer.digest, &tar_layer.blob, "cached layer").await;
     assert_serving(&cached, GOOD).await;

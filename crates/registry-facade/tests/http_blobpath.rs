@@ -777,3 +777,118 @@ async fn a_blob_larger_than_the_store_limit_streams_uncached() {
         store_bytes(&store)
     );
 }
+
+/// 9. The blob metrics count a response once its body is gone: a broken body as failed only
+/// (it used to be counted ok when the headers went out, then failed too), a whole one as ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_metrics_count_the_outcome_after_the_body() {
+    let layer = random_layer(3 * MIB, 9);
+    let img = image_of(vec![layer.clone()]);
+    let (_reg, proxy) = upstream_with(&img).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let app = demo_app(
+        dir.path(),
+        &proxy,
+        json!({"store": store, "resume": {"initialBackoff": "50ms"}}),
+    )
+    .await;
+    let served = Served::start(&app).await;
+    let url = format!("{}{}", served.base, blob_uri(&layer.digest));
+    let client = http();
+    let dl = |ok: bool| {
+        let line = format!(
+            "gitpod_registry_facade_registry_blob_req_dl_total{{blobSource=\"proxy\",ok=\"{ok}\"}} "
+        );
+        let text = app.state.metrics.render();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+
+    // An upstream that breaks and cannot resume: the client's body fails.
+    proxy.set(Fault::StripRange);
+    proxy.script(&layer.digest, &[Fault::ResetBlobAfter(MIB)]);
+    let (status, _, body) = get_tcp(&client, &url, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.is_err(), "the body must fail");
+    wait_for("the failure counted", || dl(false) == 1).await;
+    assert_eq!(dl(true), 0, "a failed body counted as ok");
+
+    proxy.set(Fault::None);
+    let (status, _, body) = get_tcp(&client, &url, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.unwrap()[..] == layer.blob[..]);
+    wait_for("the success counted", || dl(true) == 1).await;
+    assert_eq!(dl(false), 1);
+}
+
+/// 10. Conditional requests (RFC 9110): a matching `If-None-Match` gets 304 without a body
+/// (and no download); a `Range` with a stale `If-Range` gets the whole blob (200), with the
+/// current one the range (206). Both headers used to be ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_none_match_and_if_range() {
+    let layer = layer_of_2048_bytes();
+    let img = image_of(vec![layer.clone()]);
+    let (_reg, proxy) = upstream_with(&img).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = demo_app(dir.path(), &proxy, json!({})).await;
+    let served = Served::start(&app).await;
+    let url = format!("{}{}", served.base, blob_uri(&layer.digest));
+    let client = http();
+    let etag = format!("\"{}\"", layer.digest);
+
+    for method in [Method::GET, Method::HEAD] {
+        let (status, h, body) = request(&client, method.clone(), &url, &[]).await;
+        assert_eq!(status, StatusCode::OK, "{method}");
+        assert_eq!(header(&h, "etag"), Some(&*etag), "{method}");
+        assert!(read_body(body).await.is_ok());
+        let before = proxy.blob_gets(&layer.digest).len();
+        for inm in [
+            etag.clone(),
+            format!("\"other\", W/{etag}"),
+            "*".to_string(),
+        ] {
+            let (status, h, body) =
+                request(&client, method.clone(), &url, &[("if-none-match", &inm)]).await;
+            assert_eq!(status, StatusCode::NOT_MODIFIED, "{method} {inm}");
+            assert_eq!(header(&h, "etag"), Some(&*etag));
+            assert!(read_body(body).await.unwrap().is_empty());
+        }
+        assert_eq!(
+            proxy.blob_gets(&layer.digest).len(),
+            before,
+            "304: no download"
+        );
+        let (status, _, _) = request(
+            &client,
+            method.clone(),
+            &url,
+            &[("if-none-match", "\"other\"")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{method}: a different validator");
+    }
+
+    let range = ("range", "bytes=10-19");
+    let (status, h, body) = get_tcp(&client, &url, &[range, ("if-range", "\"stale\"")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&h, "content-length"), Some("2048"));
+    assert_eq!(&body.unwrap()[..], &layer.blob[..]);
+    let (status, _, body) = get_tcp(
+        &client,
+        &url,
+        &[range, ("if-range", "Tue, 15 Nov 1994 08:12:31 GMT")],
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a date never matches: no Last-Modified"
+    );
+    assert_eq!(body.unwrap().len(), 2048);
+    let (status, h, body) = get_tcp(&client, &url, &[range, ("if-range", &etag)]).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(header(&h, "content-range"), Some("bytes 10-19/2048"));
+    assert_eq!(&body.unwrap()[..], &layer.blob[10..20]);
+}

@@ -304,11 +304,15 @@ async fn corrupt_upstream_blobs_fail_and_are_not_cached() {
     assert_eq!(&r.bytes()[..], &intact.blob[..]);
     let cached = store.join("blobs/sha256").join(hex_of(&intact.digest));
     // The client may finish before the store's commit (fsync + rename) does.
-    rf_testkit::wait_until(
+    rf_testkit::wait_until_async(
         Duration::from_secs(30),
         "the intact layer is committed",
-        || cached.is_file(),
-    );
+        || {
+            let committed = cached.is_file();
+            async move { committed }
+        },
+    )
+    .await;
     assert_eq!(std::fs::read(&cached).unwrap(), intact.blob);
     assert_eq!(
         files_under(&store.join("tmp")),
@@ -385,11 +389,15 @@ async fn cache_survives_restart_without_upstream() {
         let r = get(&first, &format!("/v2/fixed/pinned/blobs/{}", l.digest)).await;
         assert_eq!(&r.bytes()[..], &l.blob[..]);
         let cached = store.join("blobs/sha256").join(hex_of(&l.digest));
-        rf_testkit::wait_until(
+        rf_testkit::wait_until_async(
             Duration::from_secs(30),
             "the layer is cached after one GET",
-            || cached.is_file(),
-        );
+            || {
+                let committed = cached.is_file();
+                async move { committed }
+            },
+        )
+        .await;
     }
     drop(first);
     drop(reg);

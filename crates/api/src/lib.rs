@@ -13,6 +13,9 @@
 //!
 //! The modules are siblings at the crate root because the generated code of
 //! one package refers to another as `super::<package>`.
+//!
+//! Generated types only: it must not depend on any other crate of this workspace, so every
+//! crate (and outside clients) can use the wire types without pulling in behaviour.
 
 /// Protobuf package `registryfacade`: image specs and the spec provider service.
 pub mod registryfacade {

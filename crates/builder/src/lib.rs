@@ -18,7 +18,11 @@
 //!   `<workDir>/subassemblies`) and the HTTP download route ([`subassembly_router`],
 //!   [`serve_subassembly_http`]).
 //!
-//! Subassemblies are flattened with `rf-layers` (whiteouts, opaque directories, hard links).
+//! Subassemblies are flattened with `rf-layers` (whiteouts, opaque directories, hard links)
+//! and served with `rf-serve`'s blob responses.
+//!
+//! It must not depend on the registry facade's crates (`rf-compose`, `rf-composer`,
+//! `rf-facade`): the two services share the client, the store and the vocabulary below them.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,6 +1,9 @@
 //! What the `registry-facade` and `image-builder` binaries share: the `--log-format` flag and
 //! its tracing setup (JSON for log collectors, text on a terminal), and the signal that stops
 //! a server (SIGTERM from Kubernetes or systemd, or Ctrl-C).
+//!
+//! It must not depend on any crate of this workspace: it knows logging and signals, not what
+//! the binaries serve.
 
 use std::io::IsTerminal;
 

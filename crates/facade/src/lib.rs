@@ -1,5 +1,8 @@
 //! The HTTP edge: an OCI Distribution pull API over the composer. Routes, `Accept` and
 //! `Range` handling, OCI error JSON and metrics live here; what to serve is the composer's job.
+//!
+//! It must not depend on the binaries, the builder or a concrete cache: it serves whatever
+//! [`Composer`] and [`BlobServer`] it is given, on `rf-serve`'s blob responses and error body.
 
 pub mod blob;
 pub mod error;
@@ -223,6 +226,15 @@ async fn manifest(
         .manifest_req_seconds
         .observe(started.elapsed().as_secs_f64());
     let digest = m.digest.to_string();
+    let etag = format!("\"{digest}\"");
+    if rf_serve::not_modified(headers, &etag) {
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        let h = resp.headers_mut();
+        insert(h, "docker-content-digest", &digest);
+        insert(h, header::ETAG, &etag);
+        return Ok(resp);
+    }
     let body = if method == Method::HEAD {
         Body::empty()
     } else {
@@ -233,7 +245,7 @@ async fn manifest(
     insert(h, header::CONTENT_TYPE, &m.media_type);
     insert(h, header::CONTENT_LENGTH, &m.bytes.len().to_string());
     insert(h, "docker-content-digest", &digest);
-    insert(h, header::ETAG, &format!("\"{digest}\""));
+    insert(h, header::ETAG, &etag);
     Ok(resp)
 }
 

@@ -1,6 +1,9 @@
 //! OCI vocabulary shared by every other crate: digests, image references, repository names,
 //! media types, manifest/index/descriptor types, platforms, `Accept` negotiation and byte
 //! ranges. No I/O lives here, so everything is unit-testable with literal inputs.
+//!
+//! The bottom of the workspace: it must not depend on any other crate of it, nor on an async
+//! runtime, an HTTP stack or the file system.
 
 pub mod accept;
 pub mod digest;

@@ -506,6 +506,47 @@ async fn by_digest_and_deterministic_across_restarts() {
     );
 }
 
+/// A manifest's `ETag` works as a validator: `If-None-Match` with it (or `*`, or its weak form)
+/// is a 304 without a body, another tag gets the manifest.
+#[tokio::test]
+async fn manifest_if_none_match() {
+    let d = Demo::new().await;
+    let r = manifest(&d.app, "fixed/demo", "latest", OCI_MANIFEST).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let etag = r.header("etag").unwrap().to_string();
+    assert_eq!(etag, format!("\"{}\"", sha256(r.bytes())));
+    let uri = "/v2/fixed/demo/manifests/latest";
+    for validator in [
+        etag.clone(),
+        format!("W/{etag}"),
+        "*".into(),
+        format!("\"x\", {etag}"),
+    ] {
+        let nm = send(
+            &d.app,
+            Method::GET,
+            uri,
+            &[("accept", OCI_MANIFEST), ("if-none-match", &validator)],
+        )
+        .await;
+        assert_eq!(nm.status, StatusCode::NOT_MODIFIED, "{validator}");
+        assert!(nm.bytes().is_empty());
+        assert_eq!(nm.header("etag"), Some(etag.as_str()));
+    }
+    let other = send(
+        &d.app,
+        Method::GET,
+        uri,
+        &[
+            ("accept", OCI_MANIFEST),
+            ("if-none-match", "\"sha256:other\""),
+        ],
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::OK);
+    assert_eq!(other.bytes(), r.bytes());
+}
+
 /// The referrers API: an empty OCI index for a manifest the repository serves (nothing refers
 /// to a generated composition), 404 for one it does not, 400 for a malformed digest.
 #[tokio::test]

@@ -74,17 +74,25 @@ fn etags(value: &str) -> impl Iterator<Item = (bool, &str)> {
         })
 }
 
+/// Whether `If-None-Match` names `etag` (quoted) or `*` (weak comparison): the client's copy is
+/// current, answer 304. For responses that are not blobs too (manifests).
+pub fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|inm| etags(inm).any(|(_, t)| t == "*" || t == etag))
+}
+
 fn decide(method: &Method, headers: &HeaderMap, etag: &str, size: u64) -> Answer {
     let get = |name| {
         headers
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
-    // RFC 9110 §13.2.2: If-None-Match before Range; weak comparison.
-    if let Some(inm) = get(header::IF_NONE_MATCH) {
-        if etags(inm).any(|(_, t)| t == "*" || t == etag) {
-            return Answer::NotModified;
-        }
+    // RFC 9110 §13.2.2: If-None-Match before Range.
+    if not_modified(headers, etag) {
+        return Answer::NotModified;
     }
     let Some(range) = get(header::RANGE) else {
         return Answer::Whole;

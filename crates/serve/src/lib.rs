@@ -19,7 +19,7 @@ pub mod server;
 pub mod tls;
 
 pub use access_log::access_log;
-pub use blob::{blob_response, BlobMeta};
+pub use blob::{blob_response, not_modified, BlobMeta};
 pub use endpoints::{metrics_router, readiness_router, spawn_metrics, spawn_readiness};
 pub use error::ServeError;
 pub use listener::{bind, listen_addr, Accept, TcpAcceptor};

@@ -13,6 +13,9 @@
 //!
 //! The system packages are installed by `scripts/test`; a missing tool makes the starters fail with
 //! "`<tool>` is not installed: run scripts/test, which installs the system packages".
+//!
+//! Test code only (a dev-dependency everywhere): it must not depend on the crates it helps to
+//! test, so a test compares their behaviour with independent builders and real processes.
 
 #![warn(missing_docs)]
 

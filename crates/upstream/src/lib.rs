@@ -14,6 +14,9 @@
 //! `expires_in` (default 60 s) and per credentials generation, so a reloaded docker config
 //! never reuses tokens obtained with the old credentials.
 //!
+//! It must not depend on the store, composition or any HTTP server: it is a client, and its
+//! only workspace dependency is the vocabulary `rf-oci`.
+//!
 //! Errors are classified once ([`UpstreamError::class`]); everyone who decides on "try again
 //! later" asks that. Retries ([`retry`], with `backon`): connect errors, resets, timeouts, 5xx
 //! except 501 and 429 are retried up to `max_attempts` with exponential backoff and jitter

@@ -4,24 +4,22 @@
 //! unsatisfiable ⇒ 416 with `Content-Range: bytes */<size>`); `GET
 //! /subassemblies/<digest>/manifest` serves the [`SubassemblyManifest`]. A malformed digest
 //! is 400, an unknown one 404, both with a JSON body `{"errors":[{"code","message"}]}`.
-//! Streams from the store (verified as it reads), never buffers a layer.
-//!
-//! The Range and OCI error handling is in `ranged_blob` and `oci_error` alone, to be
-//! replaced by a shared ranged-blob response.
+//! Streams from the store (verified as it reads), never buffers a layer. Range, If-Range,
+//! If-None-Match, HEAD and the OCI error body are `rf-serve`'s, as for the registry's blobs.
 //!
 //! [`SubassemblyManifest`]: super::types::SubassemblyManifest
 
 use std::io;
 use std::net::SocketAddr;
 
-use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use futures::StreamExt as _;
-use rf_oci::{ByteRange, Digest, RangeError};
+use futures::TryStreamExt as _;
+use rf_oci::Digest;
+use rf_serve::{blob_response, oci_error, BlobMeta};
 use rf_store::BlobStore;
 
 use super::service::SubassemblyService;
@@ -41,10 +39,15 @@ pub async fn serve_subassembly_http(
     addr: &str,
     svc: SubassemblyService,
 ) -> io::Result<(SocketAddr, tokio::task::JoinHandle<io::Result<()>>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
+    let server = rf_serve::Server::new(rf_serve::bind(addr).await.map_err(io::Error::other)?);
+    let local = server.local_addr()?;
     tracing::info!(address = %local, "serving subassemblies over HTTP");
-    let task = tokio::spawn(async move { axum::serve(listener, subassembly_router(svc)).await });
+    let task = tokio::spawn(async move {
+        server
+            .serve(subassembly_router(svc), std::future::pending())
+            .await
+            .map_err(io::Error::other)
+    });
     Ok((local, task))
 }
 
@@ -76,22 +79,12 @@ async fn serve_layer(
     ranged_blob(svc.store(), &d, &method, &headers).await
 }
 
-/// An OCI error response: `status` with the JSON body `{"errors":[{"code","message"}]}`.
-fn oci_error(status: StatusCode, code: &str, message: String) -> Response {
-    let body = serde_json::json!({"errors": [{"code": code, "message": message}]});
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
 fn invalid_digest(raw: &str) -> Response {
     oci_error(
         StatusCode::BAD_REQUEST,
         "DIGEST_INVALID",
-        format!("invalid digest {raw:?}"),
+        &format!("invalid digest {raw:?}"),
+        None,
     )
 }
 
@@ -99,7 +92,8 @@ fn unreadable(d: &Digest, e: &dyn std::fmt::Display) -> Response {
     oci_error(
         StatusCode::INTERNAL_SERVER_ERROR,
         "UNKNOWN",
-        format!("cannot read {d}: {e}"),
+        &format!("cannot read {d}: {e}"),
+        None,
     )
 }
 
@@ -107,13 +101,13 @@ fn unknown(d: &Digest) -> Response {
     oci_error(
         StatusCode::NOT_FOUND,
         "BLOB_UNKNOWN",
-        format!("no subassembly with digest {d}"),
+        &format!("no subassembly with digest {d}"),
+        None,
     )
 }
 
-/// The layer `d` of `store` as a response to `GET`/`HEAD` with an optional single `Range`:
-/// 200, 206 with `Content-Range`, or 416 with `Content-Range: bytes */<size>`; the body
-/// streams from the store.
+/// The layer `d` of `store` as a response to `GET`/`HEAD` (see [`blob_response`]), cacheable
+/// for ever: a digest names one content.
 async fn ranged_blob(
     store: &BlobStore,
     d: &Digest,
@@ -125,71 +119,25 @@ async fn ranged_blob(
         Ok(None) => return unknown(d),
         Err(e) => return unreadable(d, &e),
     };
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| ByteRange::parse(v).and_then(|r| r.resolve(size)));
-    let (status, start, len) = match range {
-        None | Some(Err(RangeError::Ignored)) => (StatusCode::OK, 0, size),
-        Some(Ok((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
-        Some(Err(RangeError::Unsatisfiable)) => {
-            let mut r = oci_error(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "RANGE_INVALID",
-                format!("the range is outside the {size} bytes of {d}"),
-            );
-            r.headers_mut().insert(
-                header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes */{size}")).expect("header"),
-            );
-            return r;
+    let digest = d.to_string();
+    let meta = BlobMeta {
+        digest: &digest,
+        size,
+        media_type: SUBASSEMBLY_LAYER_MEDIA_TYPE,
+    };
+    let opened = blob_response(method, headers, &meta, |range| async move {
+        match store.open_stream(d, range.start).await {
+            Ok(Some(blob)) => Ok(blob.stream.map_err(|e| io::Error::other(e.to_string()))),
+            Ok(None) => Err(unknown(d)),
+            Err(e) => Err(unreadable(d, &e)),
         }
-    };
-    let body = if method == Method::HEAD {
-        Body::empty()
-    } else {
-        let blob = match store.open_stream(d, start).await {
-            Ok(Some(b)) => b,
-            Ok(None) => return unknown(d),
-            Err(e) => return unreadable(d, &e),
-        };
-        let limited = futures::stream::unfold((blob.stream, len), |(mut s, rest)| async move {
-            if rest == 0 {
-                return None;
-            }
-            match s.next().await? {
-                Ok(mut chunk) => {
-                    if chunk.len() as u64 > rest {
-                        chunk.truncate(rest as usize);
-                    }
-                    let left = rest - chunk.len() as u64;
-                    Some((Ok(chunk), (s, left)))
-                }
-                Err(e) => Some((Err(io::Error::other(e.to_string())), (s, 0))),
-            }
-        });
-        Body::from_stream(limited)
-    };
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    let val = |s: String| HeaderValue::from_str(&s).expect("header");
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(SUBASSEMBLY_LAYER_MEDIA_TYPE),
-    );
-    h.insert(header::CONTENT_LENGTH, val(len.to_string()));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert("docker-content-digest", val(d.to_string()));
-    h.insert(header::ETAG, val(format!("\"{d}\"")));
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
-    );
-    if status == StatusCode::PARTIAL_CONTENT {
-        h.insert(
-            header::CONTENT_RANGE,
-            val(format!("bytes {}-{}/{size}", start, start + len - 1)),
+    })
+    .await;
+    let mut resp = opened.unwrap_or_else(|error_response| error_response);
+    if resp.status().is_success() {
+        resp.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=31536000, immutable"),
         );
     }
     resp

@@ -34,6 +34,7 @@
 //! serves files out of it must resolve them within the root too. Memory: one entry per path
 //! written by the layer being extracted (to tell its paths from lower layers').
 
+use crate::notes::note;
 use std::collections::{HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -47,9 +48,6 @@ use tar::EntryType;
 
 use crate::path::{ancestors, join, lossy, normalize, split, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::source::{decompressed, LayerSource};
-
-/// At most this many warnings are kept (the rest are counted).
-const MAX_WARNINGS: usize = 50;
 
 /// Symlinks followed to resolve one path at most (Linux's `MAXSYMLINKS`).
 const MAX_SYMLINK_HOPS: usize = 40;
@@ -119,10 +117,7 @@ pub struct ExtractStats {
 impl ExtractStats {
     fn skip(&mut self, msg: String) {
         self.skipped += 1;
-        tracing::warn!("extract: {msg}");
-        if self.warnings.len() < MAX_WARNINGS {
-            self.warnings.push(msg);
-        }
+        note(&mut self.warnings, "extract", msg);
     }
 }
 

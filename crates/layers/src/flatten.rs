@@ -45,6 +45,7 @@
 //! (a hostile layer can make it large); and pax records whose value contains a newline are
 //! rejected by the crate, so a layer with one fails to flatten.
 
+use crate::notes::note;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 
@@ -54,9 +55,6 @@ use crate::hash::HashingWriter;
 use crate::path::{ancestors, join, lossy, normalize, split, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::source::LayerSource;
 use crate::write::{EntryHeader, TarWriter, WriteError};
-
-/// At most this many warnings are kept (the rest are counted).
-const MAX_WARNINGS: usize = 50;
 
 /// Why flattening failed.
 #[derive(Debug, thiserror::Error)]
@@ -89,10 +87,7 @@ pub struct FlattenStats {
 impl FlattenStats {
     fn warn(&mut self, msg: String) {
         self.dropped += 1;
-        tracing::warn!("flatten: {msg}");
-        if self.warnings.len() < MAX_WARNINGS {
-            self.warnings.push(msg);
-        }
+        note(&mut self.warnings, "flatten", msg);
     }
 }
 

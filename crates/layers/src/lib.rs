@@ -15,6 +15,7 @@
 pub mod extract;
 pub mod flatten;
 pub mod hash;
+mod notes;
 pub mod path;
 pub mod source;
 pub mod write;

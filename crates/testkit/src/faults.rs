@@ -25,14 +25,34 @@ pub struct SeenRequest {
     pub headers: HeaderMap,
 }
 
+/// Serves `router` on 127.0.0.1:<ephemeral> in a task of the current runtime.
+async fn spawn_router(router: axum::Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    (addr, task)
+}
+
+/// The path and query of a request a proxy forwards; points `parts` at `upstream` instead.
+fn retarget(parts: &mut axum::http::request::Parts, upstream: &str) -> String {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    parts.uri = format!("http://{upstream}{path}").parse().unwrap();
+    parts.headers.remove("host");
+    path
+}
+
 /// Answers one request of a [`serve`]d peer.
 pub type Handler = Arc<dyn Fn(&SeenRequest) -> Response<Body> + Send + Sync>;
 
 /// A loopback HTTP/1.1 server answering every request with `handler` (a fault-injection
 /// peer). Runs until the test's runtime ends.
 pub async fn serve(handler: Handler) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let app = axum::Router::new().fallback(move |req: Request| {
         let handler = handler.clone();
         async move {
@@ -45,10 +65,7 @@ pub async fn serve(handler: Handler) -> SocketAddr {
             handler(&seen)
         }
     });
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    addr
+    spawn_router(app).await.0
 }
 
 /// A response with `status`, `headers` and `body`.
@@ -124,11 +141,7 @@ impl FaultProxy {
             );
             async move {
                 let (mut parts, body) = req.into_parts();
-                let path = parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.to_string())
-                    .unwrap_or_default();
+                let path = retarget(&mut parts, &upstream);
                 let is_blob_get = parts.method == Method::GET && path.contains("/blobs/sha256:");
                 let scripted = if is_blob_get {
                     let mut script = script.lock().unwrap();
@@ -147,8 +160,6 @@ impl FaultProxy {
                 seen.lock()
                     .unwrap()
                     .push((parts.method.to_string(), path.clone(), range));
-                parts.uri = format!("http://{upstream}{path}").parse().unwrap();
-                parts.headers.remove("host");
                 if mode == Fault::StripRange {
                     parts.headers.remove("range");
                 }
@@ -213,12 +224,8 @@ impl FaultProxy {
                 axum::response::Response::from_parts(parts, body)
             }
         };
-        let router = axum::Router::new().fallback(handler);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
-        });
+        let (addr, task) = spawn_router(axum::Router::new().fallback(handler)).await;
+        let port = addr.port();
         FaultProxy {
             port,
             fault,
@@ -309,14 +316,8 @@ impl RateLimitProxy {
             async move {
                 use axum::response::IntoResponse;
                 let (mut parts, body) = req.into_parts();
-                let path = parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.to_string())
-                    .unwrap_or_default();
-                seen.lock()
-                    .unwrap()
-                    .push((parts.method.to_string(), path.clone()));
+                let path = retarget(&mut parts, &upstream);
+                seen.lock().unwrap().push((parts.method.to_string(), path));
                 if limited.load(Ordering::SeqCst) {
                     return (
                         StatusCode::TOO_MANY_REQUESTS,
@@ -325,20 +326,14 @@ impl RateLimitProxy {
                     )
                         .into_response();
                 }
-                parts.uri = format!("http://{upstream}{path}").parse().unwrap();
-                parts.headers.remove("host");
                 match client.request(Request::from_parts(parts, body)).await {
                     Ok(r) => r.map(Body::new),
                     Err(e) => (StatusCode::BAD_GATEWAY, format!("proxy: {e}")).into_response(),
                 }
             }
         };
-        let router = axum::Router::new().fallback(handler);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
-        });
+        let (addr, task) = spawn_router(axum::Router::new().fallback(handler)).await;
+        let port = addr.port();
         RateLimitProxy {
             port,
             limited,

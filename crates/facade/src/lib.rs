@@ -223,6 +223,9 @@ async fn manifest(
         .map_err(|e| ApiError::from_compose(&e))?;
     state
         .metrics
+        .platforms_dropped_total(state.composer.platforms_dropped());
+    state
+        .metrics
         .manifest_req_seconds
         .observe(started.elapsed().as_secs_f64());
     let digest = m.digest.to_string();

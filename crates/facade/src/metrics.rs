@@ -2,6 +2,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -30,6 +31,10 @@ pub struct Metrics {
     pub upstream_blob_resumes: Counter,
     /// Blob bytes received from upstream.
     pub upstream_blob_bytes: Counter,
+    /// Platforms left out of composed indexes because an added image lacks them.
+    pub platforms_dropped: Counter,
+    /// The composer's count already added to `platforms_dropped`.
+    platforms_dropped_seen: Arc<AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -80,8 +85,16 @@ impl Metrics {
             "blob bytes received from upstream registries",
             upstream_blob_bytes.clone(),
         );
+        let platforms_dropped = Counter::default();
+        registry.register(
+            "platforms_dropped",
+            "platforms left out of a composed index because an added image lacks them",
+            platforms_dropped.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            platforms_dropped,
+            platforms_dropped_seen: Arc::default(),
             upstream_blob_downloads,
             upstream_blob_resumes,
             upstream_blob_bytes,
@@ -89,6 +102,17 @@ impl Metrics {
             blob_req,
             blob_req_dl,
             blob_req_bytes,
+        }
+    }
+
+    /// Brings `platforms_dropped` up to the composer's running count `total` (each drop is
+    /// counted once, however many requests report the same total).
+    pub fn platforms_dropped_total(&self, total: u64) {
+        let before = self
+            .platforms_dropped_seen
+            .fetch_max(total, Ordering::Relaxed);
+        if total > before {
+            self.platforms_dropped.inc_by(total - before);
         }
     }
 

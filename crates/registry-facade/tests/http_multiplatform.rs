@@ -250,4 +250,10 @@ async fn docker_only_clients_get_docker_media_types() {
     let r = manifest(&app, "fixed/multi", "latest", ACCEPT_MANIFESTS).await;
     assert_eq!(r.header("content-type"), Some(OCI_MANIFEST));
     assert_eq!(app.state.composer.platforms_dropped(), 1);
+    // and an operator sees it in the metrics
+    let metrics = app.state.metrics.render();
+    assert!(
+        metrics.contains("gitpod_registry_facade_registry_platforms_dropped_total 1\n"),
+        "{metrics}"
+    );
 }

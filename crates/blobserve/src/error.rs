@@ -1,0 +1,54 @@
+//! Why an image cannot be served. A leaf: every other module may use it.
+
+use rf_layers::ExtractError;
+use rf_upstream::{ErrorClass, UpstreamError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobserveError {
+    /// The ref, its manifest, a layer, or a manifest for the configured platform is missing,
+    /// or the image has no layers.
+    #[error("image {image} not found: {reason}")]
+    NotFound { image: String, reason: String },
+    #[error("image {image}: {source}")]
+    Upstream {
+        image: String,
+        source: UpstreamError,
+    },
+    #[error("image {image}: {reason}")]
+    Unsupported { image: String, reason: String },
+    /// Unpacking failed; a cap on unpacked bytes or entries says so.
+    #[error("image {image} cannot be unpacked: {source}")]
+    Unpack { image: String, source: ExtractError },
+    #[error("blobspace: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl BlobserveError {
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            BlobserveError::NotFound { .. } => true,
+            BlobserveError::Upstream { source, .. } => source.class() == ErrorClass::NotFound,
+            _ => false,
+        }
+    }
+
+    /// Whether upstream could not be reached (or refused us): the answer is a 502, not our
+    /// fault.
+    pub fn is_upstream(&self) -> bool {
+        matches!(self, BlobserveError::Upstream { .. }) && !self.is_not_found()
+    }
+
+    /// Whether the image exceeded a cap of the blobspace (a decompression bomb, or just too big).
+    pub fn is_too_large(&self) -> bool {
+        fn too_large(e: &ExtractError) -> bool {
+            match e {
+                ExtractError::TooLarge { .. } | ExtractError::TooManyEntries { .. } => true,
+                ExtractError::Layer { source, .. } => too_large(source),
+                _ => false,
+            }
+        }
+        matches!(self, BlobserveError::Unpack { source, .. } if too_large(source))
+    }
+}

@@ -1,0 +1,546 @@
+//! The HTTP side: Gitpod's URL scheme `/<image ref>/<path>` over the blobspace.
+//!
+//! The ref (`host[:port]/repo[:tag][@sha256:hex]`) ends at the first path segment after the
+//! host that contains `:` or `@`. `/<ref>` and `/<ref>/` serve `index.html` of the repo's
+//! workdir. Files get `Content-Type` by extension, an `ETag` (image key and path),
+//! `Last-Modified`, `Cache-Control` (immutable for refs pinned by digest), a single `Range`,
+//! and their precompressed copy when the client accepts it. Paths are resolved inside the
+//! image root only ([`crate::fsroot`]).
+
+use std::collections::BTreeMap;
+use std::io::SeekFrom;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use bytes::Bytes;
+use rf_oci::Reference;
+use rf_serve::BlobMeta;
+use serde::Deserialize;
+use sha2::Digest as _;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::blobspace::{Blobspace, Image};
+use crate::config::{BlobserveConfig, InlineReplacement, RepoConfig};
+use crate::error::BlobserveError;
+use crate::fsroot::{self, Found};
+use crate::prepare::{self, Encoding};
+
+/// The header with the values for `inlineStatic` substitutions.
+pub const INLINE_VARS_HEADER: &str = "x-blobserve-inlinevars";
+
+/// `index.html` files substituted per request are read whole; larger ones are refused.
+const MAX_INLINE_FILE: u64 = 16 << 20;
+
+const CACHE_TAG: &str = "public, max-age=31536000";
+const CACHE_DIGEST: &str = "public, max-age=31536000, immutable";
+
+/// What the HTTP side needs from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct HttpSettings {
+    pub repos: BTreeMap<String, RepoConfig>,
+    pub allow_any_repo: bool,
+    /// `0` = none.
+    pub timeout: Duration,
+}
+
+impl HttpSettings {
+    pub fn from_config(cfg: &BlobserveConfig) -> HttpSettings {
+        HttpSettings {
+            repos: cfg.repos.clone(),
+            allow_any_repo: cfg.allow_any_repo,
+            timeout: cfg.timeout,
+        }
+    }
+}
+
+struct Http {
+    blobspace: Blobspace,
+    settings: HttpSettings,
+}
+
+/// The blobserve router: every path is an image ref and a file in it.
+pub fn router(blobspace: Blobspace, settings: HttpSettings) -> Router {
+    Router::new().fallback(handle).with_state(Arc::new(Http {
+        blobspace,
+        settings,
+    }))
+}
+
+async fn handle(State(s): State<Arc<Http>>, req: Request) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let timeout = s.settings.timeout;
+    let resp = if timeout.is_zero() {
+        serve(&s, req).await
+    } else {
+        match tokio::time::timeout(timeout, serve(&s, req)).await {
+            Ok(r) => r,
+            Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+        }
+    };
+    s.blobspace
+        .metrics()
+        .server_request(method.as_str(), resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    let mut r = Response::new(Body::from(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn not_found() -> Response {
+    text(StatusCode::NOT_FOUND, "404 page not found\n")
+}
+
+fn is_websocket(h: &HeaderMap) -> bool {
+    let has = |name, token: &str| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    has(header::CONNECTION, "upgrade") || has(header::UPGRADE, "websocket")
+}
+
+/// A request path split into the image ref and the path inside the image.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Target {
+    pub reference: Reference,
+    /// The path after the ref, without its leading `/` (empty for `/<ref>` and `/<ref>/`).
+    pub path: String,
+}
+
+/// Splits a (percent-decoded) request path as Gitpod does; the error is the 404 message.
+pub fn split_target(path: &str) -> Result<Target, String> {
+    let trimmed = path.trim_start_matches('/');
+    let segments: Vec<&str> = trimmed.split('/').collect();
+    let end = segments
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find(|(_, s)| s.contains(':') || s.contains('@'))
+        .map(|(i, _)| i);
+    let Some(end) = end else {
+        return Err(format!(
+            "cannot parse image {trimmed:?}: tag or digest is missing"
+        ));
+    };
+    let image = segments[..=end].join("/");
+    let reference: Reference = image
+        .parse()
+        .map_err(|e| format!("cannot parse image {image:?}: {e}"))?;
+    // a fully-qualified name is required, as Go's ParseNamed does: no docker.io defaulting
+    if !image.starts_with(&format!("{}/", reference.domain)) {
+        return Err(format!(
+            "cannot parse image {image:?}: repository name must be canonical"
+        ));
+    }
+    Ok(Target {
+        reference,
+        path: segments[end + 1..].join("/"),
+    })
+}
+
+async fn serve(s: &Http, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    if is_websocket(&parts.headers) {
+        return not_found();
+    }
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let raw_path = parts.uri.path();
+    let Ok(path) = percent_encoding::percent_decode_str(raw_path).decode_utf8() else {
+        return not_found();
+    };
+    let target = match split_target(&path) {
+        Ok(t) => t,
+        Err(msg) => return text(StatusCode::NOT_FOUND, msg),
+    };
+    let r = &target.reference;
+    let repo = r.name();
+    let repo_cfg = s.settings.repos.get(&repo);
+    if repo_cfg.is_none() && !s.settings.allow_any_repo {
+        return text(StatusCode::FORBIDDEN, format!("forbidden repo: {repo:?}"));
+    }
+    let image = match s.blobspace.get(r).await {
+        Ok(i) => i,
+        Err(e) => return error_response(r, &e),
+    };
+    if parts.method == Method::HEAD {
+        // HEAD only warms the cache (Gitpod's proxies send it before the first GET)
+        let mut resp = Response::new(Body::empty());
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return resp;
+    }
+    let inline_vars = parts.headers.get(INLINE_VARS_HEADER);
+    let cache_control = if inline_vars.is_some() {
+        "no-cache"
+    } else if r.digest.is_some() {
+        CACHE_DIGEST
+    } else {
+        CACHE_TAG
+    };
+    let workdir = repo_cfg.map_or("", |c| c.workdir.as_str());
+    let root = image.root();
+    let full = format!("{}/{}", workdir.trim_end_matches('/'), clean(&target.path));
+    let file = match fsroot::resolve(&root, &full) {
+        None => return not_found(),
+        Some(Found::File { rel, len }) => (rel, len),
+        Some(Found::Dir { rel }) => {
+            if !target.path.is_empty() && !raw_path.ends_with('/') {
+                return redirect_to_dir(raw_path, parts.uri.query());
+            }
+            match fsroot::resolve(&root, &format!("{rel}/index.html")) {
+                Some(Found::File { rel, len }) => (rel, len),
+                _ => return not_found(),
+            }
+        }
+    };
+    let mut resp = match inline_static(repo_cfg, inline_vars, &file.0) {
+        Some(subst) => serve_substituted(&parts.method, &parts.headers, &image, &file.0, subst)
+            .await
+            .unwrap_or_else(|e| internal(&e)),
+        None => serve_file(&parts.method, &parts.headers, &image, &file.0, file.1)
+            .await
+            .unwrap_or_else(|e| internal(&e)),
+    };
+    if let Ok(v) = HeaderValue::from_str(cache_control) {
+        resp.headers_mut().insert(header::CACHE_CONTROL, v);
+    }
+    resp
+}
+
+/// The path with `.` and `..` resolved lexically, clamped at its start (as Go's `path.Clean`
+/// of a rooted path): a URL never climbs out of the workdir by `..`.
+fn clean(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out.join("/")
+}
+
+fn internal(e: &dyn std::fmt::Display) -> Response {
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("internal error: {e}"),
+    )
+}
+
+fn error_response(r: &Reference, e: &BlobserveError) -> Response {
+    if e.is_not_found() {
+        text(
+            StatusCode::NOT_FOUND,
+            format!("image {r} not found: {:?}", e.to_string()),
+        )
+    } else if e.is_upstream() {
+        text(StatusCode::BAD_GATEWAY, format!("upstream error: {e}"))
+    } else {
+        internal(e)
+    }
+}
+
+fn redirect_to_dir(raw_path: &str, query: Option<&str>) -> Response {
+    let location = match query {
+        Some(q) => format!("{raw_path}/?{q}"),
+        None => format!("{raw_path}/"),
+    };
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct InlineVars {
+    #[serde(default)]
+    ide: String,
+    #[serde(default)]
+    supervisor: String,
+}
+
+/// The substitutions for `rel` if it is an `index.html`, the repo has `inlineStatic` and the
+/// header parses; a bad header is logged and the file served unmodified (as Gitpod).
+fn inline_static<'a>(
+    repo: Option<&'a RepoConfig>,
+    header: Option<&HeaderValue>,
+    rel: &str,
+) -> Option<Vec<(&'a str, String)>> {
+    let repo = repo.filter(|r| !r.inline_static.is_empty())?;
+    let header = header?;
+    if rel != "index.html" && !rel.ends_with("/index.html") {
+        return None;
+    }
+    let vars: InlineVars = match serde_json::from_slice(header.as_bytes()) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!("cannot parse {INLINE_VARS_HEADER}: {e}");
+            return None;
+        }
+    };
+    Some(substitutions(&repo.inline_static, &vars))
+}
+
+fn substitutions<'a>(list: &'a [InlineReplacement], vars: &InlineVars) -> Vec<(&'a str, String)> {
+    list.iter()
+        .map(|r| {
+            let with = r
+                .replacement
+                .replace("${ide}", &vars.ide)
+                .replace("${supervisor}", &vars.supervisor);
+            (r.search.as_str(), with)
+        })
+        .collect()
+}
+
+async fn serve_substituted(
+    method: &Method,
+    headers: &HeaderMap,
+    image: &Image,
+    rel: &str,
+    subst: Vec<(&str, String)>,
+) -> std::io::Result<Response> {
+    let path = image.root().join(rel);
+    let mut content =
+        tokio::task::spawn_blocking(move || prepare::read_capped(&path, MAX_INLINE_FILE))
+            .await
+            .map_err(std::io::Error::other)??;
+    for (search, with) in &subst {
+        content = prepare::replace_all(&content, search.as_bytes(), with.as_bytes());
+    }
+    let etag = format!("sha256-{}", hex::encode(sha2::Sha256::digest(&content)));
+    let content = Bytes::from(content);
+    let media_type = prepare::content_type(rel);
+    let meta = BlobMeta {
+        digest: &etag,
+        size: content.len() as u64,
+        media_type: &media_type,
+    };
+    let mut resp = rf_serve::blob_response(method, headers, &meta, |range| async move {
+        let part = content.slice(range.start as usize..range.end as usize);
+        Ok::<_, std::io::Error>(futures::stream::iter([Ok::<_, std::io::Error>(part)]))
+    })
+    .await?;
+    resp.headers_mut().remove("docker-content-digest");
+    Ok(resp)
+}
+
+/// Which precompressed copy the client accepts, best first (brotli, then gzip).
+fn accepted(headers: &HeaderMap) -> Vec<Encoding> {
+    let mut q_of: Vec<(String, f32)> = Vec::new();
+    for v in headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        for item in v.split(',') {
+            let mut parts = item.split(';');
+            let token = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            if token.is_empty() {
+                continue;
+            }
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            q_of.push((token, q));
+        }
+    }
+    let q = |name: &str| {
+        q_of.iter()
+            .find(|(t, _)| t == name)
+            .or_else(|| q_of.iter().find(|(t, _)| t == "*"))
+            .map_or(0.0, |(_, q)| *q)
+    };
+    let mut encs: Vec<(Encoding, f32)> = [Encoding::Brotli, Encoding::Gzip]
+        .into_iter()
+        .map(|e| (e, q(e.token())))
+        .filter(|(_, q)| *q > 0.0)
+        .collect();
+    // stable: brotli stays first on equal weights
+    encs.sort_by(|a, b| b.1.total_cmp(&a.1));
+    encs.into_iter().map(|(e, _)| e).collect()
+}
+
+async fn serve_file(
+    method: &Method,
+    headers: &HeaderMap,
+    image: &Image,
+    rel: &str,
+    len: u64,
+) -> std::io::Result<Response> {
+    let original = image.root().join(rel);
+    let compressible = prepare::compressible(rel);
+    let mut chosen: Option<(Encoding, std::path::PathBuf, u64)> = None;
+    if compressible {
+        for enc in accepted(headers) {
+            let p = prepare::shadow_path(&image.shadow(), rel, enc);
+            if let Ok(m) = tokio::fs::metadata(&p).await {
+                chosen = Some((enc, p, m.len()));
+                break;
+            }
+        }
+    }
+    let modified = tokio::fs::metadata(&original)
+        .await
+        .and_then(|m| m.modified())
+        .ok();
+    let path_hash = hex::encode(&sha2::Sha256::digest(rel.as_bytes())[..8]);
+    let key = image.key();
+    let key = &key[..key.len().min(32)];
+    let (path, size, etag, encoding) = match chosen {
+        Some((enc, p, size)) => (
+            p,
+            size,
+            format!("{key}-{path_hash}-{}", enc.suffix()),
+            Some(enc),
+        ),
+        None => (original, len, format!("{key}-{path_hash}"), None),
+    };
+    let media_type = prepare::content_type(rel);
+    let meta = BlobMeta {
+        digest: &etag,
+        size,
+        media_type: &media_type,
+    };
+    let mut resp = rf_serve::blob_response(method, headers, &meta, |range| async move {
+        let mut f = tokio::fs::File::open(&path).await?;
+        f.seek(SeekFrom::Start(range.start)).await?;
+        let stream =
+            tokio_util::io::ReaderStream::with_capacity(f.take(range.end - range.start), 64 << 10);
+        Ok::<_, std::io::Error>(stream)
+    })
+    .await?;
+    let h = resp.headers_mut();
+    h.remove("docker-content-digest");
+    if let Some(enc) = encoding {
+        h.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(enc.token()),
+        );
+    }
+    if compressible {
+        h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+    if let Some(m) = modified.filter(|m| *m > SystemTime::UNIX_EPOCH) {
+        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(m)) {
+            h.insert(header::LAST_MODIFIED, v);
+        }
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_end_at_the_first_segment_with_a_tag_or_digest() {
+        let t = split_target("/127.0.0.1:5000/ide:latest/out/main.js").unwrap();
+        assert_eq!(t.reference.to_string(), "127.0.0.1:5000/ide:latest");
+        assert_eq!(t.path, "out/main.js");
+        let hex = "a".repeat(64);
+        let t = split_target(&format!("/reg.io/a/b@sha256:{hex}/x")).unwrap();
+        assert_eq!(t.reference.repository, "a/b");
+        assert!(t.reference.digest.is_some());
+        assert_eq!(t.path, "x");
+        let t = split_target(&format!("/reg.io/a:v1@sha256:{hex}")).unwrap();
+        assert_eq!(t.reference.tag.as_deref(), Some("v1"));
+        assert_eq!(t.path, "");
+        assert_eq!(split_target("/reg.io/a:v1/").unwrap().path, "");
+        assert!(split_target("/reg.io/a/b").unwrap_err().contains("missing"));
+        assert!(split_target("/ide:latest/x").is_err());
+        assert!(split_target("/reg.io/a@sha256:short/x").is_err());
+        assert!(split_target("/").is_err());
+    }
+
+    #[test]
+    fn inline_vars_as_gitpod() {
+        let repo = RepoConfig {
+            inline_static: vec![
+                InlineReplacement {
+                    search: "aaa".into(),
+                    replacement: "${ide}".into(),
+                },
+                InlineReplacement {
+                    search: "bbb".into(),
+                    replacement: "${supervisor}".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let hv = HeaderValue::from_static(r#"{"ide":"foo","supervisor":"bar"}"#);
+        let subst = inline_static(Some(&repo), Some(&hv), "index.html").unwrap();
+        let mut out = b"aaa\nbbb\n".to_vec();
+        for (s, w) in &subst {
+            out = prepare::replace_all(&out, s.as_bytes(), w.as_bytes());
+        }
+        assert_eq!(out, b"foo\nbar\n");
+        assert!(inline_static(Some(&repo), None, "index.html").is_none());
+        assert!(inline_static(None, Some(&hv), "index.html").is_none());
+        assert!(inline_static(Some(&repo), Some(&hv), "main.js").is_none());
+        let bad = HeaderValue::from_static("{not json");
+        assert!(inline_static(Some(&repo), Some(&bad), "index.html").is_none());
+    }
+
+    #[test]
+    fn accept_encoding_negotiation() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            accepted(&m)
+        };
+        assert_eq!(
+            h("gzip, deflate, br"),
+            vec![Encoding::Brotli, Encoding::Gzip]
+        );
+        assert_eq!(h("gzip"), vec![Encoding::Gzip]);
+        assert_eq!(h("br;q=0, gzip;q=0.5"), vec![Encoding::Gzip]);
+        assert_eq!(
+            h("gzip;q=1, br;q=0.5"),
+            vec![Encoding::Gzip, Encoding::Brotli]
+        );
+        assert_eq!(h("*"), vec![Encoding::Brotli, Encoding::Gzip]);
+        assert_eq!(h("identity"), Vec::<Encoding>::new());
+        assert!(accepted(&HeaderMap::new()).is_empty());
+    }
+
+    #[test]
+    fn websocket_upgrades_are_recognised() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(is_websocket(&h));
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_websocket(&h));
+        assert!(!is_websocket(&HeaderMap::new()));
+    }
+}

@@ -264,6 +264,29 @@ impl Blobspace {
         .await
     }
 
+    /// Fetches every ref of `refs` (the repos' `prePull`) until it is unpacked. A failure
+    /// is logged and retried with backoff (1 s doubling to 60 s), never fatal; returns when
+    /// all are there, so a readiness probe can wait for it.
+    pub async fn pre_pull(&self, refs: Vec<Reference>) {
+        let pulls = refs.into_iter().map(|r| async move {
+            let mut pause = Duration::from_secs(1);
+            loop {
+                match self.get(&r).await {
+                    Ok(_) => {
+                        tracing::info!(image = %r, "pre-pulled");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(image = %r, retry_in = ?pause, "pre-pull failed: {e}");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(60));
+                    }
+                }
+            }
+        });
+        futures::future::join_all(pulls).await;
+    }
+
     /// The image for `r` if it needs no upstream request: a fresh ref, or a digest already
     /// unpacked.
     fn cached(&self, key: &str, r: &Reference) -> Option<Image> {

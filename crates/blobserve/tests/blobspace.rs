@@ -52,7 +52,7 @@ async fn concurrent_first_requests_share_one_download() {
     let dir = tempfile::tempdir().unwrap();
     let (bs, app) = open(&config(any_repo(), dir.path())).await;
     let uri = format!("/{}/b.txt", proxy.image_ref("ide:v1"));
-    let requests = (0..200).map(|_| {
+    let requests = (0..1000).map(|_| {
         let (app, uri) = (app.clone(), uri.clone());
         tokio::spawn(async move { get(&app, &uri).await })
     });
@@ -72,7 +72,7 @@ async fn concurrent_first_requests_share_one_download() {
         "{m}"
     );
     assert!(
-        m.contains("http_server_requests_total{method=\"GET\",code=\"200\"} 200"),
+        m.contains("http_server_requests_total{method=\"GET\",code=\"200\"} 1000"),
         "{m}"
     );
 }
@@ -244,4 +244,40 @@ async fn a_slow_download_times_out_with_503() {
     })
     .await;
     assert_eq!(get(&app, &uri).await.text(), "b of v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_without_layers_is_not_found() {
+    let reg = Registry::start(RegistryAuth::None).unwrap();
+    reg.push_image(&ImageBuilder::new().build(), "empty:v1")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (bs, app) = open(&config(any_repo(), dir.path())).await;
+    let r = get(&app, &format!("/{}/x", reg.image_ref("empty:v1"))).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.text().contains("no layers"), "{}", r.text());
+    assert!(bs.image_keys().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_pull_fetches_the_configured_tags() {
+    let reg = Registry::start(RegistryAuth::None).unwrap();
+    reg.push_image(&two_layer_image("v1"), "ide:v1").unwrap();
+    let proxy = FaultProxy::start(&reg.addr()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        json!({"repos": {proxy.image_ref("ide"): {"prePull": ["v1"]}}}),
+        dir.path(),
+    );
+    let (bs, app) = open(&cfg).await;
+    bs.pre_pull(cfg.blobserve.pre_pull_refs().unwrap()).await;
+    assert_eq!(bs.image_keys().len(), 1);
+    let before = proxy.seen.lock().unwrap().len();
+    let r = get(&app, &format!("/{}/a.txt", proxy.image_ref("ide:v1"))).await;
+    assert_eq!(r.text(), "a of v1");
+    assert_eq!(
+        proxy.seen.lock().unwrap().len(),
+        before,
+        "served without upstream"
+    );
 }

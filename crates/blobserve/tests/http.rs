@@ -30,6 +30,7 @@ fn push_ide(reg: &Registry) -> rf_testkit::BuiltImage {
             Entry::file("/ide/conf.json", "{\"k\": \"original\"}"),
             Entry::file("/outside.txt", "outside workdir"),
             Entry::file("/etc/passwd", "root:x:0:0"),
+            Entry::file("/ide/old/stale.txt", "stale"),
         ],
         Compression::Gzip,
     );
@@ -37,6 +38,10 @@ fn push_ide(reg: &Registry) -> rf_testkit::BuiltImage {
         vec![
             Entry::file("/ide/a.txt", "upper"),
             Entry::whiteout("/ide/gone.txt"),
+            Entry::OpaqueWhiteout {
+                dir: "/ide/old".into(),
+            },
+            Entry::file("/ide/old/new.txt", "new"),
             Entry::file("/ide/out/main.js", js_bundle()),
             Entry::symlink("/ide/link.js", "out/main.js"),
             Entry::symlink("/ide/abs.txt", "/ide/a.txt"),
@@ -76,6 +81,15 @@ async fn serves_the_merged_file_system_of_every_layer() {
     let r = get(&app, &format!("{base}/a.txt")).await;
     assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "upper"));
     assert_eq!(get(&app, &format!("{base}/gone.txt")).await.status, 404);
+    // an opaque directory hides what lower layers had in it
+    assert_eq!(
+        get(&app, &format!("{base}/old/stale.txt")).await.status,
+        404
+    );
+    assert_eq!(
+        get(&app, &format!("{base}/old/new.txt")).await.text(),
+        "new"
+    );
     // workdir: files outside it are not reachable by a relative path
     assert_eq!(get(&app, &format!("{base}/outside.txt")).await.status, 404);
     assert_eq!(

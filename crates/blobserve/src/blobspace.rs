@@ -28,6 +28,7 @@ use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use rf_layers::{LayerFile, LayerSource, Limits};
 use rf_oci::{media, Descriptor, ImageRef, Manifest, ParsedManifest, Platform, Reference};
+use rf_store::{BlobStore, ByteSource, SourceError, SourceStream};
 use rf_upstream::{Upstream, UpstreamError};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -76,6 +77,9 @@ pub struct Blobspace {
 struct Inner {
     settings: BlobspaceSettings,
     upstream: Upstream,
+    /// Where layers are fetched through, when given: shared with the facade, so a layer
+    /// pulled by containerd is not downloaded again.
+    store: Option<BlobStore>,
     metrics: Metrics,
     images_dir: PathBuf,
     tmp_dir: PathBuf,
@@ -197,6 +201,17 @@ impl Blobspace {
         upstream: Upstream,
         metrics: Metrics,
     ) -> Result<Blobspace, BlobserveError> {
+        Self::open_with_store(settings, upstream, None, metrics).await
+    }
+
+    /// Like [`open`](Self::open), fetching layers through `store` (single flight with
+    /// other users of the store, resume, verification) when one is given.
+    pub async fn open_with_store(
+        settings: BlobspaceSettings,
+        upstream: Upstream,
+        store: Option<BlobStore>,
+        metrics: Metrics,
+    ) -> Result<Blobspace, BlobserveError> {
         let loc = settings.space.location.clone();
         let images_dir = loc.join("images");
         let tmp_dir = loc.join("tmp");
@@ -210,6 +225,7 @@ impl Blobspace {
             inner: Arc::new(Inner {
                 settings,
                 upstream,
+                store,
                 metrics,
                 images_dir,
                 tmp_dir,
@@ -675,6 +691,9 @@ impl Blobspace {
             image: image.to_string(),
             source,
         };
+        if let Some(store) = &self.inner.store {
+            return self.download_via_store(store, image, layer, path).await;
+        }
         let start = Instant::now();
         let res = async {
             let mut blob = self
@@ -698,6 +717,36 @@ impl Blobspace {
             .metrics
             .client_request("GET", code, start.elapsed());
         res.map_err(err)?;
+        Ok(LayerFile { path })
+    }
+
+    async fn download_via_store(
+        &self,
+        store: &BlobStore,
+        image: &ImageRef,
+        layer: &Descriptor,
+        path: PathBuf,
+    ) -> Result<LayerFile, BlobserveError> {
+        let source = Arc::new(UpstreamSource {
+            upstream: self.inner.upstream.clone(),
+            metrics: self.inner.metrics.clone(),
+            image: image.clone(),
+            digest: layer.digest.clone(),
+            size: layer.size,
+        });
+        let err = |source| BlobserveError::Store {
+            image: image.to_string(),
+            source,
+        };
+        let mut reader = store
+            .fetch(&layer.digest, layer.size, 0, source)
+            .await
+            .map_err(err)?;
+        let mut file = tokio::fs::File::create(&path).await?;
+        while let Some(chunk) = reader.stream.next().await {
+            file.write_all(&chunk.map_err(err)?).await?;
+        }
+        file.flush().await?;
         Ok(LayerFile { path })
     }
 
@@ -746,6 +795,60 @@ impl Blobspace {
             }
         }
     }
+}
+
+/// A layer from upstream, as the store downloads it (the store verifies every byte).
+struct UpstreamSource {
+    upstream: Upstream,
+    metrics: Metrics,
+    image: ImageRef,
+    digest: rf_oci::Digest,
+    size: u64,
+}
+
+impl ByteSource for UpstreamSource {
+    fn open(&self, offset: u64) -> BoxFuture<'static, Result<SourceStream, SourceError>> {
+        let (upstream, metrics, image, digest, size) = (
+            self.upstream.clone(),
+            self.metrics.clone(),
+            self.image.clone(),
+            self.digest.clone(),
+            self.size,
+        );
+        async move {
+            let start = Instant::now();
+            let res = upstream.open_blob_unverified(&image, &digest, offset).await;
+            let code = match &res {
+                Ok(_) => "200",
+                Err(e) => status_of(e),
+            };
+            metrics.client_request("GET", code, start.elapsed());
+            let blob = res.map_err(source_error)?;
+            let mut at = offset;
+            Ok(blob
+                .stream
+                .map(move |item| match item {
+                    Ok(chunk) => {
+                        at += chunk.len() as u64;
+                        Ok(chunk)
+                    }
+                    // a body that ends early is a truncation for the store: worth resuming
+                    Err(e @ UpstreamError::DigestMismatch { .. }) if at < size => {
+                        Err(SourceError::transient(format!(
+                            "the body ended early, at byte {at} of {size} ({e})"
+                        )))
+                    }
+                    Err(e) => Err(source_error(e)),
+                })
+                .boxed())
+        }
+        .boxed()
+    }
+}
+
+fn source_error(e: UpstreamError) -> SourceError {
+    let transient = e.class().is_transient();
+    SourceError::from_cause(e, transient)
 }
 
 /// Takes over what a previous process left: complete images (with `meta.json`) and refs;

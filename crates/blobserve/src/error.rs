@@ -1,6 +1,7 @@
 //! Why an image cannot be served. A leaf: every other module may use it.
 
 use rf_layers::ExtractError;
+use rf_store::StoreError;
 use rf_upstream::{ErrorClass, UpstreamError};
 
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +15,9 @@ pub enum BlobserveError {
         image: String,
         source: UpstreamError,
     },
+    /// A layer could not be fetched through the blob store.
+    #[error("image {image}: {source}")]
+    Store { image: String, source: StoreError },
     #[error("image {image}: {reason}")]
     Unsupported { image: String, reason: String },
     /// Unpacking failed; a cap on unpacked bytes or entries says so.
@@ -30,6 +34,9 @@ impl BlobserveError {
         match self {
             BlobserveError::NotFound { .. } => true,
             BlobserveError::Upstream { source, .. } => source.class() == ErrorClass::NotFound,
+            BlobserveError::Store { source, .. } => {
+                store_cause(source).is_some_and(|e| e.class() == ErrorClass::NotFound)
+            }
             _ => false,
         }
     }
@@ -37,7 +44,12 @@ impl BlobserveError {
     /// Whether upstream could not be reached (or refused us): the answer is a 502, not our
     /// fault.
     pub fn is_upstream(&self) -> bool {
-        matches!(self, BlobserveError::Upstream { .. }) && !self.is_not_found()
+        let from_upstream = match self {
+            BlobserveError::Upstream { .. } => true,
+            BlobserveError::Store { source, .. } => store_cause(source).is_some(),
+            _ => false,
+        };
+        from_upstream && !self.is_not_found()
     }
 
     /// Whether the image exceeded a cap of the blobspace (a decompression bomb, or just too big).
@@ -50,5 +62,13 @@ impl BlobserveError {
             }
         }
         matches!(self, BlobserveError::Unpack { source, .. } if too_large(source))
+    }
+}
+
+/// The upstream error behind a failed store download, if that is what it was.
+fn store_cause(e: &StoreError) -> Option<&UpstreamError> {
+    match e {
+        StoreError::Fetch { error, .. } => error.cause::<UpstreamError>(),
+        _ => None,
     }
 }

@@ -10,7 +10,8 @@
 //! * [`fsroot`] and [`prepare`]: paths resolved inside an image root; replacements and
 //!   precompression done once per image.
 //!
-//! It must not depend on the facade, the composer or the builder (`rf-facade`,
+//! It may use `rf-store` (layers fetched through a store shared with the facade). It must
+//! not depend on the facade, the composer or the builder (`rf-facade`,
 //! `rf-composer`, `rf-builder`) nor on any binary: binaries assemble it. Module order
 //! (no cycles): `error`, `config`, `metrics`, `fsroot` are leaves; `prepare` uses `config`
 //! and `fsroot`; `blobspace` uses those; `http` uses everything.
@@ -35,7 +36,18 @@ pub async fn open(
     upstream: rf_upstream::Upstream,
     metrics: Metrics,
 ) -> Result<(Blobspace, axum::Router), BlobserveError> {
-    let blobspace = Blobspace::open(BlobspaceSettings::from_config(cfg), upstream, metrics).await?;
+    open_with_store(cfg, upstream, None, metrics).await
+}
+
+/// Like [`open`], fetching layers through a blob store shared with other services.
+pub async fn open_with_store(
+    cfg: &BlobserveConfig,
+    upstream: rf_upstream::Upstream,
+    store: Option<rf_store::BlobStore>,
+    metrics: Metrics,
+) -> Result<(Blobspace, axum::Router), BlobserveError> {
+    let settings = BlobspaceSettings::from_config(cfg);
+    let blobspace = Blobspace::open_with_store(settings, upstream, store, metrics).await?;
     let router = router(blobspace.clone(), HttpSettings::from_config(cfg));
     Ok((blobspace, router))
 }

@@ -281,3 +281,32 @@ async fn pre_pull_fetches_the_configured_tags() {
         "served without upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_come_through_a_shared_blob_store() {
+    let reg = Registry::start(RegistryAuth::None).unwrap();
+    let img = two_layer_image("v1");
+    reg.push_image(&img, "ide:v1").unwrap();
+    let proxy = FaultProxy::start(&reg.addr()).await;
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = rf_store::BlobStore::open(store_dir.path()).unwrap();
+    let uri = format!("/{}/b.txt", proxy.image_ref("ide:v1"));
+    for _ in 0..2 {
+        // a new blobspace each time: only the store remembers the layers
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(any_repo(), dir.path());
+        let (_bs, app) = rf_blobserve::open_with_store(
+            &cfg.blobserve,
+            upstream(),
+            Some(store.clone()),
+            Metrics::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(get(&app, &uri).await.text(), "b of v1");
+    }
+    for l in &img.layers {
+        assert_eq!(proxy.blob_gets(&l.digest).len(), 1, "layer {}", l.digest);
+        assert!(store.contains(&l.digest.parse().unwrap()).await);
+    }
+}

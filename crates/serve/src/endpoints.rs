@@ -2,7 +2,10 @@
 //! (Prometheus text) and `/ready` + `/live`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use tracing::{info, warn};
@@ -18,8 +21,23 @@ pub fn metrics_router(render: impl Fn() -> String + Clone + Send + Sync + 'stati
 
 /// `/ready` and `/live`: both answer 200 while the process serves.
 pub fn readiness_router() -> Router {
+    readiness_router_when(Arc::new(AtomicBool::new(true)))
+}
+
+/// `/live` answers 200 while the process serves; `/ready` answers 200 once `ready` is set
+/// (e.g. after pre-pulling images) and 503 before.
+pub fn readiness_router_when(ready: Arc<AtomicBool>) -> Router {
     Router::new()
-        .route("/ready", get(|| async { "ready" }))
+        .route(
+            "/ready",
+            get(move || async move {
+                if ready.load(Ordering::Acquire) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }),
+        )
         .route("/live", get(|| async { "live" }))
 }
 
@@ -47,7 +65,15 @@ pub async fn spawn_metrics(
 
 /// Starts `/ready` and `/live` on `addr` in the background.
 pub async fn spawn_readiness(addr: &str) -> Result<SocketAddr, ServeError> {
-    let local = spawn(addr, readiness_router(), "readiness").await?;
+    spawn_readiness_when(addr, Arc::new(AtomicBool::new(true))).await
+}
+
+/// Like [`spawn_readiness`], ready only once `ready` is set.
+pub async fn spawn_readiness_when(
+    addr: &str,
+    ready: Arc<AtomicBool>,
+) -> Result<SocketAddr, ServeError> {
+    let local = spawn(addr, readiness_router_when(ready), "readiness").await?;
     info!(addr = %local, "readiness probe on /ready and /live");
     Ok(local)
 }

@@ -10,6 +10,7 @@
 //! * [`grpc`]: a tonic server for in-process services under test.
 //! * [`git`]: bare git repositories served over `file://`.
 //! * [`examples`]: the tiny deterministic layouts used by the project's quickstart.
+//! * [`browser`]: headless Chromium loading pages from loopback servers (DOM dumps, screenshots).
 //! * [`hostile`]: gzip layers that attack extractors and file servers (`..`, absolute names,
 //!   links out of the root, device nodes, setuid files, a decompression bomb).
 //!
@@ -21,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod browser;
 pub mod examples;
 pub mod faults;
 pub mod git;

@@ -7,7 +7,7 @@
 //! the `tar` crate refuses `..` and absolute names when building, so names and link targets
 //! are copied into the header verbatim and the checksum is set afterwards.
 //!
-//! The names are deterministic (fixed mtime, uid/gid 0, gzip without mtime), so a layer's
+//! The layers are deterministic (fixed mtime, uid/gid 0, gzip without mtime), so a layer's
 //! digest is the same on every run. Payload files hold [`PAYLOAD`]: finding those bytes
 //! anywhere outside the extraction root means an attack worked.
 
@@ -161,7 +161,8 @@ pub const BOMB_FILE: &str = "bomb";
 
 /// A decompression bomb: [`SAFE_FILE`], then one file `bomb` of `uncompressed` zero bytes.
 /// Deflate shrinks zeros about a thousandfold: 1 GiB is about 1 MiB of gzip. Generated
-/// streaming (the zeros are never in memory, only the compressed blob).
+/// streaming (the zeros are never in memory, only the compressed blob). Do not call
+/// [`Layer::tar_bytes`] or [`Layer::tar_paths`] on a big one: they decompress it into memory.
 ///
 /// A safe extractor caps the bytes it unpacks and fails with a clear error beyond the cap
 /// (rf-layers fails as soon as the header announces more than is left), leaving no partial

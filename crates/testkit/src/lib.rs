@@ -10,6 +10,9 @@
 //! * [`grpc`]: a tonic server for in-process services under test.
 //! * [`git`]: bare git repositories served over `file://`.
 //! * [`examples`]: the tiny deterministic layouts used by the project's quickstart.
+//! * [`browser`]: headless Chromium loading pages from loopback servers (DOM dumps, screenshots).
+//! * [`hostile`]: gzip layers that attack extractors and file servers (`..`, absolute names,
+//!   links out of the root, device nodes, setuid files, a decompression bomb).
 //!
 //! The system packages are installed by `scripts/test`; a missing tool makes the starters fail with
 //! "`<tool>` is not installed: run scripts/test, which installs the system packages".
@@ -19,10 +22,12 @@
 
 #![warn(missing_docs)]
 
+pub mod browser;
 pub mod examples;
 pub mod faults;
 pub mod git;
 pub mod grpc;
+pub mod hostile;
 pub mod layout;
 pub mod procs;
 pub mod tls;

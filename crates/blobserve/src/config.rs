@@ -40,6 +40,9 @@ pub struct Config {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BlobserveConfig {
     pub port: u16,
+    /// Interface to listen on (ours; Gitpod listens on every interface).
+    #[serde(default = "default_listen_address")]
+    pub listen_address: String,
     /// Per-request deadline (503 "timeout" past it); `0` = none, as in Gitpod.
     #[serde(default, deserialize_with = "duration")]
     pub timeout: Duration,
@@ -63,6 +66,10 @@ pub struct BlobserveConfig {
         rename = "cacheTTL"
     )]
     pub cache_ttl: Duration,
+}
+
+fn default_listen_address() -> String {
+    "0.0.0.0".into()
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

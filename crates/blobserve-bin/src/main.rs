@@ -4,8 +4,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -101,23 +99,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     // Ready once every prePull image is on disk; a failing pre-pull is retried and logged by
     // the blobspace, never a crash loop.
-    let ready = Arc::new(AtomicBool::new(pre_pull.is_empty()));
+    let ready = blobspace.pre_pull_in_background(pre_pull);
     if let Some(addr) = cfg
         .readiness_probe_addr
         .as_deref()
         .filter(|a| !a.is_empty())
     {
-        rf_serve::spawn_readiness_when(addr, ready.clone())
+        rf_serve::spawn_readiness_when(addr, ready)
             .await
             .context("readinessProbeAddr")?;
-    }
-    if !pre_pull.is_empty() {
-        let (blobspace, ready) = (blobspace.clone(), ready.clone());
-        tokio::spawn(async move {
-            blobspace.pre_pull(pre_pull).await;
-            ready.store(true, Ordering::Release);
-            info!("pre-pull done: ready");
-        });
     }
     info!(addr = %local, "blobserve listening");
     println!("blobserve listening on http://{local}");

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -281,26 +281,41 @@ impl Blobspace {
     }
 
     /// Fetches every ref of `refs` (the repos' `prePull`) until it is unpacked. A failure
-    /// is logged and retried with backoff (1 s doubling to 60 s), never fatal; returns when
-    /// all are there, so a readiness probe can wait for it.
+    /// is logged and retried with backoff (1 s doubling to 60 s, with `backon` as every retry
+    /// here), never fatal; returns when all are there, so a readiness probe can wait for it.
     pub async fn pre_pull(&self, refs: Vec<Reference>) {
+        use backon::Retryable as _;
+        let backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(Duration::from_secs(60))
+            .without_max_times();
         let pulls = refs.into_iter().map(|r| async move {
-            let mut pause = Duration::from_secs(1);
-            loop {
-                match self.get(&r).await {
-                    Ok(_) => {
-                        tracing::info!(image = %r, "pre-pulled");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(image = %r, retry_in = ?pause, "pre-pull failed: {e}");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(60));
-                    }
-                }
+            let pulled = (|| self.get(&r))
+                .retry(backoff)
+                .notify(|e, pause| {
+                    tracing::warn!(image = %r, retry_in = ?pause, "pre-pull failed: {e}")
+                })
+                .await;
+            if pulled.is_ok() {
+                tracing::info!(image = %r, "pre-pulled");
             }
         });
         futures::future::join_all(pulls).await;
+    }
+
+    /// Starts [`Self::pre_pull`] in the background; the flag it returns is set once every
+    /// image is there (at once when there is none), for a readiness probe.
+    pub fn pre_pull_in_background(&self, refs: Vec<Reference>) -> Arc<AtomicBool> {
+        let ready = Arc::new(AtomicBool::new(refs.is_empty()));
+        if !refs.is_empty() {
+            let (blobspace, flag) = (self.clone(), ready.clone());
+            tokio::spawn(async move {
+                blobspace.pre_pull(refs).await;
+                flag.store(true, Ordering::Release);
+                tracing::info!("pre-pull done: ready");
+            });
+        }
+        ready
     }
 
     /// The image for `r` if it needs no upstream request: a fresh ref, or a digest already

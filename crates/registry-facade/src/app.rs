@@ -27,6 +27,16 @@ pub struct App {
     pub state: Arc<FacadeState>,
     /// Ids of the fixed spec file, for the startup banner.
     pub fixed_ids: Vec<String>,
+    /// The `blobserve` section's service, when configured (served on its own port).
+    pub blobserve: Option<Blobserve>,
+}
+
+/// blobserve inside the facade's process: its router, blobspace and metrics, sharing the
+/// facade's upstream client (and so its credentials) and its store.
+pub struct Blobserve {
+    pub router: Router,
+    pub blobspace: rf_blobserve::Blobspace,
+    pub metrics: rf_blobserve::Metrics,
 }
 
 pub async fn build(cfg: &Config) -> anyhow::Result<App> {
@@ -127,6 +137,21 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
     let composer = Composer::new(providers, upstream.clone(), store.clone(), settings)
         .await
         .context("registry.staticLayer")?;
+    let blobserve = match &cfg.blobserve {
+        Some(b) => {
+            let metrics = rf_blobserve::Metrics::new();
+            let (blobspace, router) =
+                rf_blobserve::open_with_store(b, upstream.clone(), store.clone(), metrics.clone())
+                    .await
+                    .context("blobserve.blobSpace")?;
+            Some(Blobserve {
+                router,
+                blobspace,
+                metrics,
+            })
+        }
+        None => None,
+    };
     let metrics = Metrics::new();
     let state = Arc::new(FacadeState {
         composer: Arc::new(composer),
@@ -139,6 +164,7 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
         router,
         state,
         fixed_ids,
+        blobserve,
     })
 }
 

@@ -22,6 +22,10 @@ pub struct Config {
     /// `host:port` for `/ready` and `/live`.
     #[serde(default)]
     pub readiness_probe_addr: Option<String>,
+    /// Ours: blobserve (Gitpod's `blobserve` section of its own config) run inside this
+    /// process on its own port, sharing the upstream client, its credentials and the store.
+    #[serde(default)]
+    pub blobserve: Option<rf_blobserve::BlobserveConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -263,6 +267,10 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if let Some(b) = &self.blobserve {
+            b.pre_pull_refs()
+                .map_err(|e| anyhow::anyhow!("key \"blobserve\": {e}"))?;
+        }
         let r = &self.registry;
         if r.remote_spec_provider.is_empty() && r.fixed_spec_fn.is_none() {
             anyhow::bail!("key \"registry\": configure at least one of \"remoteSpecProvider\" or \"fixedSpecFN\"");

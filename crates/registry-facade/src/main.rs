@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -83,14 +85,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("registry.port")?;
             let local = listener.local_addr()?;
             if let Some(addr) = cfg.prometheus_addr.as_deref().filter(|a| !a.is_empty()) {
-                serve::spawn_metrics(addr, app.state.metrics.clone()).await?;
+                let facade = app.state.metrics.clone();
+                let blobserve = app.blobserve.as_ref().map(|b| b.metrics.clone());
+                serve::spawn_metrics(addr, move || {
+                    let mut text = facade.render();
+                    if let Some(b) = &blobserve {
+                        // One exposition: the first one's end marker would end it early.
+                        if let Some(body) = text.strip_suffix("# EOF\n") {
+                            text = body.to_string();
+                        }
+                        text.push_str(&b.render());
+                    }
+                    text
+                })
+                .await?;
+            }
+            let mut ready = Arc::new(AtomicBool::new(true));
+            let mut blobserve_addr = None;
+            if let Some(b) = &app.blobserve {
+                let bcfg = cfg.blobserve.as_ref().expect("blobserve is configured");
+                let blistener = serve::bind(&format!("{}:{}", bcfg.listen_address, bcfg.port))
+                    .await
+                    .context("blobserve.port")?;
+                let blocal = blistener.local_addr()?;
+                info!(addr = %blocal, "blobserve listening");
+                blobserve_addr = Some(blocal);
+                tokio::spawn(serve::serve(
+                    blistener,
+                    b.router.clone(),
+                    None,
+                    shutdown_signal(),
+                ));
+                // Not ready until every prePull image is on disk (retried, never fatal).
+                ready = b.blobspace.pre_pull_in_background(bcfg.pre_pull_refs()?);
             }
             if let Some(addr) = cfg
                 .readiness_probe_addr
                 .as_deref()
                 .filter(|a| !a.is_empty())
             {
-                serve::spawn_readiness(addr).await?;
+                serve::spawn_readiness(addr, ready).await?;
             }
             if !r.static_layer_reload_interval.is_zero() {
                 app::spawn_static_layer_reload(
@@ -102,6 +136,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let scheme = if r.tls.is_some() { "https" } else { "http" };
             info!(addr = %local, "registry-facade listening");
             print_banner(scheme, local, &r.prefix, &app.fixed_ids);
+            if let Some(addr) = blobserve_addr {
+                println!("blobserve listening on http://{addr}");
+            }
             serve::serve(listener, app.router, r.tls.as_ref(), shutdown_signal()).await
         }
     }

@@ -38,15 +38,21 @@ fn tls_acceptor(tls: &TlsConfig) -> anyhow::Result<rf_serve::tls::TlsAcceptor> {
 }
 
 /// Starts the metrics endpoint (`/metrics`) in the background.
-pub async fn spawn_metrics(addr: &str, metrics: rf_facade::Metrics) -> anyhow::Result<SocketAddr> {
-    rf_serve::spawn_metrics(addr, move || metrics.render())
+pub async fn spawn_metrics(
+    addr: &str,
+    render: impl Fn() -> String + Clone + Send + Sync + 'static,
+) -> anyhow::Result<SocketAddr> {
+    rf_serve::spawn_metrics(addr, render)
         .await
         .context("prometheusAddr")
 }
 
-/// Starts `/ready` and `/live` in the background; ready once the registry listens.
-pub async fn spawn_readiness(addr: &str) -> anyhow::Result<SocketAddr> {
-    rf_serve::spawn_readiness(addr)
+/// Starts `/ready` and `/live` in the background; `/ready` answers 200 once `ready` is set.
+pub async fn spawn_readiness(
+    addr: &str,
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<SocketAddr> {
+    rf_serve::spawn_readiness_when(addr, ready)
         .await
         .context("readinessProbeAddr")
 }

@@ -350,6 +350,29 @@ async fn serve_substituted(
     Ok(resp)
 }
 
+/// `If-Modified-Since` at or after the file's time, and no `If-None-Match` (which wins, RFC
+/// 9110 §13.1.3): the browser's copy is current.
+fn unmodified_since(headers: &HeaderMap, modified: Option<SystemTime>) -> bool {
+    if headers.contains_key(header::IF_NONE_MATCH) {
+        return false;
+    }
+    let (Some(modified), Some(since)) = (
+        modified,
+        headers
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok()),
+    ) else {
+        return false;
+    };
+    // HTTP dates have whole seconds.
+    let secs = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    secs(modified) <= secs(since)
+}
+
 /// Which precompressed copy the client accepts, best first (brotli, then gzip).
 fn accepted(headers: &HeaderMap) -> Vec<Encoding> {
     let mut q_of: Vec<(String, f32)> = Vec::new();
@@ -422,6 +445,14 @@ async fn serve_file(
         ),
         None => (original, len, format!("{key}-{path_hash}"), None),
     };
+    if unmodified_since(headers, modified) {
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
+            resp.headers_mut().insert(header::ETAG, v);
+        }
+        return Ok(resp);
+    }
     let media_type = prepare::content_type(rel);
     let meta = BlobMeta {
         digest: &etag,

@@ -219,6 +219,30 @@ async fn etags_ranges_and_compression() {
     let r = request(&app, Method::GET, &js, &[("if-none-match", &etag)]).await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
     assert!(r.body.is_empty());
+    // If-Modified-Since: at the file's time is current, before it is not; If-None-Match wins
+    let modified = get(&app, &js)
+        .await
+        .header("last-modified")
+        .unwrap()
+        .to_string();
+    let r = request(&app, Method::GET, &js, &[("if-modified-since", &modified)]).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    let earlier = "Mon, 01 Jan 1990 00:00:00 GMT";
+    let r = request(&app, Method::GET, &js, &[("if-modified-since", earlier)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), bundle);
+    let r = request(
+        &app,
+        Method::GET,
+        &js,
+        &[
+            ("if-modified-since", &modified),
+            ("if-none-match", "\"other\""),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "If-None-Match decides");
 
     let r = request(&app, Method::GET, &js, &[("range", "bytes=10-19")]).await;
     assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);

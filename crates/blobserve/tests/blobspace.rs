@@ -310,3 +310,42 @@ async fn layers_come_through_a_shared_blob_store() {
         assert!(store.contains(&l.digest.parse().unwrap()).await);
     }
 }
+
+/// Gitpod's "manifest not found" and "layer not found" cases: the registry has lost the
+/// platform's manifest, then one layer. Each is a 404 naming what is missing, nothing is
+/// cached for it, and once the registry has it again the image is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_manifest_or_layer_is_not_found_and_not_remembered() {
+    let reg = Registry::start(RegistryAuth::None).unwrap();
+    let img = two_layer_image("v1");
+    reg.push_index(
+        &[(&img, rf_testkit::Platform::new("linux", "amd64"))],
+        rf_testkit::IndexStyle::Oci,
+        "ide:v1",
+    )
+    .unwrap();
+    let proxy = FaultProxy::start(&reg.addr()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (bs, app) = open(&config(any_repo(), dir.path())).await;
+    let uri = format!("/{}/b.txt", proxy.image_ref("ide:v1"));
+
+    proxy.script(&img.manifest_digest, &[Fault::Missing]);
+    let r = get(&app, &uri).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    assert!(r.text().contains("not found"), "{}", r.text());
+    assert!(bs.image_keys().is_empty());
+
+    proxy.script(&img.layers[1].digest, &[Fault::Missing]);
+    let r = get(&app, &uri).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    assert!(
+        r.text()
+            .contains(img.layers[1].digest.trim_start_matches("sha256:")),
+        "{}",
+        r.text()
+    );
+    assert!(bs.image_keys().is_empty());
+
+    let r = get(&app, &uri).await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "b of v1"));
+}

@@ -96,6 +96,9 @@ pub enum Fault {
     HoldBlobAfter(usize),
     /// Blob GETs: flip the bits of the body byte at `n` (or the last one), keep the length.
     FlipBlobByte(usize),
+    /// GETs (scripted: of that blob or manifest digest): 404 with distribution's error body,
+    /// as if the registry had lost it.
+    Missing,
 }
 
 /// (method, path and query, `Range` header) of a request the proxy forwarded.
@@ -143,11 +146,12 @@ impl FaultProxy {
                 let (mut parts, body) = req.into_parts();
                 let path = retarget(&mut parts, &upstream);
                 let is_blob_get = parts.method == Method::GET && path.contains("/blobs/sha256:");
-                let scripted = if is_blob_get {
+                let scripted = if parts.method == Method::GET {
                     let mut script = script.lock().unwrap();
-                    let found = script
-                        .iter()
-                        .position(|(d, _)| path.contains(&format!("/blobs/{d}")));
+                    let found = script.iter().position(|(d, f)| {
+                        path.contains(&format!("/blobs/{d}"))
+                            || (*f == Fault::Missing && path.contains(&format!("/manifests/{d}")))
+                    });
                     found.map(|i| script.remove(i).1)
                 } else {
                     None
@@ -162,6 +166,20 @@ impl FaultProxy {
                     .push((parts.method.to_string(), path.clone(), range));
                 if mode == Fault::StripRange {
                     parts.headers.remove("range");
+                }
+                if mode == Fault::Missing {
+                    let code = if is_blob_get {
+                        "BLOB_UNKNOWN"
+                    } else {
+                        "MANIFEST_UNKNOWN"
+                    };
+                    return axum::response::IntoResponse::into_response((
+                        StatusCode::NOT_FOUND,
+                        [("content-type", "application/json")],
+                        format!(
+                            r#"{{"errors":[{{"code":"{code}","message":"fault proxy: missing"}}]}}"#
+                        ),
+                    ));
                 }
                 let resp = match client.request(Request::from_parts(parts, body)).await {
                     Ok(r) => r,
@@ -241,8 +259,8 @@ impl FaultProxy {
         *self.fault.lock().unwrap() = fault;
     }
 
-    /// Faults for the next GETs of blob `digest`, one per request in order; then `set`'s
-    /// applies again.
+    /// Faults for the next GETs of blob `digest` (and, for [`Fault::Missing`], of manifest
+    /// `digest`), one per request in order; then `set`'s applies again.
     pub fn script(&self, digest: &str, faults: &[Fault]) {
         let mut script = self.script.lock().unwrap();
         script.extend(faults.iter().map(|f| (digest.to_string(), *f)));

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::{BoxFuture, Shared};
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use rf_layers::{LayerFile, LayerSource, Limits};
 use rf_oci::{media, Descriptor, ImageRef, Manifest, ParsedManifest, Platform, Reference};
@@ -839,23 +839,11 @@ impl ByteSource for UpstreamSource {
             };
             metrics.client_request("GET", code, start.elapsed());
             let blob = res.map_err(source_error)?;
-            let mut at = offset;
-            Ok(blob
-                .stream
-                .map(move |item| match item {
-                    Ok(chunk) => {
-                        at += chunk.len() as u64;
-                        Ok(chunk)
-                    }
-                    // a body that ends early is a truncation for the store: worth resuming
-                    Err(e @ UpstreamError::DigestMismatch { .. }) if at < size => {
-                        Err(SourceError::transient(format!(
-                            "the body ended early, at byte {at} of {size} ({e})"
-                        )))
-                    }
-                    Err(e) => Err(source_error(e)),
-                })
-                .boxed())
+            Ok(
+                rf_upstream::early_end_is_transient(blob.stream, offset, size)
+                    .map_err(source_error)
+                    .boxed(),
+            )
         }
         .boxed()
     }

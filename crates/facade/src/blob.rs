@@ -224,25 +224,11 @@ impl ByteSource for UpstreamSource {
         let this = self.clone();
         async move {
             let stream = this.open_counted(offset).await.map_err(source_error)?;
-            // The upstream client reports a body that ends early without a transport error
-            // (no Content-Length) as a digest or length mismatch: for the store that is a
-            // truncation, worth resuming from where it ended.
-            let size = this.size;
-            let mut at = offset;
-            Ok(stream
-                .map(move |item| match item {
-                    Ok(chunk) => {
-                        at += chunk.len() as u64;
-                        Ok(chunk)
-                    }
-                    Err(e @ UpstreamError::DigestMismatch { .. }) if at < size => {
-                        Err(SourceError::transient(format!(
-                            "the body ended early, at byte {at} of {size} ({e})"
-                        )))
-                    }
-                    Err(e) => Err(source_error(e)),
-                })
-                .boxed())
+            Ok(
+                rf_upstream::early_end_is_transient(stream, offset, this.size)
+                    .map_err(source_error)
+                    .boxed(),
+            )
         }
         .boxed()
     }

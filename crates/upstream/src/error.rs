@@ -26,6 +26,10 @@ pub enum UpstreamError {
     /// Content did not hash to the digest it was requested by (or had the wrong length).
     #[error("digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch { expected: Digest, actual: String },
+    /// A blob body that ended before its size (a verifying stream reports it as a digest or
+    /// length mismatch): the connection broke, so reading on from `at` may succeed.
+    #[error("the body ended early, at byte {at} of {size} ({cause})")]
+    EndedEarly { at: u64, size: u64, cause: String },
     #[error("content larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
     /// A ranged request was answered with the whole content.
@@ -80,7 +84,9 @@ impl ErrorClass {
 impl UpstreamError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            UpstreamError::Unavailable { .. } => ErrorClass::Transient,
+            UpstreamError::Unavailable { .. } | UpstreamError::EndedEarly { .. } => {
+                ErrorClass::Transient
+            }
             UpstreamError::TooManyRequests { .. } => ErrorClass::RateLimited,
             UpstreamError::NotFound { .. } => ErrorClass::NotFound,
             UpstreamError::Unauthorized { .. } => ErrorClass::Denied,

@@ -126,6 +126,33 @@ pub struct BlobStream {
     pub stream: BoxStream<'static, Result<Bytes, UpstreamError>>,
 }
 
+/// The body of a blob of `size` bytes read from `offset`, where an end before `size` (which
+/// the verifying stream reports as a digest or length mismatch) becomes
+/// [`UpstreamError::EndedEarly`]: transient, so a store resumes from where it ended.
+pub fn early_end_is_transient(
+    stream: BoxStream<'static, Result<Bytes, UpstreamError>>,
+    offset: u64,
+    size: u64,
+) -> BoxStream<'static, Result<Bytes, UpstreamError>> {
+    let mut at = offset;
+    stream
+        .map(move |item| match item {
+            Ok(chunk) => {
+                at += chunk.len() as u64;
+                Ok(chunk)
+            }
+            Err(e @ UpstreamError::DigestMismatch { .. }) if at < size => {
+                Err(UpstreamError::EndedEarly {
+                    at,
+                    size,
+                    cause: e.to_string(),
+                })
+            }
+            Err(e) => Err(e),
+        })
+        .boxed()
+}
+
 impl fmt::Debug for BlobStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BlobStream")
@@ -282,4 +309,43 @@ pub(crate) async fn collect(blob: BlobStream, max_size: u64) -> Result<Bytes, Up
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod early_end_tests {
+    use super::*;
+
+    fn mismatch() -> UpstreamError {
+        UpstreamError::DigestMismatch {
+            expected: rf_oci::Digest::sha256_of(b"x"),
+            actual: "short".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_end_before_the_size_is_transient_a_wrong_whole_body_is_not() {
+        let short = futures::stream::iter([Ok(Bytes::from_static(b"abc")), Err(mismatch())]);
+        let items: Vec<_> = early_end_is_transient(short.boxed(), 5, 10).collect().await;
+        match &items[1] {
+            Err(
+                e @ UpstreamError::EndedEarly {
+                    at: 8, size: 10, ..
+                },
+            ) => {
+                assert!(e.class().is_transient());
+                assert!(
+                    e.to_string().contains("ended early, at byte 8 of 10"),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let whole = futures::stream::iter([Ok(Bytes::from_static(b"abcde")), Err(mismatch())]);
+        let items: Vec<_> = early_end_is_transient(whole.boxed(), 5, 10).collect().await;
+        assert!(matches!(
+            items[1],
+            Err(UpstreamError::DigestMismatch { .. })
+        ));
+        assert!(!mismatch().class().is_transient());
+    }
 }

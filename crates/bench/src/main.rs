@@ -17,13 +17,19 @@
 //!   serving the same manifest bytes.
 //! * `ctr`: `ctr images pull --plain-http` of the composed image through the (warm) facade vs the
 //!   same image copied to distribution with skopeo.
+//! * `blobserve`: small cached files (`wrk`) vs nginx, cold time to the first file vs `skopeo
+//!   copy` + `tar x`, and bytes on the wire of a JavaScript bundle with and without compression.
 
+#[macro_use]
+mod progress;
+mod blobserve;
 mod counter;
 mod http;
+mod images;
 mod report;
+mod results;
 mod servers;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -36,10 +42,13 @@ use rf_testkit::{
 use serde_json::json;
 
 use counter::CountingProxy;
-use report::{Abs, Row, Target, Unit};
-use servers::{run_ok, vm_hwm, Facade, Nginx};
+use images::{pseudo_random, stored_gzip_layer};
+use progress::START;
+use report::{Row, Target, Unit};
+use results::{mbps, rotated, sync_disks, Results};
+use servers::{run_ok, vm_hwm, wrk_rps, Facade, Nginx};
 
-const PHASES: [&str; 5] = ["cached", "cold", "cold8", "manifest", "ctr"];
+const PHASES: [&str; 6] = ["cached", "cold", "cold8", "manifest", "ctr", "blobserve"];
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -57,8 +66,8 @@ struct Args {
     /// Concurrent clients of the concurrent measurements.
     #[arg(long, default_value_t = 8)]
     clients: usize,
-    /// Comma-separated subset of: cached,cold,cold8,manifest,ctr.
-    #[arg(long, default_value = "cached,cold,cold8,manifest,ctr")]
+    /// Comma-separated subset of: cached,cold,cold8,manifest,ctr,blobserve.
+    #[arg(long, default_value = "cached,cold,cold8,manifest,ctr,blobserve")]
     only: String,
     /// Duration of each `wrk` run in seconds.
     #[arg(long, default_value_t = 3)]
@@ -66,6 +75,12 @@ struct Args {
     /// The registry-facade binary (default: next to this one).
     #[arg(long)]
     facade_bin: Option<PathBuf>,
+    /// The blobserve binary (default: next to this one).
+    #[arg(long)]
+    blobserve_bin: Option<PathBuf>,
+    /// Size of the blobserve image's large (incompressible, fixed-seed) layer in MiB.
+    #[arg(long, default_value_t = 100)]
+    blobserve_mib: u64,
     /// The repository (for the commit id in the report; default: the current directory).
     #[arg(long)]
     repo: Option<PathBuf>,
@@ -79,174 +94,9 @@ struct Args {
 
 // ------------------------------------------------------------------------------------ progress
 
-static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-
-macro_rules! progress {
-    ($($arg:tt)*) => {
-        eprintln!("[rf-bench +{:6.1}s] {}", START.get_or_init(Instant::now).elapsed().as_secs_f64(), format!($($arg)*))
-    };
-}
-
 // ------------------------------------------------------------------------------------ results
 
-/// Values per (measurement, server), one slot per round (None: that run failed).
-#[derive(Default)]
-struct Results {
-    order: Vec<(String, String, &'static str)>,
-    data: BTreeMap<(String, String), Vec<Option<f64>>>,
-    errors: Vec<String>,
-    notes: Vec<String>,
-}
-
-impl Results {
-    fn record(&mut self, m: &str, server: &str, unit: &'static str, round: usize, v: Result<f64>) {
-        let key = (m.to_string(), server.to_string());
-        if !self.data.contains_key(&key) {
-            self.order.push((m.into(), server.into(), unit));
-        }
-        let slot = self.data.entry(key).or_default();
-        if slot.len() <= round {
-            slot.resize(round + 1, None);
-        }
-        match v {
-            Ok(x) => {
-                progress!("  {m} / {server}: {} {unit}", report::num(x));
-                slot[round] = Some(x);
-            }
-            Err(e) => {
-                let msg = format!("{m} / {server} (run {}): {e:#}", round + 1);
-                progress!("  FAILED {msg}");
-                self.errors.push(msg);
-            }
-        }
-    }
-
-    fn values(&self, m: &str, server: &str) -> Vec<Option<f64>> {
-        self.data
-            .get(&(m.to_string(), server.to_string()))
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// A row of per-round values `f(a, b)` (both present), e.g. a ratio.
-    fn paired(
-        &self,
-        row: Row,
-        m: &str,
-        a: &str,
-        b: &str,
-        f: impl Fn(f64, f64) -> f64,
-    ) -> Option<Row> {
-        let (va, vb) = (self.values(m, a), self.values(m, b));
-        if va.is_empty() && vb.is_empty() {
-            return None;
-        }
-        let mut row = row;
-        let n = va.len().max(vb.len());
-        for i in 0..n {
-            match (va.get(i).copied().flatten(), vb.get(i).copied().flatten()) {
-                (Some(x), Some(y)) => row.values.push(f(x, y)),
-                _ => row.failed += 1,
-            }
-        }
-        Some(row)
-    }
-
-    /// A row of one series transformed by `f`.
-    fn single(&self, row: Row, m: &str, server: &str, f: impl Fn(f64) -> f64) -> Option<Row> {
-        let v = self.values(m, server);
-        if v.is_empty() {
-            return None;
-        }
-        let mut row = row;
-        for x in v {
-            match x {
-                Some(x) => row.values.push(f(x)),
-                None => row.failed += 1,
-            }
-        }
-        Some(row)
-    }
-
-    fn abs(&self) -> Vec<Abs> {
-        self.order
-            .iter()
-            .map(|(m, s, unit)| Abs {
-                measurement: m.clone(),
-                server: s.clone(),
-                unit,
-                values: self.values(m, s).into_iter().flatten().collect(),
-            })
-            .collect()
-    }
-}
-
-fn mbps(bytes: u64, d: Duration) -> f64 {
-    bytes as f64 / d.as_secs_f64() / 1e6
-}
-
-/// The servers in an order rotated by `round`.
-fn rotated<T: Clone>(items: &[T], round: usize) -> Vec<T> {
-    let n = items.len();
-    (0..n).map(|i| items[(i + round) % n].clone()).collect()
-}
-
-fn sync_disks() {
-    let _ = Command::new("sync").status();
-}
-
 // ------------------------------------------------------------------------------------ images
-
-/// `n` bytes from xoshiro256** seeded through splitmix64: deterministic, incompressible.
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut sm = seed;
-    let mut next_sm = || {
-        sm = sm.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = sm;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    let mut s = [next_sm(), next_sm(), next_sm(), next_sm()];
-    let mut out = vec![0u8; n];
-    for chunk in out.chunks_mut(8) {
-        let r = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        chunk.copy_from_slice(&r.to_le_bytes()[..chunk.len()]);
-    }
-    out
-}
-
-/// A gzip layer of `tar` made of stored (uncompressed) deflate blocks: what gzip produces for
-/// incompressible data anyway, without spending a minute compressing. (skopeo would gzip a plain
-/// tar layer on push, changing its digest.)
-fn stored_gzip_layer(tar: Vec<u8>) -> Result<Layer> {
-    use std::io::Write as _;
-    let diff_id = rf_testkit::sha256_digest(&tar);
-    let mut enc = flate2::GzBuilder::new()
-        .mtime(0)
-        .operating_system(255)
-        .write(
-            Vec::with_capacity(tar.len() + tar.len() / 1000 + 1024),
-            flate2::Compression::none(),
-        );
-    enc.write_all(&tar)?;
-    drop(tar);
-    let blob = enc.finish()?;
-    Ok(Layer {
-        digest: rf_testkit::sha256_digest(&blob),
-        diff_id,
-        size: blob.len() as u64,
-        blob,
-        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-    })
-}
 
 struct Setup {
     registry: Registry,
@@ -479,32 +329,6 @@ fn push_composed(s: &Setup, warm: &Facade, res: &mut Results) -> Result<()> {
     Ok(())
 }
 
-fn wrk_rps(addr: &str, path: &str, secs: u64) -> Result<f64> {
-    let out = run_ok(
-        Command::new("wrk").args([
-            "-t2",
-            "-c16",
-            &format!("-d{secs}s"),
-            "--timeout",
-            "10s",
-            "-H",
-            &format!("Accept: {OCI_MANIFEST}"),
-            &format!("http://{addr}{path}"),
-        ]),
-        Duration::from_secs(secs + 60),
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if let Some(l) = text.lines().find(|l| l.contains("Non-2xx or 3xx")) {
-        bail!("wrk: {}", l.trim());
-    }
-    let rps = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))?;
-    Ok(rps)
-}
-
 fn phase_manifest(s: &Setup, warm: &Facade, args: &Args, res: &mut Results) -> Result<()> {
     rf_testkit::require_tool("wrk");
     let servers = [
@@ -528,7 +352,7 @@ fn phase_manifest(s: &Setup, warm: &Facade, args: &Args, res: &mut Results) -> R
                 name,
                 "req/s",
                 round,
-                wrk_rps(&addr, &path, args.wrk_secs),
+                wrk_rps(&addr, &path, args.wrk_secs, Some(OCI_MANIFEST)),
             );
         }
     }
@@ -933,6 +757,7 @@ fn rows(res: &Results, args: &Args, size: u64) -> Vec<Row> {
         "facade",
         inv,
     ));
+    rows.extend(blobserve::rows(res, args.blobserve_mib));
     rows
 }
 
@@ -1067,9 +892,30 @@ with stored deflate blocks (what gzip emits for incompressible data). The facade
    `bench/composed:latest` from distribution (identical layers); before each pull the images are
    removed (`ctr images rm --sync`), leftover content removed and `sync` run. The ratio is
    facade time / distribution time.
+7. **blobserve** (issue 9): an image `bench/blobserve:latest` pushed to distribution: one gzip
+   layer with `/ide/index.html` (2 KiB) and `/ide/bundle.js` (5 MiB of fixed-seed
+   JavaScript-like text), one layer of `--blobserve-mib` MiB of fixed-seed pseudo-random bytes
+   (`/ide/data/random.bin`, gzip with stored blocks). The release `blobserve` serves the repo
+   with workdir `/ide` and a blobspace in a temp dir. (a) `wrk -t2 -c16 -d<wrk-secs>s` on
+   blobserve's `/<registry>/bench/blobserve:latest/index.html` (already unpacked) and on nginx
+   (as in 1) serving the same file. (b) a fresh blobserve (empty blobspace; its start-up is not
+   timed) answering one `GET` of `index.html` (it downloads and unpacks every layer first) vs
+   `skopeo copy --src-tls-verify=false docker://… dir:<tmp>` followed by `tar -xzf` of every
+   layer into one directory, timed together; after each the files are removed and `sync` run.
+   The ratio is blobserve time / skopeo + tar time. (c) `curl -w %{size_download}` of
+   `bundle.js` from the warm blobserve without `Accept-Encoding`, with `gzip` and with `br`
+   (the `Content-Encoding` answered is checked).
 "#;
 
 // ------------------------------------------------------------------------------------ main
+
+/// The directory of the facade binary, where `scripts/bench` builds the other binaries too.
+fn facade_bin_dir(facade_bin: &std::path::Path) -> PathBuf {
+    facade_bin
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
 
 fn main() {
     START.get_or_init(Instant::now);
@@ -1098,8 +944,8 @@ fn run(args: &Args) -> Result<()> {
             );
         }
     }
-    if args.runs == 0 || args.clients == 0 || args.size_mib == 0 {
-        bail!("--runs, --clients and --size-mib must be at least 1");
+    if args.runs == 0 || args.clients == 0 || args.size_mib == 0 || args.blobserve_mib == 0 {
+        bail!("--runs, --clients, --size-mib and --blobserve-mib must be at least 1");
     }
     let facade_bin = match &args.facade_bin {
         Some(p) => p.clone(),
@@ -1183,6 +1029,20 @@ fn run(args: &Args) -> Result<()> {
             phase_errors.push(format!("cold8: {e:#}"));
         }
     }
+    if want("blobserve") {
+        let opts = blobserve::Opts {
+            bin: match &args.blobserve_bin {
+                Some(p) => p.clone(),
+                None => facade_bin_dir(&setup.facade_bin).join("blobserve"),
+            },
+            mib: args.blobserve_mib,
+            runs: args.runs,
+            wrk_secs: args.wrk_secs,
+        };
+        if let Err(e) = blobserve::phase(&setup.registry, &opts, &mut res) {
+            phase_errors.push(format!("blobserve: {e:#}"));
+        }
+    }
     drop(warm);
     for e in &phase_errors {
         progress!("phase FAILED: {e}");
@@ -1215,7 +1075,7 @@ fn run(args: &Args) -> Result<()> {
                             *skip = false;
                             return Some(None);
                         }
-                        if a == "--facade-bin" || a == "--repo" {
+                        if a == "--facade-bin" || a == "--blobserve-bin" || a == "--repo" {
                             *skip = true;
                             return Some(None);
                         }

@@ -1,5 +1,6 @@
 //! The processes the bench starts besides the testkit's (distribution, containerd): the release
-//! `registry-facade` and nginx. Both listen on 127.0.0.1 only and are killed on drop.
+//! `registry-facade`, the release `blobserve` and nginx, all listening on 127.0.0.1 only and
+//! killed on drop; and the command-line tools it runs to completion (`wrk`, ...).
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
@@ -113,6 +114,64 @@ pub fn run_ok(cmd: &mut Command, timeout: Duration) -> Result<Output> {
 
 // ------------------------------------------------------------------------------------ facade
 
+/// Runs `<bin> run <cfg>` in `dir` (stdout.log, stderr.log there) and waits for its first stdout
+/// line, `<name> listening on http://127.0.0.1:PORT`; returns the child and `127.0.0.1:PORT`.
+fn spawn_banner(bin: &Path, cfg: &Path, dir: &Path, name: &str) -> Result<(Child, String)> {
+    let stdout = dir.join("stdout.log");
+    let stderr = dir.join("stderr.log");
+    let mut child = Command::new(bin)
+        .arg("run")
+        .arg(cfg)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env("NO_PROXY", NO_PROXY)
+        .env("no_proxy", NO_PROXY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr)?)
+        .spawn()
+        .with_context(|| format!("spawning {}", bin.display()))?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let out = child.stdout.take().expect("stdout");
+    let mut file = std::fs::File::create(&stdout)?;
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(file, "{line}");
+            let _ = tx.send(line);
+        }
+    });
+    // Killed on every early return below, so a failed start leaves no process behind.
+    let fail = |mut child: Child, msg: String| -> Result<(Child, String)> {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!(msg)
+    };
+    let first = match rx.recv_timeout(STARTUP) {
+        Ok(l) => l,
+        Err(e) => {
+            return fail(
+                child,
+                format!("{name} printed no banner ({e})\n{}", tail(&stderr, 30)),
+            )
+        }
+    };
+    let Some(url) = first.strip_prefix(&format!("{name} listening on http://")) else {
+        return fail(
+            child,
+            format!("unexpected first stdout line of {name}: {first:?}"),
+        );
+    };
+    if !url.starts_with("127.0.0.1:") {
+        return fail(
+            child,
+            format!("{name} must listen on 127.0.0.1 only, banner: {first:?}"),
+        );
+    }
+    let addr = url.trim_end_matches('/').to_string();
+    Ok((child, addr))
+}
+
 /// The release `registry-facade run <config>` with a fresh store in its own temp dir.
 pub struct Facade {
     child: Child,
@@ -139,50 +198,8 @@ impl Facade {
         });
         let cfg_path = dir.path().join("config.json");
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
-        let stdout = dir.path().join("stdout.log");
-        let stderr = dir.path().join("stderr.log");
-        let mut child = Command::new(bin)
-            .arg("run")
-            .arg(&cfg_path)
-            .current_dir(dir.path())
-            .env_remove("RUST_LOG")
-            .env("NO_PROXY", NO_PROXY)
-            .env("no_proxy", NO_PROXY)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr)?)
-            .spawn()
-            .with_context(|| format!("spawning {}", bin.display()))?;
-        let (tx, rx) = mpsc::channel::<String>();
-        let out = child.stdout.take().expect("stdout");
-        let mut file = std::fs::File::create(&stdout)?;
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(file, "{line}");
-                let _ = tx.send(line);
-            }
-        });
-        let mut f = Facade {
-            child,
-            addr: String::new(),
-            dir,
-        };
-        let first = match rx.recv_timeout(STARTUP) {
-            Ok(l) => l,
-            Err(e) => bail!(
-                "registry-facade printed no banner ({e})\n{}",
-                tail(&stderr, 30)
-            ),
-        };
-        let Some(url) = first.strip_prefix("registry-facade listening on http://") else {
-            bail!("unexpected first stdout line of registry-facade: {first:?}");
-        };
-        if !url.starts_with("127.0.0.1:") {
-            bail!("the facade must listen on 127.0.0.1 only, banner: {first:?}");
-        }
-        f.addr = url.trim_end_matches('/').to_string();
-        Ok(f)
+        let (child, addr) = spawn_banner(bin, &cfg_path, dir.path(), "registry-facade")?;
+        Ok(Facade { child, addr, dir })
     }
 
     pub fn pid(&self) -> u32 {
@@ -221,6 +238,51 @@ impl Facade {
 }
 
 impl Drop for Facade {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ------------------------------------------------------------------------------------ blobserve
+
+/// The release `blobserve run <config>` serving the workdir `/ide` of one repository, with a
+/// fresh blobspace in its own temp dir.
+pub struct Blobserve {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    dir: TempDir,
+}
+
+impl Blobserve {
+    /// Starts blobserve on 127.0.0.1:0 for `repo` (`<host:port>/<name>`, workdir `/ide`);
+    /// waits for its `blobserve listening on http://ADDR` banner.
+    pub fn start(bin: &Path, repo: &str) -> Result<Blobserve> {
+        let dir = tempfile::Builder::new()
+            .prefix("rf-bench-blobserve-")
+            .tempdir()?;
+        let cfg = json!({
+            "blobserve": {
+                "port": 0,
+                "listenAddress": "127.0.0.1",
+                "repos": { repo: { "workdir": "/ide" } },
+                "blobSpace": { "location": dir.path().join("blobspace") },
+            }
+        });
+        let cfg_path = dir.path().join("config.json");
+        std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
+        let (child, addr) = spawn_banner(bin, &cfg_path, dir.path(), "blobserve")?;
+        Ok(Blobserve { child, addr, dir })
+    }
+
+    /// The last lines of its stderr.
+    pub fn log_tail(&self) -> String {
+        tail(&self.dir.path().join("stderr.log"), 30)
+    }
+}
+
+impl Drop for Blobserve {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -360,4 +422,28 @@ fn is_root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
         })
         .unwrap_or(false)
+}
+
+// ------------------------------------------------------------------------------------ tools
+
+/// Requests/s of `wrk -t2 -c16 -d<secs>s` on `http://<addr><path>` (with `Accept: <accept>` if
+/// given); fails if any answer was not 2xx/3xx.
+pub fn wrk_rps(addr: &str, path: &str, secs: u64, accept: Option<&str>) -> Result<f64> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", "-c16", &format!("-d{secs}s"), "--timeout", "10s"]);
+    if let Some(a) = accept {
+        cmd.args(["-H", &format!("Accept: {a}")]);
+    }
+    cmd.arg(format!("http://{addr}{path}"));
+    let out = run_ok(&mut cmd, Duration::from_secs(secs + 60))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if let Some(l) = text.lines().find(|l| l.contains("Non-2xx or 3xx")) {
+        bail!("wrk: {}", l.trim());
+    }
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))?;
+    Ok(rps)
 }

@@ -61,13 +61,34 @@ impl HttpSettings {
 struct Http {
     blobspace: Blobspace,
     settings: HttpSettings,
+    /// Image contents never change under an image key (content-addressed), so what a path
+    /// resolves to and the bytes of small files are kept in memory: a warm request for an
+    /// IDE's small assets then touches no file system.
+    resolved: moka::sync::Cache<(String, String), Option<Found>>,
+    small: moka::sync::Cache<(String, String, &'static str), Arc<SmallFile>>,
 }
+
+/// A file of at most [`SMALL_FILE`] bytes, read once.
+struct SmallFile {
+    bytes: Bytes,
+    modified: Option<SystemTime>,
+}
+
+/// Files up to this size are kept in memory once read ([`Http::small`]).
+const SMALL_FILE: u64 = 256 << 10;
+/// At most this many bytes of small files in memory.
+const SMALL_FILES_BYTES: u64 = 64 << 20;
 
 /// The blobserve router: every path is an image ref and a file in it.
 pub fn router(blobspace: Blobspace, settings: HttpSettings) -> Router {
     Router::new().fallback(handle).with_state(Arc::new(Http {
         blobspace,
         settings,
+        resolved: moka::sync::Cache::new(100_000),
+        small: moka::sync::Cache::builder()
+            .weigher(|_, f: &Arc<SmallFile>| u32::try_from(f.bytes.len()).unwrap_or(u32::MAX))
+            .max_capacity(SMALL_FILES_BYTES)
+            .build(),
     }))
 }
 
@@ -153,6 +174,19 @@ pub fn split_target(path: &str) -> Result<Target, String> {
     })
 }
 
+impl Http {
+    /// `fsroot::resolve` of `path` in `image`, remembered per image.
+    fn resolve(&self, image: &Image, path: String) -> Option<Found> {
+        let key = (image.key().to_string(), path);
+        if let Some(found) = self.resolved.get(&key) {
+            return found;
+        }
+        let found = fsroot::resolve(&image.root(), &key.1);
+        self.resolved.insert(key, found.clone());
+        found
+    }
+}
+
 async fn serve(s: &Http, req: Request) -> Response {
     let (parts, _) = req.into_parts();
     if is_websocket(&parts.headers) {
@@ -198,16 +232,15 @@ async fn serve(s: &Http, req: Request) -> Response {
         CACHE_TAG
     };
     let workdir = repo_cfg.map_or("", |c| c.workdir.as_str());
-    let root = image.root();
     let full = format!("{}/{}", workdir.trim_end_matches('/'), clean(&target.path));
-    let file = match fsroot::resolve(&root, &full) {
+    let file = match s.resolve(&image, full) {
         None => return not_found(),
         Some(Found::File { rel, len }) => (rel, len),
         Some(Found::Dir { rel }) => {
             if !target.path.is_empty() && !raw_path.ends_with('/') {
                 return redirect_to_dir(raw_path, parts.uri.query());
             }
-            match fsroot::resolve(&root, &format!("{rel}/index.html")) {
+            match s.resolve(&image, format!("{rel}/index.html")) {
                 Some(Found::File { rel, len }) => (rel, len),
                 _ => return not_found(),
             }
@@ -217,7 +250,7 @@ async fn serve(s: &Http, req: Request) -> Response {
         Some(subst) => serve_substituted(&parts.method, &parts.headers, &image, &file.0, subst)
             .await
             .unwrap_or_else(|e| internal(&e)),
-        None => serve_file(&parts.method, &parts.headers, &image, &file.0, file.1)
+        None => serve_file(s, &parts.method, &parts.headers, &image, &file.0, file.1)
             .await
             .unwrap_or_else(|e| internal(&e)),
     };
@@ -350,6 +383,40 @@ async fn serve_substituted(
     Ok(resp)
 }
 
+impl Http {
+    /// The bytes of `path` (the file `rel` of `image`, or its compressed copy `variant`) if it
+    /// is small, read once per image.
+    async fn small_file(
+        &self,
+        image: &Image,
+        rel: &str,
+        variant: &'static str,
+        path: &std::path::Path,
+    ) -> Option<Arc<SmallFile>> {
+        let key = (image.key().to_string(), rel.to_string(), variant);
+        if let Some(f) = self.small.get(&key) {
+            return Some(f);
+        }
+        let path = path.to_path_buf();
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Option<SmallFile>> {
+            let meta = std::fs::metadata(&path)?;
+            if !meta.is_file() || meta.len() > SMALL_FILE {
+                return Ok(None);
+            }
+            Ok(Some(SmallFile {
+                bytes: Bytes::from(std::fs::read(&path)?),
+                modified: meta.modified().ok(),
+            }))
+        })
+        .await
+        .ok()?
+        .ok()??;
+        let f = Arc::new(read);
+        self.small.insert(key, f.clone());
+        Some(f)
+    }
+}
+
 /// `If-Modified-Since` at or after the file's time, and no `If-None-Match` (which wins, RFC
 /// 9110 §13.1.3): the browser's copy is current.
 fn unmodified_since(headers: &HeaderMap, modified: Option<SystemTime>) -> bool {
@@ -411,6 +478,7 @@ fn accepted(headers: &HeaderMap) -> Vec<Encoding> {
 }
 
 async fn serve_file(
+    s: &Http,
     method: &Method,
     headers: &HeaderMap,
     image: &Image,
@@ -420,19 +488,32 @@ async fn serve_file(
     let original = image.root().join(rel);
     let compressible = prepare::compressible(rel);
     let mut chosen: Option<(Encoding, std::path::PathBuf, u64)> = None;
+    let mut small: Option<Arc<SmallFile>> = None;
     if compressible {
         for enc in accepted(headers) {
             let p = prepare::shadow_path(&image.shadow(), rel, enc);
+            if let Some(f) = s.small_file(image, rel, enc.suffix(), &p).await {
+                chosen = Some((enc, p, f.bytes.len() as u64));
+                small = Some(f);
+                break;
+            }
             if let Ok(m) = tokio::fs::metadata(&p).await {
                 chosen = Some((enc, p, m.len()));
                 break;
             }
         }
     }
-    let modified = tokio::fs::metadata(&original)
-        .await
-        .and_then(|m| m.modified())
-        .ok();
+    if chosen.is_none() && len <= SMALL_FILE {
+        small = s.small_file(image, rel, "", &original).await;
+    }
+    let modified = match &small {
+        // the original's time, also for its compressed copies
+        Some(_) if chosen.is_none() => small.as_ref().and_then(|f| f.modified),
+        _ => tokio::fs::metadata(&original)
+            .await
+            .and_then(|m| m.modified())
+            .ok(),
+    };
     let path_hash = hex::encode(&sha2::Sha256::digest(rel.as_bytes())[..8]);
     let key = image.key();
     let key = &key[..key.len().min(32)];
@@ -460,11 +541,17 @@ async fn serve_file(
         media_type: &media_type,
     };
     let mut resp = rf_serve::blob_response(method, headers, &meta, |range| async move {
+        if let Some(f) = small {
+            let part = f.bytes.slice(range.start as usize..range.end as usize);
+            let once: futures::stream::BoxStream<'static, std::io::Result<Bytes>> =
+                futures::StreamExt::boxed(futures::stream::iter([Ok(part)]));
+            return Ok::<_, std::io::Error>(once);
+        }
         let mut f = tokio::fs::File::open(&path).await?;
         f.seek(SeekFrom::Start(range.start)).await?;
         let stream =
             tokio_util::io::ReaderStream::with_capacity(f.take(range.end - range.start), 64 << 10);
-        Ok::<_, std::io::Error>(stream)
+        Ok(futures::StreamExt::boxed(stream))
     })
     .await?;
     let h = resp.headers_mut();

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rf_blobserve::Config;
-use rf_cli::{init_tracing, shutdown_signal, LogFormat};
+use rf_cli::{exit_code, init_tracing, shutdown_signal, LogFormat};
 use rf_upstream::{Upstream, UpstreamConfig};
 use tracing::info;
 
@@ -55,13 +55,7 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(run(cli).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

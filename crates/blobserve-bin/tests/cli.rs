@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use rf_testkit::browser::Chromium;
 use rf_testkit::{
-    free_port, spawn_with_banner, wait_until, Compression, Entry, ImageBuilder, Layer, Registry,
-    RegistryAuth,
+    curl_get, free_port, spawn_with_banner, wait_until, Compression, Entry, ImageBuilder, Layer,
+    Registry, RegistryAuth,
 };
 use serde_json::json;
 
@@ -94,31 +94,6 @@ fn ide_image() -> rf_testkit::BuiltImage {
         .build()
 }
 
-fn curl(url: &str) -> (u16, Vec<u8>) {
-    rf_testkit::require_tool("curl");
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--noproxy",
-            "*",
-            "-m",
-            "30",
-            "-o",
-            "-",
-            "-w",
-            "%{http_code}",
-        ])
-        .arg(url)
-        .output()
-        .expect("running curl");
-    assert!(out.status.success(), "curl {url}");
-    let (body, code) = out.stdout.split_at(out.stdout.len() - 3);
-    (
-        String::from_utf8_lossy(code).parse().unwrap(),
-        body.to_vec(),
-    )
-}
-
 fn sigterm(child: &mut Child) {
     let pid = child.id().to_string();
     assert!(Command::new("kill")
@@ -184,23 +159,23 @@ fn run_prepulls_serves_and_a_browser_loads_the_page() {
             .status()
             .is_ok_and(|s| s.success())
     });
-    assert_eq!(curl(&ready).0, 503, "not ready before the pre-pull");
+    assert_eq!(curl_get(&ready).0, 503, "not ready before the pre-pull");
 
     let img = ide_image();
     reg.push_image(&img, "ide:latest").unwrap();
     wait_until(Duration::from_secs(90), "ready after the pre-pull", || {
-        curl(&ready).0 == 200
+        curl_get(&ready).0 == 200
     });
 
     let page = format!("{base}/{repo}:latest/");
-    let (status, body) = curl(&page);
+    let (status, body) = curl_get(&page);
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains("app.js"));
-    let (status, png) = curl(&format!("{base}/{repo}:latest/pixel.png"));
+    let (status, png) = curl_get(&format!("{base}/{repo}:latest/pixel.png"));
     assert_eq!((status, png.as_slice()), (200, PIXEL_PNG));
-    let (status, _) = curl(&format!("{base}/{repo}:latest/missing.js"));
+    let (status, _) = curl_get(&format!("{base}/{repo}:latest/missing.js"));
     assert_eq!(status, 404);
-    let (status, _) = curl(&format!("{base}/127.0.0.1:1/other:latest/index.html"));
+    let (status, _) = curl_get(&format!("{base}/127.0.0.1:1/other:latest/index.html"));
     assert_eq!(status, 403, "a repo that is not configured");
 
     // The real browser: the line app.js writes (after the image and the stylesheet loaded).

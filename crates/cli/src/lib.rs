@@ -1,4 +1,4 @@
-//! What the `registry-facade` and `image-builder` binaries share: the `--log-format` flag and
+//! What the server binaries (registry-facade, image-builder, blobserve) share: the `--log-format` flag and
 //! its tracing setup (JSON for log collectors, text on a terminal), and the signal that stops
 //! a server (SIGTERM from Kubernetes or systemd, or Ctrl-C).
 //!
@@ -48,4 +48,17 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {},
     }
     tracing::info!("shutting down");
+}
+
+/// The exit code of a server binary's run: success, or the error on one line with its whole
+/// cause chain (`{:#}`, e.g. the config key) and no backtrace even with RUST_BACKTRACE set,
+/// because these are operator errors, not bugs.
+pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use registry_facade::config::Config;
 use registry_facade::{app, serve};
-use rf_cli::{init_tracing, shutdown_signal, LogFormat};
+use rf_cli::{exit_code, init_tracing, shutdown_signal, LogFormat};
 use tracing::info;
 
 /// A container registry facade: serves workspace images composed at pull time from a base
@@ -58,15 +58,7 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line with the whole cause chain (e.g. the config key), and no stack
-            // backtrace even when RUST_BACKTRACE is set: these are operator errors, not bugs.
-            eprintln!("Error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(run(cli).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -40,8 +40,8 @@ pub use layout::{
     ImageBuilder, IndexStyle, Layer, ManifestStyle, OciLayout, Platform,
 };
 pub use procs::{
-    free_port, push_layout, push_layout_all, require_tool, skopeo, spawn_with_banner, Containerd,
-    Redis, Registry, RegistryAuth, TokenServer,
+    curl_get, free_port, push_layout, push_layout_all, require_tool, skopeo, spawn_with_banner,
+    Containerd, Redis, Registry, RegistryAuth, TokenServer,
 };
 pub use wait::{try_wait_until, wait_until, wait_until_async};
 

@@ -1259,6 +1259,42 @@ impl Redis {
     }
 }
 
+/// `curl -sS <url>` over loopback (no proxy, 30 s at most): the status and the body's bytes.
+/// Panics when curl itself fails (no connection), not on an HTTP error status.
+pub fn curl_get(url: &str) -> (u16, Vec<u8>) {
+    require_tool("curl");
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "-m",
+            "30",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg(url)
+        .output()
+        .expect("running curl");
+    assert!(
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut body = out.stdout;
+    let at = body
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .expect("curl's status line");
+    let code = String::from_utf8_lossy(&body[at + 1..])
+        .parse()
+        .expect("an HTTP status");
+    body.truncate(at);
+    (code, body)
+}
+
 /// Spawns `cmd` with stdout piped, copies its stdout line by line to `stdout_log`, and waits
 /// up to `timeout` for the first line (servers print their address there). Returns the child
 /// and that line, or the child and why no line came (stdout closed or the deadline passed).

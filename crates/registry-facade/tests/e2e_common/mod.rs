@@ -690,28 +690,8 @@ pub fn podman_pull_run(facade: &Facade, image_ref: &str) -> String {
 
 /// `curl -s <url>` (plain HTTP, 127.0.0.1): (status, body).
 pub fn curl_get(url: &str) -> (u16, String) {
-    rf_testkit::require_tool("curl");
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--noproxy",
-            "*",
-            "-m",
-            "30",
-            "-w",
-            "\n%{http_code}",
-            url,
-        ])
-        .output()
-        .expect("running curl");
-    assert!(
-        out.status.success(),
-        "curl {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.parse().unwrap(), body.to_string())
+    let (status, body) = rf_testkit::curl_get(url);
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// `skopeo <args>` that must succeed; returns stdout.

@@ -1,6 +1,7 @@
-//! What the server binaries (registry-facade, image-builder, blobserve) share: the `--log-format` flag and
-//! its tracing setup (JSON for log collectors, text on a terminal), and the signal that stops
-//! a server (SIGTERM from Kubernetes or systemd, or Ctrl-C).
+//! What the server binaries (registry-facade, image-builder, blobserve) share: the
+//! `--log-format` flag and its tracing setup (JSON for log collectors, text on a terminal), the
+//! signal that stops a server (SIGTERM from Kubernetes or systemd, or Ctrl-C), and how a failed
+//! run is reported.
 //!
 //! It must not depend on any crate of this workspace: it knows logging and signals, not what
 //! the binaries serve.

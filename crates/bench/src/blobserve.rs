@@ -228,6 +228,12 @@ pub fn phase(reg: &Registry, o: &Opts, res: &mut Results) -> Result<()> {
     progress!("blobserve: warming an instance");
     let warm = Blobserve::start(&o.bin, &repo)?;
     get_index(&warm, &index_path, &index)?;
+    // the compressed copies are written after the first response, in the background
+    rf_testkit::wait_until(
+        Duration::from_secs(120),
+        "blobserve's compressed copy of bundle.js",
+        || wire_bytes(&warm.addr, &bundle_path, Some("gzip")).is_ok_and(|(_, e)| e == "gzip"),
+    );
     let nginx = Nginx::start(&index_file, "index.html")?;
     let servers = [
         (BLOBSERVE, warm.addr.clone(), index_path.clone()),

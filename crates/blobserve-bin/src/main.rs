@@ -12,6 +12,11 @@ use rf_cli::{exit_code, init_tracing, shutdown_signal, LogFormat};
 use rf_upstream::{Upstream, UpstreamConfig};
 use tracing::info;
 
+// glibc's malloc showed up at about 8 % of a warm small-file request's CPU; mimalloc's
+// per-thread free lists take most of it away.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Serves files from inside container images over HTTP: `GET /<image ref>/<path>`, every layer
 /// of the image applied in order, unpacked safely and cached on disk.
 #[derive(Parser)]

@@ -89,7 +89,15 @@ struct Inner {
     /// Serialises writers of `refs.json`.
     save_lock: tokio::sync::Mutex<()>,
     nonce: AtomicU64,
+    /// Origin of [`Entry::seen_at`].
+    clock: Instant,
+    /// How many images are having their compressed copies written.
+    compressing: tokio::sync::watch::Sender<usize>,
 }
+
+/// How often a warm request checks that its image's directory is still on disk (someone may
+/// have removed it by hand): at most once per image per this interval, never under a lock.
+const LOST_IMAGE_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct State {
@@ -113,14 +121,22 @@ struct RefEntry {
 struct Meta {
     manifest: String,
     size: u64,
+    /// The compressed copies are all there (written after the image is first served).
+    #[serde(default)]
+    compressed: bool,
 }
 
 struct Entry {
     key: String,
     dir: PathBuf,
-    size: u64,
+    /// Bytes on disk; grows once when the compressed copies are written.
+    size: AtomicU64,
+    /// Whether the compressed copies are written; until then files are served as they are.
+    compressed: AtomicBool,
     pins: AtomicUsize,
     last_used: AtomicU64,
+    /// When its directory was last seen on disk, in [`Inner::clock`] milliseconds.
+    seen_at: AtomicU64,
 }
 
 /// A pinned image: it is not removed while this (or a clone) exists.
@@ -153,7 +169,13 @@ impl Image {
 
     /// Bytes on disk.
     pub fn size(&self) -> u64 {
-        self.entry.size
+        self.entry.size.load(Ordering::Acquire)
+    }
+
+    /// Whether its compressed copies are complete (they are written in the background after
+    /// the image is first served, so a cold first request does not wait for them).
+    pub fn compressed(&self) -> bool {
+        self.entry.compressed.load(Ordering::Acquire)
     }
 }
 
@@ -234,6 +256,8 @@ impl Blobspace {
                 flights: Mutex::new(HashMap::new()),
                 save_lock: tokio::sync::Mutex::new(()),
                 nonce: AtomicU64::new(0),
+                clock: Instant::now(),
+                compressing: tokio::sync::watch::channel(0).0,
             }),
         };
         {
@@ -245,6 +269,18 @@ impl Blobspace {
                 .set(st.images.len() as i64);
         }
         bs.evict().await;
+        // images unpacked before a restart that came before their compressed copies
+        let pending: Vec<Image> = {
+            let st = bs.inner.state.lock();
+            st.images
+                .values()
+                .filter(|e| !e.compressed.load(Ordering::Acquire))
+                .map(Image::pin)
+                .collect()
+        };
+        for img in pending {
+            bs.compress_in_background(img);
+        }
         Ok(bs)
     }
 
@@ -267,8 +303,12 @@ impl Blobspace {
     /// The image `r` names, downloaded and unpacked first if needed; pinned while the
     /// result lives.
     pub async fn get(&self, r: &Reference) -> GetResult {
-        let key = r.to_string();
-        if let Some(img) = self.cached(&key, r) {
+        self.get_keyed(&r.to_string(), r).await
+    }
+
+    /// [`get`](Self::get) with `r.to_string()` already at hand (`key`).
+    pub async fn get_keyed(&self, key: &str, r: &Reference) -> GetResult {
+        if let Some(img) = self.cached(key, r) {
             self.inner.metrics.blobspace_hits.inc();
             return Ok(img);
         }
@@ -322,40 +362,68 @@ impl Blobspace {
     /// unpacked.
     fn cached(&self, key: &str, r: &Reference) -> Option<Image> {
         let ttl = self.inner.settings.cache_ttl.as_secs();
-        let mut st = self.inner.state.lock();
-        let by_ref = st
-            .refs
-            .get(key)
-            .filter(|e| r.digest.is_some() || now_secs().saturating_sub(e.resolved_at) < ttl)
-            .map(|e| e.image.clone());
-        let image_key = by_ref.or_else(|| {
-            let d = r.digest.as_ref()?;
-            Some(self.image_key(d.hex(), &r.name()))
-        })?;
-        self.lookup(&mut st, &image_key)
+        let image_key = {
+            let st = self.inner.state.lock();
+            let by_ref = st
+                .refs
+                .get(key)
+                .filter(|e| r.digest.is_some() || now_secs().saturating_sub(e.resolved_at) < ttl)
+                .map(|e| e.image.clone());
+            by_ref.or_else(|| {
+                let d = r.digest.as_ref()?;
+                Some(self.image_key(d.hex(), &r.name()))
+            })?
+        };
+        self.lookup(&image_key, LOST_IMAGE_CHECK)
     }
 
     /// Pins `key` if it is on disk. An image whose directory vanished (removed by hand) is
-    /// forgotten, so that it is downloaded again.
-    fn lookup(&self, st: &mut State, key: &str) -> Option<Image> {
-        let entry = st.images.get(key)?.clone();
-        if !entry.dir.join("meta.json").exists() {
-            tracing::warn!(
-                image = key,
-                "an unpacked image disappeared; fetching it again"
-            );
+    /// forgotten, so that it is downloaded again; that is checked when the last check is
+    /// older than `recheck` (zero: always), outside the state lock.
+    fn lookup(&self, key: &str, recheck: Duration) -> Option<Image> {
+        let img = {
+            let mut st = self.inner.state.lock();
+            let entry = st.images.get(key)?.clone();
+            st.tick += 1;
+            entry.last_used.store(st.tick, Ordering::Relaxed);
+            Image::pin(&entry)
+        };
+        let now = self.now_ms();
+        let seen = img.entry.seen_at.load(Ordering::Relaxed);
+        let due = now.saturating_sub(seen) >= recheck.as_millis() as u64;
+        // one request per interval does the check; the others go on with the image
+        let claimed = due
+            && img
+                .entry
+                .seen_at
+                .compare_exchange(seen, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
+        if !claimed || img.entry.dir.join("meta.json").exists() {
+            return Some(img);
+        }
+        tracing::warn!(
+            image = key,
+            "an unpacked image disappeared; fetching it again"
+        );
+        let mut st = self.inner.state.lock();
+        if st
+            .images
+            .get(key)
+            .is_some_and(|e| Arc::ptr_eq(e, &img.entry))
+        {
             st.images.remove(key);
-            st.total -= entry.size;
+            st.total -= img.entry.size.load(Ordering::Acquire);
             self.inner.metrics.blobspace_bytes.set(st.total as i64);
             self.inner
                 .metrics
                 .blobspace_images
                 .set(st.images.len() as i64);
-            return None;
         }
-        st.tick += 1;
-        entry.last_used.store(st.tick, Ordering::Relaxed);
-        Some(Image::pin(&entry))
+        None
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.clock.elapsed().as_millis() as u64
     }
 
     fn image_key(&self, hex: &str, repo: &str) -> String {
@@ -438,10 +506,7 @@ impl Blobspace {
         let image = ImageRef::Registry(r.clone());
         let prev = self.inner.state.lock().refs.get(&key).cloned();
         if let Some(prev) = prev {
-            let on_disk = {
-                let mut st = self.inner.state.lock();
-                self.lookup(&mut st, &prev.image)
-            };
+            let on_disk = self.lookup(&prev.image, Duration::ZERO);
             if let Some(img) = on_disk {
                 if r.digest.is_some() {
                     self.inner.metrics.blobspace_hits.inc();
@@ -510,10 +575,7 @@ impl Blobspace {
             }));
         }
         let image_key = self.image_key(digest.hex(), &r.name());
-        let existing = {
-            let mut st = self.inner.state.lock();
-            self.lookup(&mut st, &image_key)
-        };
+        let existing = self.lookup(&image_key, Duration::ZERO);
         let img = match existing {
             Some(img) => {
                 self.inner.metrics.blobspace_hits.inc();
@@ -592,9 +654,11 @@ impl Blobspace {
         let entry = Arc::new(Entry {
             key: key.clone(),
             dir: self.inner.images_dir.join(&key),
-            size,
+            size: AtomicU64::new(size),
+            compressed: AtomicBool::new(false),
             pins: AtomicUsize::new(0),
             last_used: AtomicU64::new(0),
+            seen_at: AtomicU64::new(self.now_ms()),
         });
         // pinned before it is visible to eviction
         let img = Image::pin(&entry);
@@ -611,6 +675,7 @@ impl Blobspace {
                 .set(st.images.len() as i64);
         }
         tracing::info!(image = %image_ref, key = %key, size, took = ?start.elapsed(), "image unpacked");
+        self.compress_in_background(img.clone());
         self.evict().await;
         Ok(img)
     }
@@ -673,11 +738,11 @@ impl Blobspace {
                 let _ = std::fs::remove_file(&f.path);
             }
             prepare::apply_replacements(&root, &replacements);
-            prepare::precompress(&root, &staged.join("z"))?;
             let size = prepare::tree_size(&staged)?;
             let meta = Meta {
                 manifest: digest.unwrap_or_default(),
                 size,
+                compressed: false,
             };
             std::fs::write(
                 staged.join("meta.json"),
@@ -765,6 +830,62 @@ impl Blobspace {
         Ok(LayerFile { path })
     }
 
+    /// Writes the compressed copies of `img`'s text files (pinned meanwhile), then records
+    /// them in its `meta.json` and in the blobspace's size. A failure is logged: the files
+    /// are then served uncompressed, and the next start tries again.
+    fn compress_in_background(&self, img: Image) {
+        self.inner.compressing.send_modify(|n| *n += 1);
+        let bs = self.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let dir = img.entry.dir.clone();
+            let res = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+                let written = prepare::precompress(&dir.join("root"), &dir.join("z"))?;
+                let meta_path = dir.join("meta.json");
+                let mut meta: Meta = serde_json::from_slice(&std::fs::read(&meta_path)?)
+                    .map_err(std::io::Error::other)?;
+                meta.size += written;
+                meta.compressed = true;
+                let tmp = dir.join("meta.json.tmp");
+                std::fs::write(&tmp, serde_json::to_vec(&meta).unwrap_or_default())?;
+                std::fs::rename(&tmp, &meta_path)?;
+                Ok(written)
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+            match res {
+                Ok(written) => {
+                    {
+                        let mut st = bs.inner.state.lock();
+                        img.entry.size.fetch_add(written, Ordering::AcqRel);
+                        let present = st
+                            .images
+                            .get(img.key())
+                            .is_some_and(|e| Arc::ptr_eq(e, &img.entry));
+                        if present {
+                            st.total += written;
+                            bs.inner.metrics.blobspace_bytes.set(st.total as i64);
+                        }
+                    }
+                    img.entry.compressed.store(true, Ordering::Release);
+                    tracing::debug!(key = img.key(), written, took = ?start.elapsed(), "compressed copies written");
+                }
+                Err(e) => tracing::warn!(key = img.key(), "cannot write compressed copies: {e}"),
+            }
+            drop(img);
+            bs.inner.compressing.send_modify(|n| *n -= 1);
+            bs.evict().await;
+        });
+    }
+
+    /// Waits until no compressed copies are being written (for tests and benchmarks that
+    /// look at encodings right after an image's first request).
+    pub async fn compressions_done(&self) {
+        let mut rx = self.inner.compressing.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
     /// Removes least recently used unpinned images while the total exceeds the limit.
     async fn evict(&self) {
         let max = self.inner.settings.space.max_size_bytes;
@@ -783,7 +904,7 @@ impl Blobspace {
                     .cloned();
                 let Some(v) = victim else { break };
                 st.images.remove(&v.key);
-                st.total -= v.size;
+                st.total -= v.size.load(Ordering::Acquire);
                 victims.push(v);
             }
             self.inner.metrics.blobspace_bytes.set(st.total as i64);
@@ -795,7 +916,7 @@ impl Blobspace {
         };
         for v in victims {
             self.inner.metrics.blobspace_evictions.inc();
-            tracing::info!(image = %v.key, size = v.size, "evicting an image");
+            tracing::info!(image = %v.key, size = v.size.load(Ordering::Relaxed), "evicting an image");
             let n = self.inner.nonce.fetch_add(1, Ordering::Relaxed);
             let gone = self.inner.tmp_dir.join(format!("evicted.{}.{n}", v.key));
             let dir = v.dir.clone();
@@ -878,7 +999,7 @@ fn scan(images_dir: &Path, tmp_dir: &Path, refs_path: &Path) -> Result<State, Bl
                     .metadata()
                     .and_then(|m| m.modified())
                     .unwrap_or(UNIX_EPOCH);
-                found.push((mtime, key, path, m.size));
+                found.push((mtime, key, path, m.size, m.compressed));
             }
             None => {
                 tracing::warn!(dir = %path.display(), "removing an incomplete image");
@@ -888,7 +1009,7 @@ fn scan(images_dir: &Path, tmp_dir: &Path, refs_path: &Path) -> Result<State, Bl
     }
     found.sort();
     let mut st = State::default();
-    for (_, key, dir, size) in found {
+    for (_, key, dir, size, compressed) in found {
         st.tick += 1;
         st.total += size;
         st.images.insert(
@@ -896,9 +1017,11 @@ fn scan(images_dir: &Path, tmp_dir: &Path, refs_path: &Path) -> Result<State, Bl
             Arc::new(Entry {
                 key,
                 dir,
-                size,
+                size: AtomicU64::new(size),
+                compressed: AtomicBool::new(compressed),
                 pins: AtomicUsize::new(0),
                 last_used: AtomicU64::new(st.tick),
+                seen_at: AtomicU64::new(0),
             }),
         );
     }

@@ -8,9 +8,8 @@
 //! image root only ([`crate::fsroot`]).
 
 use std::collections::BTreeMap;
-use std::io::SeekFrom;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -22,13 +21,13 @@ use rf_oci::Reference;
 use rf_serve::BlobMeta;
 use serde::Deserialize;
 use sha2::Digest as _;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::blobspace::{Blobspace, Image};
 use crate::config::{BlobserveConfig, InlineReplacement, RepoConfig};
 use crate::error::BlobserveError;
 use crate::fsroot::{self, Found};
 use crate::prepare::{self, Encoding};
+use crate::served::{Served, Source};
 
 /// The header with the values for `inlineStatic` substitutions.
 pub const INLINE_VARS_HEADER: &str = "x-blobserve-inlinevars";
@@ -61,32 +60,57 @@ impl HttpSettings {
 struct Http {
     blobspace: Blobspace,
     settings: HttpSettings,
+    /// Request paths split into ref and file (parsing a ref is most of a warm request's
+    /// own work otherwise).
+    targets: moka::sync::Cache<String, Arc<Parsed>>,
     /// Image contents never change under an image key (content-addressed), so what a path
-    /// resolves to and the bytes of small files are kept in memory: a warm request for an
-    /// IDE's small assets then touches no file system.
-    resolved: moka::sync::Cache<(String, String), Option<Found>>,
-    small: moka::sync::Cache<(String, String, &'static str), Arc<SmallFile>>,
+    /// resolves to and the small files, ready to answer, are kept in memory: a warm request
+    /// for an IDE's small assets then touches no file system. Keys: [`cache_key`].
+    resolved: moka::sync::Cache<String, Option<Found>>,
+    served: moka::sync::Cache<String, Arc<Served>>,
 }
 
-/// A file of at most [`SMALL_FILE`] bytes, read once.
-struct SmallFile {
-    bytes: Bytes,
-    modified: Option<SystemTime>,
+/// A request path, parsed once.
+struct Parsed {
+    reference: Reference,
+    /// `reference` as text: the blobspace's key for it.
+    ref_key: String,
+    repo: String,
+    /// The path after the ref (empty for `/<ref>` and `/<ref>/`).
+    path: String,
+    /// `path` cleaned, inside the repo's workdir.
+    full: String,
+    /// Whether the path ends with `/` (a directory without it is redirected).
+    slash: bool,
 }
 
-/// Files up to this size are kept in memory once read ([`Http::small`]).
+/// Files up to this size are kept in memory once read ([`Http::served`]).
 const SMALL_FILE: u64 = 256 << 10;
 /// At most this many bytes of small files in memory.
 const SMALL_FILES_BYTES: u64 = 64 << 20;
+
+/// The key of a file `path` of image `image` in the caches, with `variant` (what the client
+/// accepts, or which copy) when it matters.
+fn cache_key(image: &str, path: &str, variant: &str) -> String {
+    let mut k = String::with_capacity(image.len() + path.len() + variant.len() + 2);
+    for (i, part) in [image, path, variant].into_iter().enumerate() {
+        if i > 0 {
+            k.push('\0');
+        }
+        k.push_str(part);
+    }
+    k
+}
 
 /// The blobserve router: every path is an image ref and a file in it.
 pub fn router(blobspace: Blobspace, settings: HttpSettings) -> Router {
     Router::new().fallback(handle).with_state(Arc::new(Http {
         blobspace,
         settings,
+        targets: moka::sync::Cache::new(10_000),
         resolved: moka::sync::Cache::new(100_000),
-        small: moka::sync::Cache::builder()
-            .weigher(|_, f: &Arc<SmallFile>| u32::try_from(f.bytes.len()).unwrap_or(u32::MAX))
+        served: moka::sync::Cache::builder()
+            .weigher(|_, f: &Arc<Served>| f.weight())
             .max_capacity(SMALL_FILES_BYTES)
             .build(),
     }))
@@ -176,14 +200,38 @@ pub fn split_target(path: &str) -> Result<Target, String> {
 
 impl Http {
     /// `fsroot::resolve` of `path` in `image`, remembered per image.
-    fn resolve(&self, image: &Image, path: String) -> Option<Found> {
-        let key = (image.key().to_string(), path);
+    fn resolve(&self, image: &Image, path: &str) -> Option<Found> {
+        let key = cache_key(image.key(), path, "");
         if let Some(found) = self.resolved.get(&key) {
             return found;
         }
-        let found = fsroot::resolve(&image.root(), &key.1);
+        let found = fsroot::resolve(&image.root(), path);
         self.resolved.insert(key, found.clone());
         found
+    }
+
+    /// The request path split into ref and file, remembered.
+    fn parse(&self, path: &str) -> Result<Arc<Parsed>, String> {
+        if let Some(p) = self.targets.get(path) {
+            return Ok(p);
+        }
+        let target = split_target(path)?;
+        let repo = target.reference.name();
+        let workdir = self
+            .settings
+            .repos
+            .get(&repo)
+            .map_or("", |c| c.workdir.as_str());
+        let parsed = Arc::new(Parsed {
+            ref_key: target.reference.to_string(),
+            full: format!("{}/{}", workdir.trim_end_matches('/'), clean(&target.path)),
+            reference: target.reference,
+            repo,
+            path: target.path,
+            slash: path.ends_with('/'),
+        });
+        self.targets.insert(path.to_string(), parsed.clone());
+        Ok(parsed)
     }
 }
 
@@ -202,17 +250,19 @@ async fn serve(s: &Http, req: Request) -> Response {
     let Ok(path) = percent_encoding::percent_decode_str(raw_path).decode_utf8() else {
         return not_found();
     };
-    let target = match split_target(&path) {
+    let target = match s.parse(&path) {
         Ok(t) => t,
         Err(msg) => return text(StatusCode::NOT_FOUND, msg),
     };
     let r = &target.reference;
-    let repo = r.name();
-    let repo_cfg = s.settings.repos.get(&repo);
+    let repo_cfg = s.settings.repos.get(&target.repo);
     if repo_cfg.is_none() && !s.settings.allow_any_repo {
-        return text(StatusCode::FORBIDDEN, format!("forbidden repo: {repo:?}"));
+        return text(
+            StatusCode::FORBIDDEN,
+            format!("forbidden repo: {:?}", target.repo),
+        );
     }
-    let image = match s.blobspace.get(r).await {
+    let image = match s.blobspace.get_keyed(&target.ref_key, r).await {
         Ok(i) => i,
         Err(e) => return error_response(r, &e),
     };
@@ -231,32 +281,50 @@ async fn serve(s: &Http, req: Request) -> Response {
     } else {
         CACHE_TAG
     };
-    let workdir = repo_cfg.map_or("", |c| c.workdir.as_str());
-    let full = format!("{}/{}", workdir.trim_end_matches('/'), clean(&target.path));
-    let file = match s.resolve(&image, full) {
-        None => return not_found(),
-        Some(Found::File { rel, len }) => (rel, len),
-        Some(Found::Dir { rel }) => {
-            if !target.path.is_empty() && !raw_path.ends_with('/') {
-                return redirect_to_dir(raw_path, parts.uri.query());
+    let encodings = accepted(&parts.headers);
+    let accept_key: String = encodings.iter().map(|e| e.suffix()).collect();
+    let slash = if target.slash { "/" } else { "" };
+    let warm_key = cache_key(image.key(), &format!("{}{slash}", target.full), &accept_key);
+    let mut resp = match s.served.get(&warm_key) {
+        Some(served) if inline_vars.is_none() => served
+            .answer(&parts.method, &parts.headers)
+            .await
+            .unwrap_or_else(|e| internal(&e)),
+        _ => {
+            let file = match s.resolve(&image, &target.full) {
+                None => return not_found(),
+                Some(Found::File { rel, .. }) => rel,
+                Some(Found::Dir { rel }) => {
+                    if !target.path.is_empty() && !target.slash {
+                        return redirect_to_dir(raw_path, parts.uri.query());
+                    }
+                    match s.resolve(&image, &format!("{rel}/index.html")) {
+                        Some(Found::File { rel, .. }) => rel,
+                        _ => return not_found(),
+                    }
+                }
+            };
+            match inline_static(repo_cfg, inline_vars, &file) {
+                Some(subst) => {
+                    serve_substituted(&parts.method, &parts.headers, &image, &file, subst).await
+                }
+                None => match s.prepare(&image, &file, &encodings).await {
+                    Ok((served, final_choice)) => {
+                        if final_choice && served.in_memory() {
+                            s.served.insert(warm_key, served.clone());
+                        }
+                        served.answer(&parts.method, &parts.headers).await
+                    }
+                    Err(e) => Err(e),
+                },
             }
-            match s.resolve(&image, format!("{rel}/index.html")) {
-                Some(Found::File { rel, len }) => (rel, len),
-                _ => return not_found(),
-            }
+            .unwrap_or_else(|e| internal(&e))
         }
     };
-    let mut resp = match inline_static(repo_cfg, inline_vars, &file.0) {
-        Some(subst) => serve_substituted(&parts.method, &parts.headers, &image, &file.0, subst)
-            .await
-            .unwrap_or_else(|e| internal(&e)),
-        None => serve_file(s, &parts.method, &parts.headers, &image, &file.0, file.1)
-            .await
-            .unwrap_or_else(|e| internal(&e)),
-    };
-    if let Ok(v) = HeaderValue::from_str(cache_control) {
-        resp.headers_mut().insert(header::CACHE_CONTROL, v);
-    }
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
     resp
 }
 
@@ -383,63 +451,6 @@ async fn serve_substituted(
     Ok(resp)
 }
 
-impl Http {
-    /// The bytes of `path` (the file `rel` of `image`, or its compressed copy `variant`) if it
-    /// is small, read once per image.
-    async fn small_file(
-        &self,
-        image: &Image,
-        rel: &str,
-        variant: &'static str,
-        path: &std::path::Path,
-    ) -> Option<Arc<SmallFile>> {
-        let key = (image.key().to_string(), rel.to_string(), variant);
-        if let Some(f) = self.small.get(&key) {
-            return Some(f);
-        }
-        let path = path.to_path_buf();
-        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Option<SmallFile>> {
-            let meta = std::fs::metadata(&path)?;
-            if !meta.is_file() || meta.len() > SMALL_FILE {
-                return Ok(None);
-            }
-            Ok(Some(SmallFile {
-                bytes: Bytes::from(std::fs::read(&path)?),
-                modified: meta.modified().ok(),
-            }))
-        })
-        .await
-        .ok()?
-        .ok()??;
-        let f = Arc::new(read);
-        self.small.insert(key, f.clone());
-        Some(f)
-    }
-}
-
-/// `If-Modified-Since` at or after the file's time, and no `If-None-Match` (which wins, RFC
-/// 9110 §13.1.3): the browser's copy is current.
-fn unmodified_since(headers: &HeaderMap, modified: Option<SystemTime>) -> bool {
-    if headers.contains_key(header::IF_NONE_MATCH) {
-        return false;
-    }
-    let (Some(modified), Some(since)) = (
-        modified,
-        headers
-            .get(header::IF_MODIFIED_SINCE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok()),
-    ) else {
-        return false;
-    };
-    // HTTP dates have whole seconds.
-    let secs = |t: SystemTime| {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    };
-    secs(modified) <= secs(since)
-}
-
 /// Which precompressed copy the client accepts, best first (brotli, then gzip).
 fn accepted(headers: &HeaderMap) -> Vec<Encoding> {
     let mut q_of: Vec<(String, f32)> = Vec::new();
@@ -477,100 +488,73 @@ fn accepted(headers: &HeaderMap) -> Vec<Encoding> {
     encs.into_iter().map(|(e, _)| e).collect()
 }
 
-async fn serve_file(
-    s: &Http,
-    method: &Method,
-    headers: &HeaderMap,
-    image: &Image,
-    rel: &str,
-    len: u64,
-) -> std::io::Result<Response> {
-    let original = image.root().join(rel);
-    let compressible = prepare::compressible(rel);
-    let mut chosen: Option<(Encoding, std::path::PathBuf, u64)> = None;
-    let mut small: Option<Arc<SmallFile>> = None;
-    if compressible {
-        for enc in accepted(headers) {
-            let p = prepare::shadow_path(&image.shadow(), rel, enc);
-            if let Some(f) = s.small_file(image, rel, enc.suffix(), &p).await {
-                chosen = Some((enc, p, f.bytes.len() as u64));
-                small = Some(f);
-                break;
-            }
-            if let Ok(m) = tokio::fs::metadata(&p).await {
-                chosen = Some((enc, p, m.len()));
-                break;
+impl Http {
+    /// The file `rel` (of `len` bytes) of `image` as it answers a client that accepts
+    /// `encodings`: its compressed copy when there is one, read into memory when small.
+    /// The flag says whether the choice is final (no compressed copy still to come).
+    async fn prepare(
+        &self,
+        image: &Image,
+        rel: &str,
+        encodings: &[Encoding],
+    ) -> std::io::Result<(Arc<Served>, bool)> {
+        let compressible = prepare::compressible(rel);
+        let original = image.root().join(rel);
+        let mut chosen = (None, original.clone());
+        if compressible && image.compressed() {
+            for &enc in encodings {
+                let p = prepare::shadow_path(&image.shadow(), rel, enc);
+                if tokio::fs::try_exists(&p).await.unwrap_or(false) {
+                    chosen = (Some(enc), p);
+                    break;
+                }
             }
         }
-    }
-    if chosen.is_none() && len <= SMALL_FILE {
-        small = s.small_file(image, rel, "", &original).await;
-    }
-    let modified = match &small {
-        // the original's time, also for its compressed copies
-        Some(_) if chosen.is_none() => small.as_ref().and_then(|f| f.modified),
-        _ => tokio::fs::metadata(&original)
-            .await
-            .and_then(|m| m.modified())
-            .ok(),
-    };
-    let path_hash = hex::encode(&sha2::Sha256::digest(rel.as_bytes())[..8]);
-    let key = image.key();
-    let key = &key[..key.len().min(32)];
-    let (path, size, etag, encoding) = match chosen {
-        Some((enc, p, size)) => (
-            p,
+        let final_choice = !compressible || encodings.is_empty() || image.compressed();
+        let variant = chosen.0.map_or("", |e| e.suffix());
+        let copy_key = cache_key(image.key(), rel, variant);
+        if let Some(f) = self.served.get(&copy_key) {
+            return Ok((f, final_choice));
+        }
+        let (encoding, path) = chosen;
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let modified = std::fs::metadata(&original)?.modified().ok();
+            let size = std::fs::metadata(&path)?.len();
+            let source = if size <= SMALL_FILE {
+                let bytes = std::fs::read(&path)?;
+                if bytes.len() as u64 != size {
+                    return Err(std::io::Error::other("a file changed while read"));
+                }
+                Source::Memory(Bytes::from(bytes))
+            } else {
+                Source::File(path)
+            };
+            Ok((source, size, modified))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        let (source, size, modified) = read;
+        let path_hash = hex::encode(&sha2::Sha256::digest(rel.as_bytes())[..8]);
+        let key = image.key();
+        let key = &key[..key.len().min(32)];
+        let etag = match encoding {
+            Some(enc) => format!("{key}-{path_hash}-{}", enc.suffix()),
+            None => format!("{key}-{path_hash}"),
+        };
+        let served = Arc::new(Served::new(
+            source,
             size,
-            format!("{key}-{path_hash}-{}", enc.suffix()),
-            Some(enc),
-        ),
-        None => (original, len, format!("{key}-{path_hash}"), None),
-    };
-    if unmodified_since(headers, modified) {
-        let mut resp = Response::new(Body::empty());
-        *resp.status_mut() = StatusCode::NOT_MODIFIED;
-        if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
-            resp.headers_mut().insert(header::ETAG, v);
+            prepare::content_type(rel),
+            etag,
+            encoding,
+            compressible,
+            modified,
+        ));
+        if served.in_memory() {
+            self.served.insert(copy_key, served.clone());
         }
-        return Ok(resp);
+        Ok((served, final_choice))
     }
-    let media_type = prepare::content_type(rel);
-    let meta = BlobMeta {
-        digest: &etag,
-        size,
-        media_type: &media_type,
-    };
-    let mut resp = rf_serve::blob_response(method, headers, &meta, |range| async move {
-        if let Some(f) = small {
-            let part = f.bytes.slice(range.start as usize..range.end as usize);
-            let once: futures::stream::BoxStream<'static, std::io::Result<Bytes>> =
-                futures::StreamExt::boxed(futures::stream::iter([Ok(part)]));
-            return Ok::<_, std::io::Error>(once);
-        }
-        let mut f = tokio::fs::File::open(&path).await?;
-        f.seek(SeekFrom::Start(range.start)).await?;
-        let stream =
-            tokio_util::io::ReaderStream::with_capacity(f.take(range.end - range.start), 64 << 10);
-        Ok(futures::StreamExt::boxed(stream))
-    })
-    .await?;
-    let h = resp.headers_mut();
-    h.remove("docker-content-digest");
-    if let Some(enc) = encoding {
-        h.insert(
-            header::CONTENT_ENCODING,
-            HeaderValue::from_static(enc.token()),
-        );
-    }
-    if compressible {
-        h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    }
-    if let Some(m) = modified.filter(|m| *m > SystemTime::UNIX_EPOCH) {
-        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(m)) {
-            h.insert(header::LAST_MODIFIED, v);
-        }
-    }
-    Ok(resp)
 }
 
 #[cfg(test)]

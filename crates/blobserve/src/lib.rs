@@ -5,7 +5,8 @@
 //! * [`config`]: Gitpod's blobserve JSON, accepted as is, plus our keys.
 //! * [`blobspace`]: images unpacked on disk (every layer, safely, via `rf-layers`),
 //!   content-addressed by manifest digest, shared first downloads, LRU with pins.
-//! * [`http`]: the axum router (`/<image ref>/<path>`), on `rf-serve`'s ranged responses.
+//! * [`http`]: the axum router (`/<image ref>/<path>`); `served` answers for one file
+//!   (worked out once per image, on `rf-serve`'s ranged responses).
 //! * [`metrics`]: Gitpod's metric names plus the blobspace's.
 //! * [`fsroot`] and [`prepare`]: paths resolved inside an image root; replacements and
 //!   precompression done once per image.
@@ -14,7 +15,7 @@
 //! not depend on the facade, the composer or the builder (`rf-facade`,
 //! `rf-composer`, `rf-builder`) nor on any binary: binaries assemble it. Module order
 //! (no cycles): `error`, `config`, `metrics`, `fsroot` are leaves; `prepare` uses `config`
-//! and `fsroot`; `blobspace` uses those; `http` uses everything.
+//! and `fsroot`; `blobspace` uses those; `served` uses `prepare`; `http` uses everything.
 
 pub mod blobspace;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod fsroot;
 pub mod http;
 pub mod metrics;
 pub mod prepare;
+mod served;
 
 pub use blobspace::{Blobspace, BlobspaceSettings, Image};
 pub use config::{BlobSpaceConfig, BlobserveConfig, Config, ConfigError, RepoConfig};

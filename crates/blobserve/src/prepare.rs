@@ -168,8 +168,10 @@ fn compress_file(src: &Path, shadow: &Path, rel: &str, enc: Encoding, len: u64) 
     if let Some(parent) = dst.parent() {
         fs::create_dir_all(parent)?;
     }
+    // written beside and renamed into place: a request never sees a partial copy
+    let part = dst.with_extension(format!("{}.part", enc.suffix()));
     let mut input = BufReader::new(File::open(src)?);
-    let out = BufWriter::new(File::create(&dst)?);
+    let out = BufWriter::new(File::create(&part)?);
     let out = match enc {
         Encoding::Gzip => {
             let mut w = flate2::write::GzEncoder::new(out, flate2::Compression::best());
@@ -187,9 +189,10 @@ fn compress_file(src: &Path, shadow: &Path, rel: &str, enc: Encoding, len: u64) 
     let file = out.into_inner().map_err(|e| e.into_error())?;
     let size = file.metadata()?.len();
     if size >= len {
-        fs::remove_file(&dst)?;
+        fs::remove_file(&part)?;
         return Ok(0);
     }
+    fs::rename(&part, &dst)?;
     Ok(size)
 }
 

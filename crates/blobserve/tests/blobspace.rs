@@ -208,9 +208,30 @@ async fn a_layer_that_fails_once_then_works_and_a_lost_image_is_fetched_again() 
     assert!(bs.image_keys().is_empty());
     assert_eq!(get(&app, &uri).await.text(), "b of v1");
 
-    // the image removed behind our back: downloaded again
+    // the image removed behind our back: downloaded again (a warm request checks the
+    // directory at most once a second, so keep asking until it does)
     let key = bs.image_keys().pop().unwrap();
     std::fs::remove_dir_all(dir.path().join("images").join(&key)).unwrap();
+    rf_testkit::wait_until_async(
+        Duration::from_secs(20),
+        "the lost image is fetched again",
+        || {
+            let (app, uri) = (app.clone(), uri.clone());
+            let proxy = &proxy;
+            let layer = img.layers[1].digest.clone();
+            async move {
+                assert_eq!(get(&app, &uri).await.text(), "b of v1");
+                proxy.blob_gets(&layer).len() == 3
+            }
+        },
+    )
+    .await;
+    assert!(dir
+        .path()
+        .join("images")
+        .join(&key)
+        .join("meta.json")
+        .exists());
     assert_eq!(get(&app, &uri).await.text(), "b of v1");
     assert_eq!(proxy.blob_gets(&img.layers[1].digest).len(), 3);
 }
@@ -348,4 +369,75 @@ async fn a_missing_manifest_or_layer_is_not_found_and_not_remembered() {
 
     let r = get(&app, &uri).await;
     assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "b of v1"));
+}
+
+/// Bytes of the regular files under `dir`, but `meta.json`.
+fn bytes_on_disk(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() {
+            total += bytes_on_disk(&e.path());
+        } else if ft.is_file() && e.file_name() != "meta.json" {
+            total += e.metadata().unwrap().len();
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_copies_are_written_after_the_first_response_and_after_a_restart() {
+    let reg = Registry::start(RegistryAuth::None).unwrap();
+    let js = "export const answer = () => 42;\n".repeat(400);
+    let img = ImageBuilder::new()
+        .layer(Layer::build(
+            vec![Entry::file("/out/main.js", js.clone())],
+            Compression::Gzip,
+        ))
+        .build();
+    reg.push_image(&img, "ide:v1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(any_repo(), dir.path());
+    let uri = format!("/{}/out/main.js", reg.image_ref("ide:v1"));
+    let gzip = [("accept-encoding", "gzip")];
+    let key = {
+        let (bs, app) = open(&cfg).await;
+        let r = get(&app, &uri).await;
+        assert_eq!((r.status, r.text()), (StatusCode::OK, js.clone()));
+        bs.compressions_done().await;
+        let r = request(&app, axum::http::Method::GET, &uri, &gzip).await;
+        assert_eq!(r.header("content-encoding"), Some("gzip"));
+        // the copies are counted in the blobspace's size and recorded in meta.json
+        let key = bs.image_keys().pop().unwrap();
+        let image_dir = dir.path().join("images").join(&key);
+        assert_eq!(bs.total_bytes(), bytes_on_disk(&image_dir));
+        assert!(bs.total_bytes() > js.len() as u64);
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(image_dir.join("meta.json")).unwrap()).unwrap();
+        assert_eq!(meta["compressed"], true);
+        assert_eq!(meta["size"], bs.total_bytes());
+        key
+    };
+    // stopped before the copies were written: the next start writes them
+    let image_dir = dir.path().join("images").join(&key);
+    std::fs::remove_dir_all(image_dir.join("z")).unwrap();
+    std::fs::write(
+        image_dir.join("meta.json"),
+        json!({"manifest": img.manifest_digest.to_string(), "size": js.len(), "compressed": false})
+            .to_string(),
+    )
+    .unwrap();
+    drop(reg);
+    let (bs, app) = open(&cfg).await;
+    bs.compressions_done().await;
+    let r = request(
+        &app,
+        axum::http::Method::GET,
+        &uri,
+        &[("accept-encoding", "br")],
+    )
+    .await;
+    assert_eq!(r.header("content-encoding"), Some("br"));
+    assert_eq!(bs.total_bytes(), bytes_on_disk(&image_dir));
 }

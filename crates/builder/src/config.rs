@@ -215,6 +215,10 @@ pub struct BuilderConfig {
     /// `host:port` for Prometheus metrics at `/metrics` (none: not served).
     #[serde(default)]
     pub metrics_address: Option<String>,
+    /// `host:port` for `/live` and `/ready` (ready while the build engine can build; none:
+    /// not served).
+    #[serde(default)]
+    pub readiness_address: Option<String>,
 }
 
 impl Default for BuilderConfig {
@@ -231,6 +235,7 @@ impl Default for BuilderConfig {
             subassembly_http_address: None,
             subassembly_url: None,
             metrics_address: None,
+            readiness_address: None,
         }
     }
 }

@@ -83,6 +83,11 @@ pub trait BuildEngine: Send + Sync + 'static {
     /// Runs `job`, writing its output to `log`. Dropping the future aborts the build (child
     /// processes are killed).
     async fn build(&self, job: &BuildJob, log: LogSink) -> Result<(), EngineError>;
+
+    /// Whether the engine can build now (a readiness probe): `Err` says why not.
+    async fn probe(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 /// A file deleted on drop.
@@ -286,6 +291,27 @@ async fn pump(
 
 #[async_trait]
 impl BuildEngine for Buildah {
+    /// Lists the images of its storage: buildah runs and its storage is usable.
+    async fn probe(&self) -> Result<(), EngineError> {
+        let storage = self.storage_conf().await?;
+        let out = Command::new(&self.binary)
+            .args(["images", "--quiet"])
+            .env("CONTAINERS_STORAGE_CONF", storage)
+            .env("TMPDIR", self.work_dir.join("tmp"))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| EngineError::new(format!("cannot run buildah: {e}")))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(EngineError::new(format!(
+            "buildah images failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+
     async fn build(&self, job: &BuildJob, log: LogSink) -> Result<(), EngineError> {
         std::fs::create_dir_all(&job.scratch_dir).map_err(|e| {
             EngineError::new(format!("cannot create {}: {e}", job.scratch_dir.display()))

@@ -179,6 +179,27 @@ impl Composer {
         })
     }
 
+    /// Whether at least one spec provider answers now (a readiness probe); with none
+    /// configured, there is nothing to wait for. `Err` names each failing provider.
+    pub async fn probe_spec_providers(&self) -> Result<(), String> {
+        if self.providers.is_empty() {
+            return Ok(());
+        }
+        let probes = self
+            .providers
+            .iter()
+            .map(|(name, p)| async move { (name.as_str(), p.probe().await) });
+        let mut failures = Vec::new();
+        for (name, res) in futures::future::join_all(probes).await {
+            match res {
+                Ok(()) => return Ok(()),
+                Err(e) => failures.push(format!("{name}: {e}")),
+            }
+        }
+        failures.sort();
+        Err(failures.join("; "))
+    }
+
     /// Replaces the static layers (Gitpod's hot reload of `registry.staticLayer`). Files are
     /// hashed first: on an error nothing changes. Compositions made with the old layers stay
     /// addressable by digest while they are cached; new pulls of the tag get the new layers.

@@ -29,6 +29,12 @@ pub use remote::{RemoteAddr, RemoteSpecProvider, TlsFiles};
 #[async_trait]
 pub trait SpecProvider: Send + Sync {
     async fn get_spec(&self, id: &str) -> Result<ImageSpec, SpecError>;
+
+    /// Whether the provider answers now (for a readiness probe): `Err` says why not. A
+    /// provider that needs nothing remote always answers.
+    async fn probe(&self) -> Result<(), SpecError> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -36,12 +42,20 @@ impl<P: SpecProvider + ?Sized> SpecProvider for Arc<P> {
     async fn get_spec(&self, id: &str) -> Result<ImageSpec, SpecError> {
         (**self).get_spec(id).await
     }
+
+    async fn probe(&self) -> Result<(), SpecError> {
+        (**self).probe().await
+    }
 }
 
 #[async_trait]
 impl<P: SpecProvider + ?Sized> SpecProvider for Box<P> {
     async fn get_spec(&self, id: &str) -> Result<ImageSpec, SpecError> {
         (**self).get_spec(id).await
+    }
+
+    async fn probe(&self) -> Result<(), SpecError> {
+        (**self).probe().await
     }
 }
 

@@ -178,6 +178,24 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
             .await
             .context("builder.metricsAddress")?;
     }
+    if let Some(addr) = state
+        .config
+        .builder
+        .readiness_address
+        .clone()
+        .filter(|a| !a.is_empty())
+    {
+        let engine = state.engine.clone();
+        let readiness = rf_serve::Readiness::new()
+            .timeout(std::time::Duration::from_secs(10))
+            .check("buildEngine", move || {
+                let engine = engine.clone();
+                async move { engine.probe().await.map_err(|e| e.to_string()) }
+            });
+        rf_serve::spawn_readiness_checked(&addr, readiness)
+            .await
+            .context("builder.readinessAddress")?;
+    }
     // One signal stops every listener.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

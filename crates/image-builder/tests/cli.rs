@@ -243,3 +243,40 @@ fn logs_json_by_default_and_stops_on_sigterm() {
         assert!(v["level"].is_string(), "{line}");
     }
 }
+
+#[test]
+fn ready_while_buildah_can_build() {
+    let config = |port: u16| {
+        format!(
+            r#"{{"orchestrator": {{"baseImageRepository": "127.0.0.1:1/base-images",
+                 "workspaceImageRepository": "127.0.0.1:1/workspace-images"}},
+                "server": {{"services": {{"grpc": {{"address": "127.0.0.1:0"}}}}}},
+                "builder": {{"workDir": "$WORK", "readinessAddress": "127.0.0.1:{port}"}}}}"#
+        )
+    };
+    let ready = |port: u16| rf_testkit::curl_get(&format!("http://127.0.0.1:{port}/ready"));
+    let port = rf_testkit::free_port();
+    let _server = Server::start(&config(port), &[]);
+    rf_testkit::wait_until(Duration::from_secs(60), "ready with buildah", || {
+        ready(port).0 == 200
+    });
+    assert_eq!(
+        rf_testkit::curl_get(&format!("http://127.0.0.1:{port}/live")).0,
+        200
+    );
+
+    // no buildah on PATH: the engine cannot build, and /ready says so
+    let empty = tempfile::tempdir().unwrap();
+    let port = rf_testkit::free_port();
+    let _server = Server::start(&config(port), &[("PATH", empty.path().to_str().unwrap())]);
+    rf_testkit::wait_until(Duration::from_secs(30), "the readiness endpoint", || {
+        ready(port).0 != 0
+    });
+    let (status, body) = ready(port);
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("buildEngine") && body.contains("cannot run buildah"),
+        "{body}"
+    );
+}

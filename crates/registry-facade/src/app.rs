@@ -29,6 +29,8 @@ pub struct App {
     pub fixed_ids: Vec<String>,
     /// The `blobserve` section's service, when configured (served on its own port).
     pub blobserve: Option<Blobserve>,
+    /// `registry.store`, when configured.
+    pub store: Option<BlobStore>,
 }
 
 /// blobserve inside the facade's process: its router, blobspace and metrics, sharing the
@@ -155,7 +157,7 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
     let metrics = Metrics::new();
     let state = Arc::new(FacadeState {
         composer: Arc::new(composer),
-        blobs: BlobServer::new(upstream, store, metrics.clone()),
+        blobs: BlobServer::new(upstream, store.clone(), metrics.clone()),
         metrics,
         require_auth: r.require_auth,
     });
@@ -165,6 +167,7 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
         state,
         fixed_ids,
         blobserve,
+        store,
     })
 }
 

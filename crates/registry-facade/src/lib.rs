@@ -6,4 +6,5 @@
 
 pub mod app;
 pub mod config;
+pub mod probes;
 pub mod serve;

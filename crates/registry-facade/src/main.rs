@@ -92,7 +92,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await?;
             }
-            let mut ready = Arc::new(AtomicBool::new(true));
+            let mut pre_pulled: Option<Arc<AtomicBool>> = None;
             let mut blobserve_addr = None;
             if let Some(b) = &app.blobserve {
                 let bcfg = cfg.blobserve.as_ref().expect("blobserve is configured");
@@ -109,14 +109,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     shutdown_signal(),
                 ));
                 // Not ready until every prePull image is on disk (retried, never fatal).
-                ready = b.blobspace.pre_pull_in_background(bcfg.pre_pull_refs()?);
+                pre_pulled = Some(b.blobspace.pre_pull_in_background(bcfg.pre_pull_refs()?));
             }
             if let Some(addr) = cfg
                 .readiness_probe_addr
                 .as_deref()
                 .filter(|a| !a.is_empty())
             {
-                serve::spawn_readiness(addr, ready).await?;
+                serve::spawn_readiness(
+                    addr,
+                    registry_facade::probes::readiness(&app, local, pre_pulled),
+                )
+                .await?;
             }
             if !r.static_layer_reload_interval.is_zero() {
                 app::spawn_static_layer_reload(

@@ -47,12 +47,13 @@ pub async fn spawn_metrics(
         .context("prometheusAddr")
 }
 
-/// Starts `/ready` and `/live` in the background; `/ready` answers 200 once `ready` is set.
+/// Starts `/ready` and `/live` in the background; `/ready` answers 200 while every check of
+/// `readiness` passes.
 pub async fn spawn_readiness(
     addr: &str,
-    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    readiness: rf_serve::Readiness,
 ) -> anyhow::Result<SocketAddr> {
-    rf_serve::spawn_readiness_when(addr, ready)
+    rf_serve::spawn_readiness_checked(addr, readiness)
         .await
         .context("readinessProbeAddr")
 }

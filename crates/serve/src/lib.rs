@@ -21,8 +21,8 @@ pub mod tls;
 pub use access_log::access_log;
 pub use blob::{blob_response, not_modified, BlobMeta};
 pub use endpoints::{
-    metrics_router, readiness_router, readiness_router_when, spawn_metrics, spawn_readiness,
-    spawn_readiness_when,
+    metrics_router, readiness_router, readiness_router_checked, readiness_router_when,
+    spawn_metrics, spawn_readiness, spawn_readiness_checked, spawn_readiness_when, Readiness,
 };
 pub use error::ServeError;
 pub use listener::{bind, listen_addr, Accept, TcpAcceptor};

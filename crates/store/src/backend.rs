@@ -96,4 +96,11 @@ pub trait BlobBackend: Send + Sync + 'static {
 
     /// Deletes the media type of `digest`; absent is fine.
     async fn delete_media_type(&self, digest: &Digest) -> Result<(), StoreError>;
+
+    /// Whether the backend takes writes now (a readiness probe; remote backends ask their
+    /// server). The local directory shares the staging directory's file system, which the
+    /// store checks itself.
+    async fn probe(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

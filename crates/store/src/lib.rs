@@ -159,6 +159,21 @@ impl BlobStore {
         &self.inner.root
     }
 
+    /// Whether the store can take new blobs now (for a readiness probe): writes, syncs and
+    /// removes a small file in its staging directory, where every download starts, then asks
+    /// the backend ([`BlobBackend::probe`]).
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        let staging = self.inner.staging.clone();
+        blocking(move || {
+            let probe = fsio::temp_path(&staging);
+            let written = fsio::write_synced(&probe, b"ready?");
+            let _ = fsio::remove_if_exists(&probe);
+            Ok(written?)
+        })
+        .await?;
+        self.inner.backend.probe().await
+    }
+
     pub fn settings(&self) -> &StoreSettings {
         &self.inner.settings
     }

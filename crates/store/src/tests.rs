@@ -448,7 +448,29 @@ async fn commit_waits_for_a_deletion_of_the_same_digest() {
     assert!(err.is_none() && read == data);
 }
 
+async fn writability_is_checked_where_downloads_start(kind: Kind) {
+    let (fx, store) = store(kind).await;
+    store.check_writable().await.unwrap();
+    assert!(
+        entries(&store.root().join("tmp")).is_empty(),
+        "the probe file is removed"
+    );
+    // the staging directory replaced by a file: nothing can be written there any more
+    let staging = store.root().join("tmp");
+    fs::remove_dir_all(&staging).unwrap();
+    fs::write(&staging, b"not a directory").unwrap();
+    assert!(matches!(
+        store.check_writable().await,
+        Err(StoreError::Io(_))
+    ));
+    fs::remove_file(&staging).unwrap();
+    fs::create_dir(&staging).unwrap();
+    store.check_writable().await.unwrap();
+    drop(fx);
+}
+
 on_every_backend! {
+    #[tokio::test] writability_is_checked_where_downloads_start,
     #[tokio::test] put_get_round_trip,
     #[tokio::test] put_with_wrong_digest_leaves_nothing,
     #[tokio::test] streamed_write_and_read_5mib,

@@ -118,6 +118,11 @@ impl<P: SpecProvider> CachingSpecProvider<P> {
 
 #[async_trait]
 impl<P: SpecProvider> SpecProvider for CachingSpecProvider<P> {
+    /// Always asks the provider: a cache that answers says nothing about it.
+    async fn probe(&self) -> Result<(), SpecError> {
+        self.inner.probe().await
+    }
+
     async fn get_spec(&self, id: &str) -> Result<ImageSpec, SpecError> {
         if let Some((spec, fetched)) = self.cache.spec(id).await {
             if fetched.elapsed() < self.ttl {

@@ -216,7 +216,23 @@ impl SpecProvider for RemoteSpecProvider {
         }
         Err(best.expect("at least one target"))
     }
+
+    /// Asks each address for the spec of an id no workspace has: any answer (a spec,
+    /// `NotFound`, an unusable one) shows the provider serves; only "cannot ask" fails.
+    async fn probe(&self) -> Result<(), SpecError> {
+        let mut last = None;
+        for target in &self.targets {
+            match self.call(target, PROBE_ID).await {
+                Ok(_) | Err(SpecError::NotFound(_) | SpecError::Invalid(_)) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one target"))
+    }
 }
+
+/// The id asked by [`RemoteSpecProvider::probe`].
+const PROBE_ID: &str = "registry-facade-readiness-probe";
 
 #[cfg(test)]
 mod tests {

@@ -594,7 +594,12 @@ impl SpecProvider for Specs {
 
 impl SpecServer {
     pub fn start(specs: HashMap<String, ImageSpec>) -> SpecServer {
-        SpecServer::start_with(specs, None)
+        SpecServer::start_with(specs, None, "127.0.0.1:0")
+    }
+
+    /// [`SpecServer::start`] on `addr` (e.g. the address of one stopped before).
+    pub fn start_on(addr: &str, specs: HashMap<String, ImageSpec>) -> SpecServer {
+        SpecServer::start_with(specs, None, addr)
     }
 
     /// [`SpecServer::start`] serving gRPC over TLS with the server certificate of `tls`.
@@ -602,12 +607,13 @@ impl SpecServer {
         specs: HashMap<String, ImageSpec>,
         tls: &rf_testkit::tls::TlsFiles,
     ) -> SpecServer {
-        SpecServer::start_with(specs, Some(tls))
+        SpecServer::start_with(specs, Some(tls), "127.0.0.1:0")
     }
 
     fn start_with(
         specs: HashMap<String, ImageSpec>,
         tls: Option<&rf_testkit::tls::TlsFiles>,
+        bind: &str,
     ) -> SpecServer {
         let mut server = tonic::transport::Server::builder();
         if let Some(tls) = tls {
@@ -629,9 +635,7 @@ impl SpecServer {
             specs,
             calls: calls.clone(),
         });
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind(bind)).unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         rt.spawn(async move {
             server

@@ -29,6 +29,7 @@ mod images;
 mod report;
 mod results;
 mod servers;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -90,6 +91,9 @@ struct Args {
     /// A note printed in the report's header (e.g. "machine busy: provisional").
     #[arg(long)]
     note: Option<String>,
+    /// Run the soak instead of the benchmark, for this many seconds (`scripts/soak`).
+    #[arg(long)]
+    soak_secs: Option<u64>,
 }
 
 // ------------------------------------------------------------------------------------ progress
@@ -959,6 +963,21 @@ fn run(args: &Args) -> Result<()> {
             "{} not found: build it (cargo build --release -p registry-facade) or pass --facade-bin",
             facade_bin.display()
         );
+    }
+    if let Some(secs) = args.soak_secs {
+        let work = tempfile::Builder::new().prefix("rf-soak-").tempdir()?;
+        let report = soak::run(
+            &soak::Opts {
+                bin: std::fs::canonicalize(&facade_bin)?,
+                secs,
+            },
+            work.path(),
+        )?;
+        print!("{report}");
+        if let Some(path) = &args.write {
+            std::fs::write(path, &report)?;
+        }
+        return Ok(());
     }
     let repo = args.repo.clone().unwrap_or_else(|| PathBuf::from("."));
     let git = |a: &[&str]| {

@@ -119,3 +119,52 @@ fn containerd_pulls_by_host_name_over_tls_after_setup() {
     ]);
     assert!(!refused.status.success());
 }
+
+#[test]
+fn setup_explains_itself_and_refuses_bad_input_clearly() {
+    let help = Command::new(BIN)
+        .args(["setup", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--hostname",
+        "--hostfs",
+        "--port",
+        "31750",
+        "--ca",
+        "/usr/local/share/ca-certificates/gitpod-ca.crt",
+        "--dry-run",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from:\n{text}");
+    }
+
+    let hostfs = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("setup")
+            .arg("--hostfs")
+            .arg(hostfs.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    };
+    // A name that would climb out of certs.d.
+    let err = run(&["--hostname", "../../x", "--ca", "/dev/null"]);
+    assert!(err.contains("not a valid host name"), "{err}");
+    // Gitpod's default CA path, absent here: named in the error.
+    let err = run(&["--hostname", "localhost"]);
+    assert!(err.contains("gitpod-ca.crt"), "{err}");
+    let err = run(&["--hostname", "localhost", "--ca", "/dev/null"]);
+    assert!(err.contains("no PEM certificate"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(hostfs.path()).unwrap().count(),
+        0,
+        "nothing written on error"
+    );
+}

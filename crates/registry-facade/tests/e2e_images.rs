@@ -146,6 +146,7 @@ fn images_build_push_and_the_facade_image_serves_the_quickstart() {
     let started = ctr.ctr(&[
         "run",
         "-d",
+        "--read-only",
         "--net-host",
         "--cwd",
         "/srv",
@@ -203,4 +204,46 @@ fn images_build_push_and_the_facade_image_serves_the_quickstart() {
     ]);
     assert!(!sh.status.success(), "a shell ran in the facade's image");
     let _ = ctr.ctr(&["tasks", "kill", "-s", "SIGKILL", &id]);
+
+    // The DaemonSet's init container: `setup` from the same image, read-only root, writing
+    // through the host's /etc mounted at /mnt/host/etc (world-writable here: the image's user
+    // is not root, the manifests run it as root).
+    let host_etc = work.path().join("host-etc");
+    std::fs::create_dir_all(&host_etc).unwrap();
+    chmod(&host_etc, 0o777);
+    let tls_dir = work.path().join("tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let tls = rf_testkit::tls::server_cert(&tls_dir);
+    chmod(&tls_dir, 0o755);
+    chmod(&tls.ca, 0o644);
+    let etc_mount = format!(
+        "type=bind,src={},dst=/mnt/host/etc,options=rbind:rw",
+        host_etc.display()
+    );
+    let ca_mount = format!(
+        "type=bind,src={},dst=/tls/ca.crt,options=rbind:ro",
+        tls.ca.display()
+    );
+    let out = ctr
+        .run_with(
+            &image,
+            &["--read-only", "--mount", &etc_mount, "--mount", &ca_mount],
+            &[
+                "/usr/local/bin/registry-facade",
+                "setup",
+                "--hostfs=/mnt/host",
+                "--hostname=reg.ws.example.com",
+                "--ca=/tls/ca.crt",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("setup in the image: {e:#}"));
+    assert!(out.contains("3 file(s) written"), "{out}");
+    assert_eq!(
+        std::fs::read(host_etc.join("containerd/certs.d/reg.ws.example.com:31750/ca.crt")).unwrap(),
+        std::fs::read(&tls.ca).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(host_etc.join("hosts")).unwrap(),
+        "127.0.0.1 reg.ws.example.com\n"
+    );
 }

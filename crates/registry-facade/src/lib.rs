@@ -8,3 +8,4 @@ pub mod app;
 pub mod config;
 pub mod probes;
 pub mod serve;
+pub mod setup;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use registry_facade::config::Config;
+use registry_facade::setup::{self, SetupOptions};
 use registry_facade::{app, serve};
 use rf_cli::{exit_code, init_tracing, shutdown_signal, LogFormat};
 use tracing::info;
@@ -20,7 +21,8 @@ use tracing::info;
     after_help = "The config file is Gitpod's registry-facade config.json (README.md, \"Configuration reference\").\n\
                   Examples:\n  \
                   registry-facade check-config config.json\n  \
-                  registry-facade run examples/quickstart/config.json"
+                  registry-facade run examples/quickstart/config.json\n  \
+                  registry-facade setup --hostfs /mnt/host --hostname reg.ws.example.com --dry-run"
 )]
 struct Cli {
     /// Log format; `auto` is text on a terminal and JSON otherwise.
@@ -52,6 +54,30 @@ enum Command {
         /// Path to the JSON configuration file.
         config: PathBuf,
     },
+    /// Wire containerd on this node to the facade (Gitpod's node setup; run as an init container).
+    ///
+    /// Writes `<hostfs>/etc/containerd/certs.d/<hostname>:<port>/hosts.toml` (pull
+    /// `<hostname>:<port>` over HTTPS, trusting `ca.crt`) and `ca.crt` beside it, and adds
+    /// `127.0.0.1 <hostname>` to `<hostfs>/etc/hosts` when that name is missing. Files are
+    /// replaced atomically; a second run changes nothing and says so. containerd must read
+    /// `config_path = "/etc/containerd/certs.d"` (README.md, "Node setup").
+    Setup {
+        /// The host name containerd pulls by (`<hostname>:<port>/remote/<id>`).
+        #[arg(long)]
+        hostname: String,
+        /// Where the node's root file system is mounted.
+        #[arg(long, default_value = "/")]
+        hostfs: PathBuf,
+        /// The facade's TLS port on the node (Gitpod's host port).
+        #[arg(long, default_value_t = setup::DEFAULT_PORT)]
+        port: u16,
+        /// The CA certificate (PEM) that signed the facade's certificate.
+        #[arg(long, default_value = setup::DEFAULT_CA)]
+        ca: PathBuf,
+        /// Print what would change and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[tokio::main]
@@ -63,6 +89,23 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Setup {
+            hostname,
+            hostfs,
+            port,
+            ca,
+            dry_run,
+        } => {
+            let opts = SetupOptions {
+                hostname,
+                hostfs,
+                port,
+                ca,
+                dry_run,
+            };
+            setup::run(&opts, &mut std::io::stdout())?;
+            Ok(())
+        }
         Command::CheckConfig { config } => {
             Config::load(&config)?;
             println!("{}: ok", config.display());

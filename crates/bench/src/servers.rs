@@ -48,8 +48,18 @@ fn children(pid: u32) -> Vec<u32> {
 
 /// `VmHWM` (peak resident set) of `pid` in bytes.
 pub fn vm_hwm(pid: u32) -> Option<u64> {
+    vm_status(pid, "VmHWM:")
+}
+
+/// The resident set size of `pid` now, in bytes.
+pub fn vm_rss(pid: u32) -> Option<u64> {
+    vm_status(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/<pid>/status`, in bytes.
+fn vm_status(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::http;
 use crate::images::{pseudo_random, stored_gzip_layer};
-use crate::servers::{run_ok, Facade};
+use crate::servers::{run_ok, vm_rss, Facade};
 
 const CHUNK: Duration = Duration::from_secs(10);
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -79,13 +79,6 @@ fn parse_wrk(text: &str) -> Wrk {
         }
     }
     w
-}
-
-fn vm_rss(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// A cold pull of `fixed/<id>`: compose, then GET the layer `digest` and check its bytes.

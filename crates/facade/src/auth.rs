@@ -106,10 +106,14 @@ pub async fn authenticate(
 }
 
 /// The repository a `/v2/...` path (as the API router sees it, without the prefix) acts on;
-/// `None` for `/v2/` itself and paths that name none.
+/// `None` for `/v2/` itself and paths that name none. Percent-decoded as the router decodes it,
+/// so that the scope checked is the repository served (`fixed%2Fa` is `fixed/a`).
 fn repository_of(path: &str) -> Option<String> {
     let rest = path.strip_prefix("/v2/")?;
-    match Route::parse(rest)? {
+    let rest = percent_encoding::percent_decode_str(rest)
+        .decode_utf8()
+        .ok()?;
+    match Route::parse(&rest)? {
         Route::Manifest { name, .. }
         | Route::Blob { name, .. }
         | Route::BlobUpload { name }
@@ -563,6 +567,10 @@ mod tests {
         assert_eq!(
             repository_of("/v2/fixed/a/b/blobs/sha256:00").as_deref(),
             Some("fixed/a/b")
+        );
+        assert_eq!(
+            repository_of("/v2/fixed%2Fa/manifests/latest").as_deref(),
+            Some("fixed/a")
         );
     }
 

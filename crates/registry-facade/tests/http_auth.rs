@@ -197,6 +197,13 @@ async fn token_auth_checks_signature_claims_and_scope() {
         assert_challenge(&r, &format!("{base},error=\"invalid_token\""));
     }
 
+    // the scope is the repository the router serves, percent-decoded as it decodes it
+    let r = status_with(&app, "/v2/fixed%2Fgood/manifests/latest", Some(&good)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let encoded = bearer(issuer.token(&[("fixed%2Fgood", &["pull"])], 300));
+    let r = status_with(&app, "/v2/fixed%2Fgood/manifests/latest", Some(&encoded)).await;
+    assert_challenge(&r, &format!("{scoped},error=\"insufficient_scope\""));
+
     // a valid token for another repository, or without pull: insufficient scope (401, as
     // distribution)
     let insufficient = format!("{scoped},error=\"insufficient_scope\"");

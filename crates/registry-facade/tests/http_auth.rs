@@ -305,3 +305,56 @@ async fn error_bodies_carry_a_request_id_not_the_inside() {
     );
     assert_ne!(a, b);
 }
+
+/// ES256 tokens of the testkit's Python token server (python-jwt, the key's certificate in
+/// `x5c`), as distribution takes them: JWS `r || s` signatures verified against the bundle.
+#[tokio::test]
+async fn es256_tokens_of_another_issuer_implementation() {
+    let server = tokio::task::spawn_blocking(|| rf_testkit::TokenServer::start("u", "p"))
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(
+        &dir,
+        json!({"auth": {"token": {"realm": server.realm(), "service": rf_testkit::TokenServer::SERVICE,
+                                   "issuer": rf_testkit::TokenServer::ISSUER,
+                                   "rootCertBundle": server.cert_path()}}}),
+    )
+    .await;
+    let fetch = |scope: &'static str| {
+        let url = format!(
+            "{}?service={}&scope={scope}",
+            server.realm(),
+            rf_testkit::TokenServer::SERVICE
+        );
+        tokio::task::spawn_blocking(move || {
+            let (status, body) = rf_testkit::curl_get(&url);
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            format!("Bearer {}", v["token"].as_str().unwrap())
+        })
+    };
+    let good = fetch("repository:fixed/good:pull").await.unwrap();
+    let r = status_with(&app, GOOD, Some(&good)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let other = fetch("repository:fixed/other:pull").await.unwrap();
+    let r = status_with(&app, GOOD, Some(&other)).await;
+    assert_oci_error(&r, 401, "UNAUTHORIZED");
+    // one bit of the signature flipped
+    let (signed, sig) = good.rsplit_once('.').unwrap();
+    let mut sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .unwrap();
+    sig[10] ^= 1;
+    let tampered = format!(
+        "{signed}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig)
+    );
+    let r = status_with(&app, GOOD, Some(&tampered)).await;
+    assert_oci_error(&r, 401, "UNAUTHORIZED");
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .ends_with("error=\"invalid_token\""));
+}

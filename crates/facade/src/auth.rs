@@ -101,7 +101,13 @@ pub async fn authenticate(
     };
     match verdict {
         Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
+        // docker's ping of `/v2/` looks for the API version header on the 401 too
+        Err(e) => e
+            .with_header(
+                header::HeaderName::from_static("docker-distribution-api-version"),
+                "registry/2.0",
+            )
+            .into_response(),
     }
 }
 

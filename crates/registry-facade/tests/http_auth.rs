@@ -42,6 +42,10 @@ async fn status_with(app: &App, uri: &str, auth: Option<&str>) -> Resp {
 fn assert_challenge(r: &Resp, expected: &str) {
     assert_oci_error(r, 401, "UNAUTHORIZED");
     assert_eq!(r.header("www-authenticate"), Some(expected), "{}", r.text());
+    assert_eq!(
+        r.header("docker-distribution-api-version"),
+        Some("registry/2.0")
+    );
 }
 
 #[tokio::test]

@@ -142,9 +142,10 @@ impl BlobServer {
                 Err(StoreError::Fetch { error, .. }) => {
                     return Err(match error.cause::<UpstreamError>() {
                         Some(e) => ApiError::from_upstream_blob(e, &image.to_string()),
-                        None => ApiError::new(
+                        None => ApiError::hidden(
                             StatusCode::BAD_GATEWAY,
-                            "UPSTREAM_ERROR",
+                            "UNKNOWN",
+                            "the blob could not be fetched from its upstream registry",
                             format!("{image}: {digest}: {error}"),
                         ),
                     })
@@ -251,12 +252,14 @@ async fn file_stream(
     first: u64,
     whole: bool,
 ) -> Result<ByteStream, ApiError> {
-    let mut file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| ApiError::blob_unknown(format!("static layer {}: {e}", path.display())))?;
-    file.seek(io::SeekFrom::Start(first))
-        .await
-        .map_err(|e| ApiError::blob_unknown(format!("static layer {}: {e}", path.display())))?;
+    let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
+        ApiError::blob_unknown("blob unknown")
+            .with_internal(format!("static layer {}: {e}", path.display()))
+    })?;
+    file.seek(io::SeekFrom::Start(first)).await.map_err(|e| {
+        ApiError::blob_unknown("blob unknown")
+            .with_internal(format!("static layer {}: {e}", path.display()))
+    })?;
     let hasher = whole.then(|| digest.hasher());
     let s = stream::unfold(Some((file, hasher)), move |state| {
         let digest = digest.clone();

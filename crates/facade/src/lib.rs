@@ -4,6 +4,7 @@
 //! It must not depend on the binaries, the builder or a concrete cache: it serves whatever
 //! [`Composer`] and [`BlobServer`] it is given, on `rf-serve`'s blob responses and error body.
 
+pub mod auth;
 pub mod blob;
 pub mod error;
 pub mod metrics;
@@ -14,17 +15,17 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 use rf_composer::Composer;
 use rf_oci::name::validate_tag;
 use rf_oci::{Accept, Digest};
-use tracing::{info, warn};
 
+pub use auth::ClientAuth;
 pub use blob::BlobServer;
 pub use error::ApiError;
 pub use metrics::Metrics;
@@ -34,8 +35,8 @@ pub struct FacadeState {
     pub composer: Arc<Composer>,
     pub blobs: BlobServer,
     pub metrics: Metrics,
-    /// Gitpod's `requireAuth`: clients must present Basic credentials.
-    pub require_auth: bool,
+    /// How clients authenticate (Gitpod's `requireAuth`, htpasswd or Bearer tokens).
+    pub auth: Arc<ClientAuth>,
 }
 
 const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
@@ -43,17 +44,17 @@ const READ_ONLY: &str = "GET, HEAD";
 
 /// The registry router; `prefix` (Gitpod's `registry.prefix`) is prepended to every route.
 pub fn router(state: Arc<FacadeState>, prefix: &str) -> Router {
-    let require_auth = state.require_auth;
+    let auth = state.auth.clone();
     let api = Router::new()
         .route("/v2", any(api_base))
         .route("/v2/", any(api_base))
         .route("/v2/{*rest}", any(dispatch))
         .fallback(|| async { ApiError::not_found_route() })
         .with_state(state);
-    let api = if require_auth {
-        api.layer(middleware::from_fn(basic_auth_present))
-    } else {
+    let api = if auth.is_none() {
         api
+    } else {
+        api.layer(middleware::from_fn_with_state(auth, auth::authenticate))
     };
     let prefix = prefix.trim_matches('/');
     let router = if prefix.is_empty() {
@@ -63,21 +64,11 @@ pub fn router(state: Arc<FacadeState>, prefix: &str) -> Router {
             .nest(&format!("/{prefix}"), api)
             .fallback(|| async { ApiError::not_found_route() })
     };
-    // Access log at debug level: method, path, status and latency of every request.
-    router.layer(middleware::from_fn(rf_serve::access_log))
-}
-
-async fn basic_auth_present(req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.len() > 6 && v[..6].eq_ignore_ascii_case("basic "));
-    if ok {
-        next.run(req).await
-    } else {
-        ApiError::unauthorized().into_response()
-    }
+    // Access log at debug level: method, path, status and latency of every request (never
+    // its headers, which carry credentials).
+    router
+        .layer(middleware::from_fn(error::request_id))
+        .layer(middleware::from_fn(rf_serve::access_log))
 }
 
 async fn api_base(method: Method) -> Response {
@@ -121,14 +112,8 @@ async fn dispatch(
         )),
         None => Err(ApiError::not_found_route()),
     };
-    let mut resp = result.unwrap_or_else(|e| {
-        if e.status.is_server_error() {
-            warn!(path = %rest, code = e.code, message = %e.message, "request failed");
-        } else {
-            info!(path = %rest, code = e.code, message = %e.message, "request rejected");
-        }
-        e.into_response()
-    });
+    // ApiError's response logs it, with the request id the body carries
+    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
     resp.headers_mut()
         .insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
     resp
@@ -297,9 +282,10 @@ async fn blob(
             blob::BlobBody::Stream { origin, stream } => {
                 Ok(state.metrics.count_blob(origin.label(), len, stream))
             }
-            blob::BlobBody::Redirect(url) => Err(ApiError::new(
+            blob::BlobBody::Redirect(url) => Err(ApiError::hidden(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "UNKNOWN",
+                "internal error",
                 format!("unexpected redirect to {url}"),
             )),
         }

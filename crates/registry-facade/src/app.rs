@@ -11,7 +11,8 @@ use rf_composer::{
     CachingSpecProvider, FixedSpecProvider, RemoteAddr, RemoteSpecProvider, SpecProvider, TlsFiles,
 };
 use rf_composer::{Composer, ComposerSettings, StaticLayer};
-use rf_facade::{BlobServer, FacadeState, Metrics};
+use rf_facade::auth::{Htpasswd, TokenAuth, TokenSettings};
+use rf_facade::{BlobServer, ClientAuth, FacadeState, Metrics};
 use rf_store::{BlobStore, FetchSettings, StoreSettings};
 use rf_upstream::{Upstream, UpstreamConfig};
 use tracing::warn;
@@ -154,12 +155,13 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
         }
         None => None,
     };
+    let auth = client_auth(r)?;
     let metrics = Metrics::new();
     let state = Arc::new(FacadeState {
         composer: Arc::new(composer),
         blobs: BlobServer::new(upstream, store.clone(), metrics.clone()),
         metrics,
-        require_auth: r.require_auth,
+        auth: Arc::new(auth),
     });
     let router = rf_facade::router(state.clone(), &r.prefix);
     Ok(App {
@@ -169,6 +171,34 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
         blobserve,
         store,
     })
+}
+
+/// `registry.auth` wins over Gitpod's `requireAuth`, which it implies.
+fn client_auth(r: &crate::config::RegistryConfig) -> anyhow::Result<ClientAuth> {
+    let Some(auth) = &r.auth else {
+        return Ok(if r.require_auth {
+            ClientAuth::AnyBasic
+        } else {
+            ClientAuth::None
+        });
+    };
+    if let Some(path) = &auth.htpasswd {
+        return Ok(ClientAuth::Htpasswd(
+            Htpasswd::open(path).context("registry.auth.htpasswd")?,
+        ));
+    }
+    match &auth.token {
+        Some(t) => Ok(ClientAuth::Token(
+            TokenAuth::new(TokenSettings {
+                realm: t.realm.clone(),
+                service: t.service.clone(),
+                issuer: t.issuer.clone(),
+                root_cert_bundle: t.root_cert_bundle.clone(),
+            })
+            .context("registry.auth.token")?,
+        )),
+        None => Ok(ClientAuth::None),
+    }
 }
 
 /// The `registry.staticLayer` entries as the composer takes them.

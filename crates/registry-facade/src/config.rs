@@ -90,6 +90,32 @@ pub struct RegistryConfig {
     /// How blob downloads into the store resume after the upstream connection breaks.
     #[serde(default)]
     pub resume: ResumeConfig,
+    /// Client authentication as CNCF distribution's: htpasswd or token (one of them).
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthConfig {
+    /// A file of `user:bcrypt-hash` lines, re-read when it changes.
+    #[serde(default)]
+    pub htpasswd: Option<PathBuf>,
+    #[serde(default)]
+    pub token: Option<TokenAuthConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TokenAuthConfig {
+    /// The token server's URL, sent to clients in the challenge.
+    pub realm: String,
+    /// The `aud` tokens must carry, sent in the challenge.
+    pub service: String,
+    /// The `iss` tokens must carry.
+    pub issuer: String,
+    /// PEM certificates whose keys may sign tokens.
+    pub root_cert_bundle: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -296,6 +322,30 @@ impl Config {
         if r.resume.max_attempts == 0 {
             anyhow::bail!("key \"registry.resume.maxAttempts\": must be at least 1");
         }
+        if let Some(auth) = &r.auth {
+            match (&auth.htpasswd, &auth.token) {
+                (Some(_), Some(_)) => anyhow::bail!(
+                    "key \"registry.auth\": configure one of \"htpasswd\" and \"token\", not both"
+                ),
+                (None, None) => {
+                    anyhow::bail!("key \"registry.auth\": configure \"htpasswd\" or \"token\"")
+                }
+                _ => {}
+            }
+            if let Some(t) = &auth.token {
+                for (key, v) in [
+                    ("realm", &t.realm),
+                    ("service", &t.service),
+                    ("issuer", &t.issuer),
+                ] {
+                    if v.trim().is_empty() || v.contains('"') {
+                        anyhow::bail!(
+                            "key \"registry.auth.token.{key}\": must be non-empty, without '\"'"
+                        );
+                    }
+                }
+            }
+        }
         if let Some(tls) = &r.tls {
             if tls.crt.is_none() || tls.key.is_none() {
                 anyhow::bail!("key \"registry.tls\": both \"crt\" and \"key\" are required");
@@ -396,6 +446,27 @@ mod tests {
             .contains("registry.staticLayer[0].ref"));
         assert!(
             err(r#"{"registry": {"port": 70000, "fixedSpecFN": "a"}}"#).contains("registry.port")
+        );
+    }
+
+    #[test]
+    fn auth_keys() {
+        let cfg = Config::from_json(
+            br#"{"registry": {"port": 1, "fixedSpecFN": "a", "auth": {"token": {"realm": "http://t/token",
+                 "service": "svc", "issuer": "iss", "rootCertBundle": "/certs.pem"}}}}"#,
+        )
+        .unwrap();
+        let t = cfg.registry.auth.unwrap().token.unwrap();
+        assert_eq!((t.service.as_str(), t.issuer.as_str()), ("svc", "iss"));
+        assert!(err(r#"{"registry": {"port": 1, "fixedSpecFN": "a", "auth": {"htpasswd": "h", "token": {"realm": "r", "service": "s", "issuer": "i", "rootCertBundle": "c"}}}}"#)
+            .contains("not both"));
+        assert!(err(r#"{"registry": {"port": 1, "fixedSpecFN": "a", "auth": {"htpasswd": "h", "basic": 1}}}"#)
+            .contains("basic"));
+        assert!(err(r#"{"registry": {"port": 1, "fixedSpecFN": "a", "auth": {"token": {"realm": "r", "service": "s", "issuer": "i"}}}}"#)
+            .contains("rootCertBundle"));
+        assert!(
+            err(r#"{"registry": {"port": 1, "fixedSpecFN": "a", "auth": {}}}"#)
+                .contains("registry.auth")
         );
     }
 

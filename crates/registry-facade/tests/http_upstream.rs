@@ -118,7 +118,9 @@ async fn upstream_down() {
     .await;
     let r = manifest(&app, "fixed/down", "latest", ACCEPT_ALL).await;
     let msg = assert_oci_error(&r, 503, "UNAVAILABLE");
-    assert!(msg.contains(&format!("127.0.0.1:{closed}/base")), "{msg}");
+    // the upstream's address stays in the log (issue 10): the body has a request id
+    assert!(!msg.contains(&format!("127.0.0.1:{closed}")), "{msg}");
+    assert!(r.json()["errors"][0]["detail"]["requestId"].is_string());
     let r = get(&app, &format!("/v2/fixed/down/blobs/{}", random_digest())).await;
     assert_oci_error(&r, 503, "UNAVAILABLE");
     assert_serving(&app, GOOD).await;
@@ -186,7 +188,8 @@ async fn upstream_auth() {
         ] {
             assert!(!body.contains(secret), "{secret} leaked: {body}");
         }
-        assert!(msg.contains("private/base"), "{msg}");
+        // which image was refused is for the log, not the client (issue 10)
+        assert!(!msg.contains(&reg.addr()), "{msg}");
         assert_serving(&app, GOOD).await;
     }
 
@@ -269,7 +272,8 @@ async fn corrupt_upstream_blobs_fail_and_are_not_cached() {
                     .expect_err("corrupt body must not end cleanly");
                 assert!(!err.is_empty());
             } else {
-                assert_oci_error(&r, 502, "UPSTREAM_ERROR");
+                // UNKNOWN: a code of the distribution spec (was our own UPSTREAM_ERROR)
+                assert_oci_error(&r, 502, "UNKNOWN");
             }
             assert!(
                 !store
@@ -350,7 +354,9 @@ async fn missing_referenced_images() {
     ] {
         let r = manifest(&app, &format!("fixed/{id}"), "latest", ACCEPT_ALL).await;
         let msg = assert_oci_error(&r, 404, "MANIFEST_UNKNOWN");
-        assert!(msg.contains(image), "{id}: {msg:?} should name {image}");
+        // the missing image is named in the log only (issue 10): the body has a request id
+        assert!(!msg.contains(image), "{id}: {msg:?} names {image}");
+        assert!(r.json()["errors"][0]["detail"]["requestId"].is_string());
         assert_serving(&app, "/v2/fixed/ok/manifests/latest").await;
     }
 }

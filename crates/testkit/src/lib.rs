@@ -6,6 +6,8 @@
 //!   Every process is killed (and its temp dir removed) on `Drop`, also when a test panics.
 //! * [`faults`]: fault-injection peers: a scripted HTTP server and misbehaving reverse proxies.
 //! * [`tls`]: a CA and a server certificate for 127.0.0.1 (openssl).
+//! * [`jwt`]: client credentials for a registry under test: htpasswd files, RS256 registry
+//!   tokens and a loopback token server issuing them.
 //! * [`wait`]: poll a condition with a deadline instead of sleeping.
 //! * [`grpc`]: a tonic server for in-process services under test.
 //! * [`git`]: bare git repositories served over `file://`.
@@ -28,6 +30,7 @@ pub mod faults;
 pub mod git;
 pub mod grpc;
 pub mod hostile;
+pub mod jwt;
 pub mod layout;
 pub mod procs;
 pub mod tls;
@@ -35,6 +38,7 @@ pub mod wait;
 
 pub use git::git_repo;
 pub use grpc::serve_grpc;
+pub use jwt::{write_htpasswd, JwtIssuer, JwtTokenServer};
 pub use layout::{
     busybox_entries, busybox_image, busybox_layer, BuiltImage, BuiltIndex, Compression, Entry,
     ImageBuilder, IndexStyle, Layer, ManifestStyle, OciLayout, Platform,

@@ -344,23 +344,34 @@ fn clean(path: &str) -> String {
     out.join("/")
 }
 
+/// An error answer: `message` (nothing from inside: no upstream host, path or OS error) and a
+/// new request id, in the body and in `X-Request-Id`; `detail` goes to the log under that id.
+fn failed(status: StatusCode, message: &str, detail: &dyn std::fmt::Display) -> Response {
+    let id = rf_serve::new_request_id();
+    tracing::warn!(request_id = %id, status = status.as_u16(), error = %detail, "{message}");
+    let mut r = text(status, format!("{message} (request id {id})\n"));
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        r.headers_mut().insert(rf_serve::REQUEST_ID_HEADER, v);
+    }
+    r
+}
+
 fn internal(e: &dyn std::fmt::Display) -> Response {
-    text(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("internal error: {e}"),
-    )
+    failed(StatusCode::INTERNAL_SERVER_ERROR, "internal error", e)
 }
 
 fn error_response(r: &Reference, e: &BlobserveError) -> Response {
-    if e.is_not_found() {
-        text(
-            StatusCode::NOT_FOUND,
-            format!("image {r} not found: {:?}", e.to_string()),
-        )
-    } else if e.is_upstream() {
-        text(StatusCode::BAD_GATEWAY, format!("upstream error: {e}"))
-    } else {
-        internal(e)
+    match e {
+        // what blobserve itself found about the image (a platform missing, no layers, a cap
+        // exceeded, zstd): the client's business, and nothing from inside
+        BlobserveError::NotFound { .. } => failed(StatusCode::NOT_FOUND, &e.to_string(), e),
+        BlobserveError::Unsupported { .. } => {
+            failed(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), e)
+        }
+        _ if e.is_too_large() => failed(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), e),
+        _ if e.is_not_found() => failed(StatusCode::NOT_FOUND, &format!("image {r} not found"), e),
+        _ if e.is_upstream() => failed(StatusCode::BAD_GATEWAY, "upstream error", e),
+        _ => internal(e),
     }
 }
 

@@ -459,3 +459,15 @@ async fn hostile_symlinks_neither_write_nor_serve_outside_the_root() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_bodies_carry_a_request_id_not_the_inside() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bs, app) = open(&config(json!({"allowAnyRepo": true}), dir.path())).await;
+    // nothing listens on port 1: the upstream refuses the connection
+    let r = get(&app, "/127.0.0.1:1/ide:latest/index.html").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    let id = r.header("x-request-id").unwrap().to_string();
+    let body = r.text();
+    assert_eq!(body, format!("upstream error (request id {id})\n"));
+}

@@ -5,11 +5,6 @@
 //! distribution spec's list, a generic message and the request id; what happened inside
 //! (upstream host names, OS errors, spec contents) goes to the log under that id only.
 
-use std::collections::hash_map::{DefaultHasher, RandomState};
-use std::hash::{BuildHasher as _, Hasher as _};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -19,8 +14,7 @@ use rf_composer::SpecError;
 use rf_upstream::{ErrorClass, UpstreamError};
 use tracing::{info, warn};
 
-/// The response header that carries the request id (also in every error body's `detail`).
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub use rf_serve::{new_request_id, REQUEST_ID_HEADER};
 
 /// What the error log needs to know about the request being answered.
 #[derive(Debug, Clone)]
@@ -32,17 +26,6 @@ struct RequestCtx {
 
 tokio::task_local! {
     static REQUEST: RequestCtx;
-}
-
-/// A fresh request id: 16 hex digits of a per-process random seed mixed with a counter, so
-/// ids do not repeat within a process and are not guessable across restarts.
-pub fn new_request_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    static SEED: OnceLock<u64> = OnceLock::new();
-    let seed = *SEED.get_or_init(|| RandomState::new().build_hasher().finish());
-    let mut h = DefaultHasher::new();
-    h.write_u64(seed ^ COUNTER.fetch_add(1, Ordering::Relaxed));
-    format!("{:016x}", h.finish())
 }
 
 /// Gives each request an id (`X-Request-Id` on every response) that error bodies and the

@@ -15,6 +15,7 @@ pub mod endpoints;
 mod error;
 pub mod listener;
 mod oci_error;
+pub mod request_id;
 pub mod server;
 pub mod tls;
 
@@ -27,5 +28,6 @@ pub use endpoints::{
 pub use error::ServeError;
 pub use listener::{bind, listen_addr, Accept, TcpAcceptor};
 pub use oci_error::{oci_error, oci_error_body};
+pub use request_id::{internal_error, new_request_id, REQUEST_ID_HEADER};
 pub use server::{Options, Server};
 pub use tls::tls_acceptor;

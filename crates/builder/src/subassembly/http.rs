@@ -88,13 +88,9 @@ fn invalid_digest(raw: &str) -> Response {
     )
 }
 
+/// A 500 whose body names no path or OS error (they go to the log with its request id).
 fn unreadable(d: &Digest, e: &dyn std::fmt::Display) -> Response {
-    oci_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "UNKNOWN",
-        &format!("cannot read {d}: {e}"),
-        None,
-    )
+    rf_serve::internal_error(&format!("cannot read subassembly {d}"), e)
 }
 
 fn unknown(d: &Digest) -> Response {

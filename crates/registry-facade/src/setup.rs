@@ -243,9 +243,18 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), SetupError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(err)?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.rf-setup-{}", std::process::id()));
+    // Init containers of two pods on one node can both be pid 1: the time makes the name unique,
+    // and create_new never writes into another run's temp file.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.rf-setup-{}-{nanos}", std::process::id()));
     let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         f.write_all(contents)?;
         f.sync_all()?;
         use std::os::unix::fs::PermissionsExt as _;

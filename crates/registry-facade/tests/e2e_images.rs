@@ -19,8 +19,12 @@ use serde_json::json;
 
 const BINARIES: [&str; 3] = ["registry-facade", "blobserve", "image-builder"];
 
-/// The directory of the binary under test, with blobserve and image-builder built beside it.
+/// The directory of the binary under test, with blobserve and image-builder built beside it;
+/// `RF_IMAGES_BIN_DIR` picks another (e.g. `target/release`, to check the release images).
 fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RF_IMAGES_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
     let dir = Path::new(BIN).parent().unwrap().to_path_buf();
     if BINARIES.iter().all(|b| dir.join(b).is_file()) {
         return dir;

@@ -50,7 +50,7 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
         .and_then(|v| v.as_bool())
         == Some(true)
     {
-        warn!("registry.redis is enabled, but this implementation caches in registry.store only; ignoring redis");
+        warn!("registry.redis is enabled, but this implementation caches in registry.store only; Redis is only checked by /ready");
     }
     if r.ipfs
         .as_ref()

@@ -166,7 +166,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             {
                 serve::spawn_readiness(
                     addr,
-                    registry_facade::probes::readiness(&app, local, pre_pulled),
+                    registry_facade::probes::readiness(
+                        &app,
+                        local,
+                        pre_pulled,
+                        registry_facade::redis_probe::RedisProbe::from_config(r.redis.as_ref()),
+                    ),
                 )
                 .await?;
             }

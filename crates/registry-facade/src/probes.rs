@@ -1,6 +1,7 @@
 //! What the facade's `/ready` checks, each on every probe: the registry listener accepts
 //! connections, the store can take new blobs, at least one spec provider answers, and
-//! blobserve's pre-pulled images are in (when it runs here). Static layers need no check:
+//! blobserve's pre-pulled images are in (when it runs here), and Redis answers (when
+//! `registry.redis` is enabled). Static layers need no check:
 //! they are loaded before any listener opens, and a failed reload keeps the loaded ones.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use rf_serve::Readiness;
 
 use crate::app::App;
+use crate::redis_probe::RedisProbe;
 
 /// The checks for `app`, whose registry listens on `registry` (an unspecified address is
 /// probed on loopback); `pre_pulled` is blobserve's flag when it runs in this process.
@@ -17,6 +19,7 @@ pub fn readiness(
     app: &App,
     registry: SocketAddr,
     pre_pulled: Option<Arc<AtomicBool>>,
+    redis: Option<RedisProbe>,
 ) -> Readiness {
     let target = match registry {
         SocketAddr::V4(a) if a.ip().is_unspecified() => (Ipv4Addr::LOCALHOST, a.port()).into(),
@@ -45,6 +48,12 @@ pub fn readiness(
         let composer = composer.clone();
         async move { composer.probe_spec_providers().await }
     });
+    if let Some(redis) = redis {
+        r = r.check("redis", move || {
+            let redis = redis.clone();
+            async move { redis.check().await }
+        });
+    }
     if let Some(flag) = pre_pulled {
         r = r.flag("blobservePrePull", flag, "pre-pulling blobserve's images");
     }

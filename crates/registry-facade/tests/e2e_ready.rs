@@ -124,3 +124,50 @@ fn ready_tells_the_truth_about_the_spec_provider_and_the_store() {
     });
     drop(specs);
 }
+
+#[test]
+fn ready_follows_redis_when_it_is_configured() {
+    let redis = rf_testkit::Redis::start().unwrap();
+    let port = free_port();
+    let cfg = json!({
+        "registry": {
+            "port": 0,
+            "listenAddress": "127.0.0.1",
+            "fixedSpecFN": "examples/quickstart/spec.json",
+            "redis": {"enabled": true, "singleHostAddr": redis.addr()},
+        },
+        "readinessProbeAddr": format!("127.0.0.1:{port}"),
+    });
+    let _facade = Facade::start(&cfg);
+    let url = format!("http://127.0.0.1:{port}/ready");
+    wait_until(FOLLOWS, "ready with redis", || ready(&url).0 == 200);
+    assert_eq!(ready(&url).1["checks"]["redis"], "ok");
+
+    // a stopped redis accepts connections (the kernel does) but never answers
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &redis.pid().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
+    let stopped = rf_testkit::try_wait_until(FOLLOWS, "not ready with redis stopped", || {
+        let (status, body) = ready(&url);
+        status == 503 && failing(&body) == ["redis"]
+    });
+    signal("-CONT");
+    stopped.unwrap();
+    wait_until(FOLLOWS, "ready with redis back", || ready(&url).0 == 200);
+
+    // gone: refused
+    let addr = redis.addr();
+    drop(redis);
+    wait_until(FOLLOWS, "not ready without redis", || {
+        let (status, body) = ready(&url);
+        status == 503
+            && body["checks"]["redis"]
+                .as_str()
+                .is_some_and(|s| s.contains(&addr))
+    });
+}

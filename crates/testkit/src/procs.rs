@@ -1240,6 +1240,10 @@ impl Redis {
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+    /// The server's process id (to stop it with SIGSTOP, say).
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)

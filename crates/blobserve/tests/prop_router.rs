@@ -101,7 +101,7 @@ fn request(host: String) -> impl Strategy<Value = RandomRequest> {
             RandomRequest {
                 method,
                 uri,
-                headers: headers.into_iter().map(|(k, v)| (k, v)).collect(),
+                headers,
             }
         })
 }

@@ -18,8 +18,8 @@
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,9 +32,13 @@ use tokio::time::{Instant, Sleep};
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What the connection's requests tell its IO: how many are in flight.
-#[derive(Default)]
 pub(crate) struct Activity {
     in_flight: AtomicUsize,
+    /// Times the connection went from busy to idle, and when it last did: the IO may not be
+    /// read at all while a request is in flight (HTTP/1 need not), so it cannot see the busy
+    /// phase itself, only that one ended.
+    idle_since: AtomicU64,
+    last_idle: Mutex<Instant>,
     /// Wakes a read parked without a deadline (a request was in flight) once the last one
     /// ends: with HTTP/2 that happens on another task, and the idle deadline must start.
     reader: AtomicWaker,
@@ -42,6 +46,19 @@ pub(crate) struct Activity {
     /// GOAWAY, which lets a client that is about to send a request retry it elsewhere.
     pub(crate) h2_idle: Notify,
     h2_idle_sent: AtomicBool,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            last_idle: Mutex::new(Instant::now()),
+            reader: AtomicWaker::new(),
+            h2_idle: Notify::new(),
+            h2_idle_sent: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Activity {
@@ -63,6 +80,8 @@ impl InFlight {
     fn end(&mut self) {
         if let Some(a) = self.0.take() {
             if a.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+                *a.last_idle.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                a.idle_since.fetch_add(1, Ordering::AcqRel);
                 a.reader.wake();
             }
         }
@@ -129,6 +148,8 @@ pub(crate) struct ConnDeadline<I> {
     idle_timeout: Duration,
     sleep: Pin<Box<Sleep>>,
     phase: Phase,
+    /// The last [`Activity::idle_since`] seen.
+    idle_seen: u64,
     /// The first bytes of the connection, until it is known whether it speaks HTTP/2.
     preface: Vec<u8>,
     h2: Option<bool>,
@@ -148,6 +169,7 @@ impl<I> ConnDeadline<I> {
             idle_timeout,
             sleep: Box::pin(tokio::time::sleep(header_timeout)),
             phase: Phase::Waiting { head_started: true },
+            idle_seen: 0,
             preface: Vec::new(),
             h2: None,
         }
@@ -156,13 +178,20 @@ impl<I> ConnDeadline<I> {
     fn sync_phase(&mut self) {
         if self.activity.busy() {
             self.phase = Phase::Busy;
-        } else if self.phase == Phase::Busy {
+            return;
+        }
+        let idle = self.activity.idle_since.load(Ordering::Acquire);
+        if idle != self.idle_seen {
+            self.idle_seen = idle;
             self.phase = Phase::Waiting {
                 head_started: false,
             };
-            self.sleep
-                .as_mut()
-                .reset(Instant::now() + self.idle_timeout);
+            let since = *self
+                .activity
+                .last_idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.sleep.as_mut().reset(since + self.idle_timeout);
         }
     }
 
@@ -265,5 +294,111 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ConnDeadline<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The deadlines on a paused clock: each phase's timeout, to the virtual instant.
+
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    const HEADER: Duration = Duration::from_secs(30);
+    const IDLE: Duration = Duration::from_secs(60);
+
+    fn conn() -> (ConnDeadline<DuplexStream>, DuplexStream, Arc<Activity>) {
+        let (server, client) = tokio::io::duplex(1 << 16);
+        let activity = Arc::new(Activity::default());
+        let io = ConnDeadline::new(server, HEADER, IDLE, activity.clone());
+        (io, client, activity)
+    }
+
+    /// Reads until the deadline fails a read; the virtual time it took.
+    async fn time_to_timeout(io: &mut ConnDeadline<DuplexStream>) -> Duration {
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        loop {
+            match io.read(&mut buf).await {
+                Ok(n) => assert!(n > 0, "EOF instead of a timeout"),
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+                    return start.elapsed();
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_gets_the_header_timeout() {
+        let (mut io, _client, _) = conn();
+        assert_eq!(time_to_timeout(&mut io).await, HEADER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn busy_connections_have_no_deadline_and_idle_ones_the_idle_timeout() {
+        let (mut io, mut client, activity) = conn();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        let request = activity.start();
+        tokio::select! {
+            r = io.read(&mut buf) => panic!("a read ended while a request was in flight: {r:?}"),
+            _ = tokio::time::sleep(IDLE * 10) => {}
+        }
+        // The response is sent: idle from now.
+        drop(request);
+        assert_eq!(time_to_timeout(&mut io).await, IDLE);
+    }
+
+    /// Slowloris on a keep-alive connection: the first byte of the next head starts the
+    /// header timeout, which ends before the idle timeout would.
+    #[tokio::test(start_paused = true)]
+    async fn the_next_head_gets_the_header_timeout_from_its_first_byte() {
+        let (mut io, mut client, activity) = conn();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        io.read(&mut buf).await.unwrap();
+        drop(activity.start());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        client.write_all(b"G").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 1);
+        let trickle = async {
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if client.write_all(b"E").await.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            took = time_to_timeout(&mut io) => assert_eq!(took, HEADER),
+            _ = trickle => panic!("a trickling head outlived the header timeout"),
+        }
+    }
+
+    /// HTTP/2 frames while idle (PINGs) are no request head; an idle HTTP/2 connection is
+    /// asked to go (GOAWAY) at the idle timeout, and closed a header timeout later.
+    #[tokio::test(start_paused = true)]
+    async fn idle_h2_gets_goaway_first() {
+        let (mut io, mut client, activity) = conn();
+        client.write_all(H2_PREFACE).await.unwrap();
+        let mut buf = [0u8; 64];
+        let mut got = 0;
+        while got < H2_PREFACE.len() {
+            got += io.read(&mut buf).await.unwrap();
+        }
+        drop(activity.start());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        client.write_all(b"ping").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 4);
+        assert_eq!(
+            time_to_timeout(&mut io).await,
+            IDLE - Duration::from_secs(1) + HEADER
+        );
+        // The GOAWAY request was made (its permit is stored).
+        tokio::time::timeout(Duration::from_millis(1), activity.h2_idle.notified())
+            .await
+            .expect("no GOAWAY was asked for");
     }
 }

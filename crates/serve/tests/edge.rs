@@ -343,3 +343,29 @@ async fn an_idle_h2_connection_is_closed() {
         .unwrap()
         .ok();
 }
+
+/// The header timeout of a later request runs from its first byte, not from the connection's
+/// start: a keep-alive connection older than it, idle for longer than it (but not for the idle
+/// timeout), still serves its next request.
+#[tokio::test]
+async fn an_old_keep_alive_connection_serves_after_a_pause() {
+    let app = Router::new().route("/ok", get(|| async { "ok" })).route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            "ok"
+        }),
+    );
+    let server = Server::new(bind("127.0.0.1:0").await.unwrap()).options(options(
+        Duration::from_millis(300),
+        Duration::from_secs(600),
+    ));
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.serve(app, std::future::pending()));
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    keep_alive_ok(&mut c).await;
+    // The pause: a request on another connection that outlasts the header timeout.
+    let resp = get_raw(addr, "/slow").await;
+    assert!(resp.ends_with("ok"), "{resp}");
+    keep_alive_ok(&mut c).await;
+}

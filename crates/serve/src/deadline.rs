@@ -358,7 +358,7 @@ mod tests {
         let (mut io, mut client, activity) = conn();
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 64];
-        io.read(&mut buf).await.unwrap();
+        assert!(io.read(&mut buf).await.unwrap() > 0);
         drop(activity.start());
         tokio::time::sleep(Duration::from_secs(5)).await;
         client.write_all(b"G").await.unwrap();

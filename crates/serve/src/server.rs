@@ -35,7 +35,8 @@ pub struct Options {
     pub idle_timeout: Duration,
     /// Open connections at most; at the bound the server stops accepting, and new clients
     /// wait in the kernel's backlog until a connection ends (an idle one within
-    /// `idle_timeout`). Kept below the process's file limit (see [`Server::serve`]).
+    /// `idle_timeout`). Lowered to ¾ of the process's open-file limit when that is less, so
+    /// that clients meet this bound rather than EMFILE.
     pub max_connections: usize,
     /// Bytes of a request head at most (HTTP/1: 431 past it, 8 KiB at least; HTTP/2: the
     /// header list size).

@@ -369,3 +369,24 @@ async fn an_old_keep_alive_connection_serves_after_a_pause() {
     assert!(resp.ends_with("ok"), "{resp}");
     keep_alive_ok(&mut c).await;
 }
+
+/// An HTTP/2 client that sends its preface and SETTINGS, then no request, is closed too (the
+/// first-request deadline used to be disarmed by the server's own SETTINGS frame).
+#[tokio::test]
+async fn a_silent_h2_client_is_closed() {
+    let addr = start(options(
+        Duration::from_millis(300),
+        Duration::from_millis(300),
+    ))
+    .await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    c.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    assert!(
+        closed_by_server(&mut c).await,
+        "a silent HTTP/2 client was kept"
+    );
+}

@@ -1,6 +1,7 @@
 //! The hardened edge on the real binary: 200 slowloris connections (a request head one byte a
 //! second) do not stop a normal pull (`skopeo copy` of the quickstart's `fixed/demo`), the
-//! header timeout closes every one of them, and the facade's resident memory stays bounded.
+//! header timeout closes every one of them, and the facade's resident memory stays bounded;
+//! a client holding every slot of `registry.listener.maxConnections` does not hang a pull.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -62,8 +63,9 @@ fn skopeo_copy(addr: &str, dest: &Path) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slowloris_connections_do_not_stop_a_pull_and_are_closed() {
+/// The real binary on the quickstart config with `listener` settings; its child (killed on
+/// drop), address and temp dir.
+fn start_facade(listener: Value) -> (Killed, String, tempfile::TempDir) {
     let root = repo_root();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg: Value = serde_json::from_slice(
@@ -72,7 +74,7 @@ async fn slowloris_connections_do_not_stop_a_pull_and_are_closed() {
     .unwrap();
     cfg["registry"]["port"] = json!(0);
     cfg["registry"]["store"] = json!(dir.path().join("store"));
-    cfg["registry"]["listener"] = json!({"headerReadTimeout": "5s", "idleTimeout": "10s"});
+    cfg["registry"]["listener"] = listener;
     cfg.as_object_mut().unwrap().remove("readinessProbeAddr");
     cfg.as_object_mut().unwrap().remove("prometheusAddr");
     let path = dir.path().join("config.json");
@@ -93,6 +95,13 @@ async fn slowloris_connections_do_not_stop_a_pull_and_are_closed() {
         .unwrap()
         .trim_end_matches('/')
         .to_string();
+    (child, addr, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_do_not_stop_a_pull_and_are_closed() {
+    let (child, addr, _dir) =
+        start_facade(json!({"headerReadTimeout": "5s", "idleTimeout": "10s"}));
     let pid = child.0.id();
 
     // A first pull, so that the figure before counts what serving takes, not the slow clients.
@@ -164,4 +173,42 @@ async fn slowloris_connections_do_not_stop_a_pull_and_are_closed() {
     tokio::task::spawn_blocking(move || skopeo_copy(&a, &w.join("pull-after")))
         .await
         .unwrap();
+}
+
+/// A client holding every slot of `maxConnections` with idle keep-alive connections: a new
+/// client waits in the backlog and is served once the idle timeout frees a slot, never hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_holding_every_slot_does_not_hang_new_pulls() {
+    const BOUND: usize = 20;
+    let (_child, addr, _dir) = start_facade(json!({"maxConnections": BOUND, "idleTimeout": "2s"}));
+    let mut holders = Vec::new();
+    for _ in 0..BOUND {
+        let mut c = TcpStream::connect(&addr).await.unwrap();
+        c.write_all(b"GET /v2/ HTTP/1.1\r\nHost: facade\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"{}") {
+            let n = tokio::time::timeout(GUARD, c.read(&mut buf))
+                .await
+                .expect("a holder's request hung")
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        holders.push(c);
+    }
+    // Every slot is held by an idle connection now.
+    let a = addr.clone();
+    let dest = tempfile::tempdir().unwrap();
+    let d = dest.path().join("pull");
+    tokio::time::timeout(
+        GUARD,
+        tokio::task::spawn_blocking(move || skopeo_copy(&a, &d)),
+    )
+    .await
+    .expect("a pull hung while the slots were held")
+    .unwrap();
+    drop(holders);
 }

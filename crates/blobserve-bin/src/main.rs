@@ -111,6 +111,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     info!(addr = %local, "blobserve listening");
     println!("blobserve listening on http://{local}");
     rf_serve::Server::new(listener)
+        .options(b.listener.options())
         .serve(router, shutdown_signal())
         .await?;
     Ok(())

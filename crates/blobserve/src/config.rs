@@ -66,6 +66,9 @@ pub struct BlobserveConfig {
         rename = "cacheTTL"
     )]
     pub cache_ttl: Duration,
+    /// The listener's timeouts and bounds (README "Limits and timeouts").
+    #[serde(default)]
+    pub listener: rf_serve::ServerConfig,
 }
 
 fn default_listen_address() -> String {
@@ -204,6 +207,10 @@ impl Config {
             return Err(bad("blobserve.blobSpace.location", "must not be empty"));
         }
         self.blobserve.pre_pull_refs()?;
+        self.blobserve
+            .listener
+            .validate()
+            .map_err(|e| bad(&format!("blobserve.listener.{}", e.key), e.message))?;
         for (name, repo) in &self.blobserve.repos {
             for (i, r) in repo.replacements.iter().enumerate() {
                 if r.search.is_empty() {
@@ -330,5 +337,34 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("blobserve.repos.reg.io/ide.prePull[0]"), "{e}");
+    }
+
+    #[test]
+    fn listener_keys() {
+        let c = Config::from_json(
+            br#"{"blobserve": {"port": 1, "blobSpace": {"location": "/x"},
+                 "listener": {"idleTimeout": "5s", "maxConnections": 7}}}"#,
+        )
+        .unwrap();
+        let o = c.blobserve.listener.options();
+        assert_eq!(o.idle_timeout, Duration::from_secs(5));
+        assert_eq!(o.max_connections, 7);
+        let e = Config::from_json(
+            br#"{"blobserve": {"port": 1, "blobSpace": {"location": "/x"},
+                 "listener": {"headerReadTimeout": 0}}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("blobserve.listener.headerReadTimeout"), "{e}");
+        let e = Config::from_json(
+            br#"{"blobserve": {"port": 1, "blobSpace": {"location": "/x"},
+                 "listener": {"idle": "5s"}}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("blobserve.listener") && e.contains("idle"),
+            "{e}"
+        );
     }
 }

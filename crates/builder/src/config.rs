@@ -219,6 +219,10 @@ pub struct BuilderConfig {
     /// not served).
     #[serde(default)]
     pub readiness_address: Option<String>,
+    /// Timeouts and bounds of the gRPC and subassembly HTTP listeners (README "Limits and
+    /// timeouts").
+    #[serde(default)]
+    pub listener: rf_serve::ServerConfig,
 }
 
 impl Default for BuilderConfig {
@@ -236,6 +240,7 @@ impl Default for BuilderConfig {
             subassembly_url: None,
             metrics_address: None,
             readiness_address: None,
+            listener: rf_serve::ServerConfig::default(),
         }
     }
 }
@@ -380,6 +385,9 @@ impl Config {
                 "must not be empty",
             ));
         }
+        b.listener
+            .validate()
+            .map_err(|e| invalid(&format!("builder.listener.{}", e.key), e.message))?;
         Ok(())
     }
 
@@ -677,5 +685,22 @@ mod tests {
         for bad in ["5", "s", "", "1d", "-1s", "1h-5m"] {
             assert_eq!(rf_oci::duration::parse_go_duration(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn listener_keys() {
+        let c = Config::from_json(
+            br#"{"orchestrator": {"baseImageRepository": "r/b", "workspaceImageRepository": "r/w"},
+                 "builder": {"listener": {"idleTimeout": "3m", "maxHeaderBytes": 32768}}}"#,
+        )
+        .unwrap();
+        let o = c.builder.listener.options();
+        assert_eq!(o.idle_timeout, Duration::from_secs(180));
+        assert_eq!(o.max_header_bytes, 32768);
+        let e = err(
+            r#"{"orchestrator": {"baseImageRepository": "r/b", "workspaceImageRepository": "r/w"},
+                "builder": {"listener": {"maxConnections": 0}}}"#,
+        );
+        assert!(e.contains("builder.listener.maxConnections"), "{e}");
     }
 }

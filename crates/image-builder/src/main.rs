@@ -222,7 +222,8 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
             rf_serve::bind(&addr)
                 .await
                 .context("builder.subassemblyHTTPAddress")?,
-        );
+        )
+        .options(state.config.builder.listener.options());
         let bound = server.local_addr()?;
         if state.config.builder.subassembly_url.is_none() && !bound.ip().is_unspecified() {
             // Port 0 in the config: the URL must name the port actually bound.
@@ -240,6 +241,7 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
                 .context("server.services.grpc.tls")?,
         ),
     };
+    let listener_options = state.config.builder.listener.options();
     let grpc = tonic::service::Routes::new(BuilderService::new(state).into_server())
         .add_service(subassemblies.into_server())
         .prepare()
@@ -248,6 +250,7 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     rf_serve::Server::new(listener)
         .tls(tls)
+        .options(listener_options)
         .serve(grpc, stopped())
         .await?;
     if let Some(task) = subassembly_http {

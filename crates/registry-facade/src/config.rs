@@ -90,6 +90,9 @@ pub struct RegistryConfig {
     /// How blob downloads into the store resume after the upstream connection breaks.
     #[serde(default)]
     pub resume: ResumeConfig,
+    /// The registry listener's timeouts and bounds (README "Limits and timeouts").
+    #[serde(default)]
+    pub listener: rf_serve::ServerConfig,
     /// Client authentication as CNCF distribution's: htpasswd or token (one of them).
     #[serde(default)]
     pub auth: Option<AuthConfig>,
@@ -296,6 +299,9 @@ impl Config {
         if let Some(b) = &self.blobserve {
             b.pre_pull_refs()
                 .map_err(|e| anyhow::anyhow!("key \"blobserve\": {e}"))?;
+            b.listener.validate().map_err(|e| {
+                anyhow::anyhow!("key \"blobserve.listener.{}\": {}", e.key, e.message)
+            })?;
         }
         let r = &self.registry;
         if r.remote_spec_provider.is_empty() && r.fixed_spec_fn.is_none() {
@@ -319,6 +325,9 @@ impl Config {
         if r.upstream.max_attempts == 0 {
             anyhow::bail!("key \"registry.upstream.maxAttempts\": must be at least 1");
         }
+        r.listener
+            .validate()
+            .map_err(|e| anyhow::anyhow!("key \"registry.listener.{}\": {}", e.key, e.message))?;
         if r.resume.max_attempts == 0 {
             anyhow::bail!("key \"registry.resume.maxAttempts\": must be at least 1");
         }
@@ -468,6 +477,39 @@ mod tests {
             err(r#"{"registry": {"port": 1, "fixedSpecFN": "a", "auth": {}}}"#)
                 .contains("registry.auth")
         );
+    }
+
+    #[test]
+    fn listener_keys() {
+        let cfg = Config::from_json(
+            br#"{"registry": {"port": 1, "fixedSpecFN": "a",
+                 "listener": {"headerReadTimeout": "10s", "idleTimeout": "2m", "maxConnections": 100,
+                              "maxHeaderBytes": 16384}}}"#,
+        )
+        .unwrap();
+        let o = cfg.registry.listener.options();
+        assert_eq!(o.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(o.idle_timeout, Duration::from_secs(120));
+        assert_eq!(o.max_connections, 100);
+        assert_eq!(o.max_header_bytes, 16384);
+        let defaults = Config::from_json(br#"{"registry": {"port": 1, "fixedSpecFN": "a"}}"#)
+            .unwrap()
+            .registry
+            .listener
+            .options();
+        assert!(defaults.header_read_timeout <= Duration::from_secs(30));
+        assert!(err(
+            r#"{"registry": {"port": 1, "fixedSpecFN": "a", "listener": {"maxConnections": 0}}}"#
+        )
+        .contains("registry.listener.maxConnections"));
+        assert!(err(
+            r#"{"registry": {"port": 1, "fixedSpecFN": "a", "listener": {"idleTimeout": "x"}}}"#
+        )
+        .contains("registry.listener.idleTimeout"));
+        assert!(err(
+            r#"{"registry": {"port": 1, "fixedSpecFN": "a", "listener": {"maxConns": 1}}}"#
+        )
+        .contains("maxConns"));
     }
 
     #[test]

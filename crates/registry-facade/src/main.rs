@@ -154,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     blistener,
                     b.router.clone(),
                     None,
+                    bcfg.listener.options(),
                     shutdown_signal(),
                 ));
                 // Not ready until every prePull image is on disk (retried, never fatal).
@@ -188,7 +189,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(addr) = blobserve_addr {
                 println!("blobserve listening on http://{addr}");
             }
-            serve::serve(listener, app.router, r.tls.as_ref(), shutdown_signal()).await
+            let options = r.listener.options();
+            serve::serve(
+                listener,
+                app.router,
+                r.tls.as_ref(),
+                options,
+                shutdown_signal(),
+            )
+            .await
         }
     }
 }

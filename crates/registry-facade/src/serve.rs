@@ -21,11 +21,13 @@ pub async fn serve(
     listener: TcpAcceptor,
     router: Router,
     tls: Option<&TlsConfig>,
+    options: rf_serve::Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let acceptor = tls.map(tls_acceptor).transpose()?;
     Server::new(listener)
         .tls(acceptor)
+        .options(options)
         .serve(router, shutdown)
         .await?;
     Ok(())

@@ -1,8 +1,9 @@
 //! What every server binary (registry-facade, image-builder, blobserve) shares on the wire:
 //! listeners with Go-style `:port` addresses, TLS from PEM files, TCP_NODELAY on every accepted
-//! socket, handshake and request-header timeouts, accept errors that pause instead of ending
-//! the server, graceful shutdown, the metrics and readiness endpoints, a debug access log, the
-//! OCI error JSON body, and the ranged blob response (Range/If-Range/If-None-Match/HEAD).
+//! socket, handshake, request-header and idle timeouts, a bound on open connections and on
+//! header size, accept errors that pause instead of ending the server, graceful shutdown, the
+//! metrics and readiness endpoints, a debug access log, the OCI error JSON body, and the
+//! ranged blob response (Range/If-Range/If-None-Match/HEAD).
 //!
 //! It must NOT depend on any crate of this workspace but the vocabulary `rf-oci` (for byte
 //! ranges): registries, stores and builders hand it routers, byte streams and closures,
@@ -10,6 +11,7 @@
 
 mod access_log;
 pub mod blob;
+mod config;
 mod deadline;
 pub mod endpoints;
 mod error;
@@ -21,6 +23,7 @@ pub mod tls;
 
 pub use access_log::access_log;
 pub use blob::{blob_response, not_modified, BlobMeta};
+pub use config::{ServerConfig, ServerConfigError};
 pub use endpoints::{
     metrics_router, readiness_router, readiness_router_checked, readiness_router_when,
     spawn_metrics, spawn_readiness, spawn_readiness_checked, spawn_readiness_when, Readiness,

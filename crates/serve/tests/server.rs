@@ -45,6 +45,7 @@ fn short() -> Options {
         header_read_timeout: Duration::from_millis(200),
         accept_error_pause: Duration::from_millis(10),
         drain_timeout: Duration::from_secs(5),
+        ..Options::default()
     }
 }
 

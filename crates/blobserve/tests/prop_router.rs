@@ -6,22 +6,11 @@
 
 mod common;
 
-use axum::body::Body;
-use axum::http::Request;
 use common::*;
-use http_body_util::BodyExt;
 use proptest::prelude::*;
-use proptest::test_runner::{Config as RunnerConfig, TestRunner};
+use rf_testkit::router_fuzz::RandomRequest;
 use rf_testkit::{Compression, Entry, ImageBuilder, Layer, Registry, RegistryAuth};
 use serde_json::json;
-use tower::ServiceExt;
-
-#[derive(Debug, Clone)]
-struct RandomRequest {
-    method: &'static str,
-    uri: String,
-    headers: Vec<(&'static str, String)>,
-}
 
 fn request(host: String) -> impl Strategy<Value = RandomRequest> {
     let image = prop_oneof![
@@ -99,9 +88,12 @@ fn request(host: String) -> impl Strategy<Value = RandomRequest> {
                 uri.push_str(&q);
             }
             RandomRequest {
-                method,
+                method: method.to_string(),
                 uri,
-                headers,
+                headers: headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
             }
         })
 }
@@ -143,49 +135,11 @@ fn random_requests_never_panic_nor_answer_5xx() {
         dir.path(),
     );
     let (_space, app) = rt.block_on(open(&cfg));
-    let mut runner = TestRunner::new(RunnerConfig {
-        cases: 300,
-        failure_persistence: None,
-        ..RunnerConfig::default()
-    });
-    let seen = std::sync::Mutex::new(std::collections::BTreeMap::<u16, usize>::new());
-    runner
-        .run(&request(host), |r| {
-            let mut b = Request::builder().method(r.method).uri(r.uri.as_str());
-            for (k, v) in &r.headers {
-                b = b.header(*k, v.as_str());
-            }
-            // What hyper would refuse before the router (an unparsable URI or header value).
-            let Ok(req) = b.body(Body::from("a body nobody should read")) else {
-                return Ok(());
-            };
-            let (status, body) = rt.block_on(async {
-                let resp = tokio::time::timeout(
-                    std::time::Duration::from_secs(60),
-                    app.clone().oneshot(req),
-                )
-                .await
-                .expect("request hung")
-                .unwrap();
-                let status = resp.status();
-                let body = resp.into_body().collect().await.map(|c| c.to_bytes());
-                (status, body)
-            });
-            *seen.lock().unwrap().entry(status.as_u16()).or_default() += 1;
-            prop_assert!(
-                !status.is_server_error(),
-                "{} {} {:?}: {status} {:?}",
-                r.method,
-                r.uri,
-                r.headers,
-                body
-            );
-            Ok(())
-        })
-        .unwrap();
-    // The requests reached real answers, not only the router's refusals.
-    let seen = seen.into_inner().unwrap();
-    eprintln!("statuses: {seen:?}");
-    assert!(seen.keys().any(|s| (200..300).contains(s)), "{seen:?}");
-    assert!(seen.keys().any(|s| (400..500).contains(s)), "{seen:?}");
+    rf_testkit::router_fuzz::assert_no_server_errors(
+        &rt,
+        &app,
+        request(host),
+        300,
+        std::time::Duration::from_secs(60),
+    );
 }

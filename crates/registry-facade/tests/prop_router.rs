@@ -5,22 +5,11 @@
 
 mod common;
 
-use axum::body::Body;
-use axum::http::Request;
 use common::*;
-use http_body_util::BodyExt;
 use proptest::prelude::*;
-use proptest::test_runner::{Config as RunnerConfig, TestRunner};
+use rf_testkit::router_fuzz::RandomRequest;
 use rf_testkit::{Compression, Entry, ImageBuilder, Layer, Registry, RegistryAuth};
 use serde_json::json;
-use tower::ServiceExt;
-
-#[derive(Debug, Clone)]
-struct RandomRequest {
-    method: String,
-    uri: String,
-    headers: Vec<(String, String)>,
-}
 
 fn segment() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -187,49 +176,11 @@ fn random_requests_never_panic_nor_answer_5xx() {
             .to_string(),
     );
     known.push(demo.header("docker-content-digest").unwrap().to_string());
-    let mut runner = TestRunner::new(RunnerConfig {
-        cases: 400,
-        failure_persistence: None,
-        ..RunnerConfig::default()
-    });
-    let seen = std::sync::Mutex::new(std::collections::BTreeMap::<u16, usize>::new());
-    runner
-        .run(&request(known), |r| {
-            let mut b = Request::builder()
-                .method(r.method.as_str())
-                .uri(r.uri.as_str());
-            for (k, v) in &r.headers {
-                b = b.header(k.as_str(), v.as_str());
-            }
-            // Requests hyper would refuse before the router (a URI or header it cannot parse)
-            // are not the router's to answer.
-            let Ok(req) = b.body(Body::from("a body nobody should read")) else {
-                return Ok(());
-            };
-            let (status, body) = rt.block_on(async {
-                let resp = tokio::time::timeout(REQUEST_GUARD, app.router.clone().oneshot(req))
-                    .await
-                    .expect("request hung")
-                    .unwrap();
-                let status = resp.status();
-                let body = resp.into_body().collect().await.map(|c| c.to_bytes());
-                (status, body)
-            });
-            *seen.lock().unwrap().entry(status.as_u16()).or_default() += 1;
-            prop_assert!(
-                !status.is_server_error(),
-                "{} {} {:?}: {status} {:?}",
-                r.method,
-                r.uri,
-                r.headers,
-                body
-            );
-            Ok(())
-        })
-        .unwrap();
-    // The requests reached real answers, not only the router's refusals.
-    let seen = seen.into_inner().unwrap();
-    eprintln!("statuses: {seen:?}");
-    assert!(seen.keys().any(|s| (200..300).contains(s)), "{seen:?}");
-    assert!(seen.keys().any(|s| (400..500).contains(s)), "{seen:?}");
+    rf_testkit::router_fuzz::assert_no_server_errors(
+        &rt,
+        &app.router,
+        request(known),
+        400,
+        REQUEST_GUARD,
+    );
 }

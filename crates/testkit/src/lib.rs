@@ -33,6 +33,7 @@ pub mod hostile;
 pub mod jwt;
 pub mod layout;
 pub mod procs;
+pub mod router_fuzz;
 pub mod tls;
 pub mod wait;
 

@@ -41,6 +41,28 @@ impl BlobserveError {
         }
     }
 
+    /// The digest of the blob or manifest upstream does not have, when that is why the image
+    /// is not found (for the client: it names the image's own content, nothing of ours).
+    pub fn missing_digest(&self) -> Option<&str> {
+        let what = match self {
+            BlobserveError::Upstream {
+                source: UpstreamError::NotFound { what },
+                ..
+            } => what,
+            BlobserveError::Store { source, .. } => match store_cause(source) {
+                Some(UpstreamError::NotFound { what }) => what,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        let at = what.find("sha256:")?;
+        let digest = what.get(at..at + 71)?;
+        digest[7..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit())
+            .then_some(digest)
+    }
+
     /// Whether upstream could not be reached (or refused us): the answer is a 502, not our
     /// fault.
     pub fn is_upstream(&self) -> bool {

@@ -369,7 +369,13 @@ fn error_response(r: &Reference, e: &BlobserveError) -> Response {
             failed(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), e)
         }
         _ if e.is_too_large() => failed(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), e),
-        _ if e.is_not_found() => failed(StatusCode::NOT_FOUND, &format!("image {r} not found"), e),
+        _ if e.is_not_found() => {
+            let msg = match e.missing_digest() {
+                Some(d) => format!("image {r} not found: {d} is missing upstream"),
+                None => format!("image {r} not found"),
+            };
+            failed(StatusCode::NOT_FOUND, &msg, e)
+        }
         _ if e.is_upstream() => failed(StatusCode::BAD_GATEWAY, "upstream error", e),
         _ => internal(e),
     }

@@ -146,7 +146,11 @@ pub(crate) struct ConnDeadline<I> {
     activity: Arc<Activity>,
     header_timeout: Duration,
     idle_timeout: Duration,
+    /// Fires at or before `deadline`. A deadline that moves later (every request does) leaves
+    /// it armed, and it is moved when it fires: no timer work per request.
     sleep: Pin<Box<Sleep>>,
+    /// When reads fail if no request is in flight.
+    deadline: Instant,
     phase: Phase,
     /// The last [`Activity::idle_since`] seen.
     idle_seen: u64,
@@ -168,6 +172,7 @@ impl<I> ConnDeadline<I> {
             header_timeout,
             idle_timeout,
             sleep: Box::pin(tokio::time::sleep(header_timeout)),
+            deadline: Instant::now() + header_timeout,
             phase: Phase::Waiting { head_started: true },
             idle_seen: 0,
             preface: Vec::new(),
@@ -191,7 +196,14 @@ impl<I> ConnDeadline<I> {
                 .last_idle
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            self.sleep.as_mut().reset(since + self.idle_timeout);
+            self.set_deadline(since + self.idle_timeout);
+        }
+    }
+
+    fn set_deadline(&mut self, at: Instant) {
+        self.deadline = at;
+        if at < self.sleep.deadline() {
+            self.sleep.as_mut().reset(at);
         }
     }
 
@@ -217,8 +229,8 @@ impl<I> ConnDeadline<I> {
         {
             self.phase = Phase::Waiting { head_started: true };
             let head_deadline = Instant::now() + self.header_timeout;
-            if head_deadline < self.sleep.deadline() {
-                self.sleep.as_mut().reset(head_deadline);
+            if head_deadline < self.deadline {
+                self.set_deadline(head_deadline);
             }
         }
     }
@@ -228,15 +240,26 @@ impl<I> ConnDeadline<I> {
         self.activity.reader.register(cx.waker());
         // The last request may have ended between the first look and the registration.
         self.sync_phase();
-        if self.phase == Phase::Busy || self.sleep.as_mut().poll(cx).is_pending() {
+        if self.phase == Phase::Busy {
             return false;
+        }
+        loop {
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if Instant::now() >= self.deadline {
+                break;
+            }
+            // armed for an earlier deadline that has since moved on
+            let at = self.deadline;
+            self.sleep.as_mut().reset(at);
         }
         if self.h2 == Some(true) && !self.activity.h2_idle_sent.swap(true, Ordering::AcqRel) {
             // Idle HTTP/2: GOAWAY first, and a hard close only if the client does not go.
             self.activity.h2_idle.notify_one();
-            self.sleep
-                .as_mut()
-                .reset(Instant::now() + self.header_timeout);
+            let at = Instant::now() + self.header_timeout;
+            self.deadline = at;
+            self.sleep.as_mut().reset(at);
             return self.sleep.as_mut().poll(cx).is_ready();
         }
         true

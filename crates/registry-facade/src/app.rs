@@ -44,12 +44,7 @@ pub struct Blobserve {
 
 pub async fn build(cfg: &Config) -> anyhow::Result<App> {
     let r = &cfg.registry;
-    if r.redis
-        .as_ref()
-        .and_then(|v| v.get("enabled"))
-        .and_then(|v| v.as_bool())
-        == Some(true)
-    {
+    if r.redis.as_ref().is_some_and(|c| c.enabled) {
         warn!("registry.redis is enabled, but this implementation caches in registry.store only; Redis is only checked by /ready");
     }
     if r.ipfs

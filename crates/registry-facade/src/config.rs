@@ -50,9 +50,10 @@ pub struct RegistryConfig {
     /// Accepted for compatibility with Gitpod configs; not used (see README).
     #[serde(default)]
     pub ipfs: Option<serde_json::Value>,
-    /// Accepted for compatibility with Gitpod configs; not used (see README).
+    /// Gitpod's Redis settings (the password comes from `REDIS_PASSWORD`); checked by
+    /// `/ready` when enabled.
     #[serde(default)]
-    pub redis: Option<serde_json::Value>,
+    pub redis: Option<RedisConfig>,
 
     // ---- our keys ----
     /// Interface to listen on (Gitpod listens on all interfaces).
@@ -119,6 +120,24 @@ pub struct TokenAuthConfig {
     pub issuer: String,
     /// PEM certificates whose keys may sign tokens.
     pub root_cert_bundle: PathBuf,
+}
+
+/// `registry.redis` as Gitpod's: `{enabled, singleHostAddr, username, useTLS,
+/// insecureSkipVerify}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RedisConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// `host:port`.
+    #[serde(default)]
+    pub single_host_addr: String,
+    #[serde(default)]
+    pub username: String,
+    #[serde(default, rename = "useTLS")]
+    pub use_tls: bool,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -296,6 +315,25 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        let redis_enabled = self.registry.redis.as_ref().is_some_and(|r| r.enabled);
+        if let Some(r) = self.registry.redis.as_ref().filter(|r| r.enabled) {
+            if r.single_host_addr.trim().is_empty() {
+                anyhow::bail!("key \"registry.redis.singleHostAddr\": missing (redis is enabled)");
+            }
+        }
+        let ipfs_enabled = self
+            .registry
+            .ipfs
+            .as_ref()
+            .and_then(|v| v.get("enabled"))
+            .and_then(|v| v.as_bool())
+            == Some(true);
+        if ipfs_enabled && !redis_enabled {
+            // Gitpod's GetConfig refuses it the same way
+            anyhow::bail!(
+                "key \"registry.ipfs\": IPFS cache requires Redis (registry.redis.enabled)"
+            );
+        }
         if let Some(b) = &self.blobserve {
             b.pre_pull_refs()
                 .map_err(|e| anyhow::anyhow!("key \"blobserve\": {e}"))?;
@@ -510,6 +548,39 @@ mod tests {
             r#"{"registry": {"port": 1, "fixedSpecFN": "a", "listener": {"maxConns": 1}}}"#
         )
         .contains("maxConns"));
+    }
+
+    #[test]
+    fn redis_keys_as_gitpod() {
+        let cfg = Config::from_json(
+            br#"{"registry": {"port": 1, "fixedSpecFN": "a", "redis": {"enabled": true,
+                 "singleHostAddr": "redis:6379", "username": "u", "useTLS": true,
+                 "insecureSkipVerify": true}}}"#,
+        )
+        .unwrap();
+        let r = cfg.registry.redis.unwrap();
+        assert!(r.enabled && r.use_tls && r.insecure_skip_verify);
+        assert_eq!(
+            (r.single_host_addr.as_str(), r.username.as_str()),
+            ("redis:6379", "u")
+        );
+        assert!(err(
+            r#"{"registry": {"port": 1, "fixedSpecFN": "a", "redis": {"enabled": true}}}"#
+        )
+        .contains("registry.redis.singleHostAddr"));
+        assert!(err(
+            r#"{"registry": {"port": 1, "fixedSpecFN": "a", "redis": {"enabled": true, "singleHost": "x"}}}"#
+        )
+        .contains("singleHost"));
+        assert!(
+            err(r#"{"registry": {"port": 1, "fixedSpecFN": "a", "ipfs": {"enabled": true}}}"#)
+                .contains("IPFS cache requires Redis")
+        );
+        // disabled: nothing is required
+        Config::from_json(
+            br#"{"registry": {"port": 1, "fixedSpecFN": "a", "redis": {"enabled": false}}}"#,
+        )
+        .unwrap();
     }
 
     #[test]

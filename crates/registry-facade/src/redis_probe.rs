@@ -3,37 +3,32 @@
 //! `AUTH` when a password is set, and `PING`. The facade keeps no state in Redis yet, so this
 //! is the whole client: a few lines of RESP rather than a client library.
 
-use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 
-/// The keys of `registry.redis` the probe needs (others are ignored here).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+use crate::config::RedisConfig;
+
+/// What the probe needs of `registry.redis`.
+#[derive(Debug, Clone)]
 pub struct RedisProbe {
-    #[serde(default)]
-    pub enabled: bool,
-    #[serde(default)]
-    pub single_host_addr: String,
-    #[serde(default)]
-    pub username: String,
-    #[serde(default, rename = "useTLS")]
-    pub use_tls: bool,
-    #[serde(skip)]
+    single_host_addr: String,
+    username: String,
+    use_tls: bool,
     password: Option<String>,
 }
 
 impl RedisProbe {
     /// The probe for `registry.redis`, when it is enabled (password from `REDIS_PASSWORD`).
-    pub fn from_config(v: Option<&serde_json::Value>) -> Option<RedisProbe> {
-        let mut p: RedisProbe = serde_json::from_value(v?.clone()).ok()?;
-        if !p.enabled || p.single_host_addr.is_empty() {
-            return None;
-        }
-        p.password = std::env::var("REDIS_PASSWORD")
-            .ok()
-            .filter(|s| !s.is_empty());
-        Some(p)
+    pub fn from_config(c: Option<&RedisConfig>) -> Option<RedisProbe> {
+        let c = c.filter(|c| c.enabled && !c.single_host_addr.is_empty())?;
+        Some(RedisProbe {
+            single_host_addr: c.single_host_addr.clone(),
+            username: c.username.clone(),
+            use_tls: c.use_tls,
+            password: std::env::var("REDIS_PASSWORD")
+                .ok()
+                .filter(|s| !s.is_empty()),
+        })
     }
 
     /// Connects and asks `PING` (after `AUTH`); with `useTLS`, a TCP connection is all it

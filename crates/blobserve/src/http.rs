@@ -18,7 +18,6 @@ use axum::response::Response;
 use axum::Router;
 use bytes::Bytes;
 use rf_oci::Reference;
-use rf_serve::BlobMeta;
 use serde::Deserialize;
 use sha2::Digest as _;
 
@@ -452,20 +451,18 @@ async fn serve_substituted(
         content = prepare::replace_all(&content, search.as_bytes(), with.as_bytes());
     }
     let etag = format!("sha256-{}", hex::encode(sha2::Sha256::digest(&content)));
-    let content = Bytes::from(content);
-    let media_type = prepare::content_type(rel);
-    let meta = BlobMeta {
-        digest: &etag,
-        size: content.len() as u64,
-        media_type: &media_type,
-    };
-    let mut resp = rf_serve::blob_response(method, headers, &meta, |range| async move {
-        let part = content.slice(range.start as usize..range.end as usize);
-        Ok::<_, std::io::Error>(futures::stream::iter([Ok::<_, std::io::Error>(part)]))
-    })
-    .await?;
-    resp.headers_mut().remove("docker-content-digest");
-    Ok(resp)
+    let size = content.len() as u64;
+    Served::new(
+        Source::Memory(Bytes::from(content)),
+        size,
+        prepare::content_type(rel),
+        etag,
+        None,
+        false,
+        None,
+    )
+    .answer(method, headers)
+    .await
 }
 
 /// Which precompressed copy the client accepts, best first (brotli, then gzip).
@@ -506,8 +503,7 @@ fn accepted(headers: &HeaderMap) -> Vec<Encoding> {
 }
 
 impl Http {
-    /// The file `rel` (of `len` bytes) of `image` as it answers a client that accepts
-    /// `encodings`: its compressed copy when there is one, read into memory when small.
+    /// The file `rel` of `image` as it answers a client that accepts `encodings`: its compressed copy when there is one, read into memory when small.
     /// The flag says whether the choice is final (no compressed copy still to come).
     async fn prepare(
         &self,
@@ -535,8 +531,14 @@ impl Http {
         }
         let (encoding, path) = chosen;
         let read = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-            let modified = std::fs::metadata(&original)?.modified().ok();
-            let size = std::fs::metadata(&path)?.len();
+            let meta = std::fs::metadata(&path)?;
+            let size = meta.len();
+            // a compressed copy carries the time of the file it was made from
+            let modified = if path == original {
+                meta.modified().ok()
+            } else {
+                std::fs::metadata(&original)?.modified().ok()
+            };
             let source = if size <= SMALL_FILE {
                 let bytes = std::fs::read(&path)?;
                 if bytes.len() as u64 != size {

@@ -262,11 +262,7 @@ impl Blobspace {
         };
         {
             let st = bs.inner.state.lock();
-            bs.inner.metrics.blobspace_bytes.set(st.total as i64);
-            bs.inner
-                .metrics
-                .blobspace_images
-                .set(st.images.len() as i64);
+            bs.publish_sizes(&st);
         }
         bs.evict().await;
         // images unpacked before a restart that came before their compressed copies
@@ -413,13 +409,16 @@ impl Blobspace {
         {
             st.images.remove(key);
             st.total -= img.entry.size.load(Ordering::Acquire);
-            self.inner.metrics.blobspace_bytes.set(st.total as i64);
-            self.inner
-                .metrics
-                .blobspace_images
-                .set(st.images.len() as i64);
+            self.publish_sizes(&st);
         }
         None
+    }
+
+    /// The blobspace's size and image count, as the metrics show them.
+    fn publish_sizes(&self, st: &State) {
+        let m = &self.inner.metrics;
+        m.blobspace_bytes.set(st.total as i64);
+        m.blobspace_images.set(st.images.len() as i64);
     }
 
     fn now_ms(&self) -> u64 {
@@ -668,11 +667,7 @@ impl Blobspace {
             entry.last_used.store(st.tick, Ordering::Relaxed);
             st.total += size;
             st.images.insert(key.clone(), entry);
-            self.inner.metrics.blobspace_bytes.set(st.total as i64);
-            self.inner
-                .metrics
-                .blobspace_images
-                .set(st.images.len() as i64);
+            self.publish_sizes(&st);
         }
         tracing::info!(image = %image_ref, key = %key, size, took = ?start.elapsed(), "image unpacked");
         self.compress_in_background(img.clone());
@@ -865,7 +860,7 @@ impl Blobspace {
                             .is_some_and(|e| Arc::ptr_eq(e, &img.entry));
                         if present {
                             st.total += written;
-                            bs.inner.metrics.blobspace_bytes.set(st.total as i64);
+                            bs.publish_sizes(&st);
                         }
                     }
                     img.entry.compressed.store(true, Ordering::Release);
@@ -907,11 +902,7 @@ impl Blobspace {
                 st.total -= v.size.load(Ordering::Acquire);
                 victims.push(v);
             }
-            self.inner.metrics.blobspace_bytes.set(st.total as i64);
-            self.inner
-                .metrics
-                .blobspace_images
-                .set(st.images.len() as i64);
+            self.publish_sizes(&st);
             victims
         };
         for v in victims {

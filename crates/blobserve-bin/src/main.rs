@@ -104,7 +104,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .as_deref()
         .filter(|a| !a.is_empty())
     {
-        rf_serve::spawn_readiness_when(addr, ready)
+        let readiness = rf_serve::Readiness::new().flag("prePull", ready, "pre-pulling images");
+        rf_serve::spawn_readiness(addr, readiness)
             .await
             .context("readinessProbeAddr")?;
     }

@@ -192,7 +192,7 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
                 let engine = engine.clone();
                 async move { engine.probe().await.map_err(|e| e.to_string()) }
             });
-        rf_serve::spawn_readiness_checked(&addr, readiness)
+        rf_serve::spawn_readiness(&addr, readiness)
             .await
             .context("builder.readinessAddress")?;
     }

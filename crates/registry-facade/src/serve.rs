@@ -55,7 +55,7 @@ pub async fn spawn_readiness(
     addr: &str,
     readiness: rf_serve::Readiness,
 ) -> anyhow::Result<SocketAddr> {
-    rf_serve::spawn_readiness_checked(addr, readiness)
+    rf_serve::spawn_readiness(addr, readiness)
         .await
         .context("readinessProbeAddr")
 }

@@ -110,7 +110,7 @@ impl Readiness {
 /// `/live` answers 200 while the process serves. `/ready` answers 200 while every check of
 /// `readiness` passes and 503 otherwise, with a JSON body naming each check's outcome:
 /// `{"ready": false, "failing": ["store"], "checks": {"store": "read-only file system", ...}}`.
-pub fn readiness_router_checked(readiness: Readiness) -> Router {
+pub fn readiness_router(readiness: Readiness) -> Router {
     Router::new()
         .route(
             "/ready",
@@ -143,17 +143,6 @@ pub fn readiness_router_checked(readiness: Readiness) -> Router {
         .route("/live", get(|| async { "live" }))
 }
 
-/// `/ready` and `/live`: both answer 200 while the process serves.
-pub fn readiness_router() -> Router {
-    readiness_router_checked(Readiness::new())
-}
-
-/// `/live` answers 200 while the process serves; `/ready` answers 200 once `ready` is set
-/// (e.g. after pre-pulling images) and 503 before.
-pub fn readiness_router_when(ready: Arc<AtomicBool>) -> Router {
-    readiness_router_checked(Readiness::new().flag("started", ready, "starting"))
-}
-
 /// Serves `router` on `addr` in the background (until the process ends).
 async fn spawn(addr: &str, router: Router, what: &'static str) -> Result<SocketAddr, ServeError> {
     let server = Server::new(bind(addr).await?);
@@ -176,25 +165,9 @@ pub async fn spawn_metrics(
     Ok(local)
 }
 
-/// Starts `/ready` and `/live` on `addr` in the background.
-pub async fn spawn_readiness(addr: &str) -> Result<SocketAddr, ServeError> {
-    spawn_readiness_when(addr, Arc::new(AtomicBool::new(true))).await
-}
-
-/// Like [`spawn_readiness`], ready only once `ready` is set.
-pub async fn spawn_readiness_when(
-    addr: &str,
-    ready: Arc<AtomicBool>,
-) -> Result<SocketAddr, ServeError> {
-    spawn_readiness_checked(addr, Readiness::new().flag("started", ready, "starting")).await
-}
-
-/// Like [`spawn_readiness`], ready while every check of `readiness` passes.
-pub async fn spawn_readiness_checked(
-    addr: &str,
-    readiness: Readiness,
-) -> Result<SocketAddr, ServeError> {
-    let local = spawn(addr, readiness_router_checked(readiness), "readiness").await?;
+/// Starts [`readiness_router`] on `addr` in the background.
+pub async fn spawn_readiness(addr: &str, readiness: Readiness) -> Result<SocketAddr, ServeError> {
+    let local = spawn(addr, readiness_router(readiness), "readiness").await?;
     info!(addr = %local, "readiness probe on /ready and /live");
     Ok(local)
 }

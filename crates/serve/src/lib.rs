@@ -24,10 +24,7 @@ pub mod tls;
 pub use access_log::access_log;
 pub use blob::{blob_response, not_modified, BlobMeta};
 pub use config::{ServerConfig, ServerConfigError};
-pub use endpoints::{
-    metrics_router, readiness_router, readiness_router_checked, readiness_router_when,
-    spawn_metrics, spawn_readiness, spawn_readiness_checked, spawn_readiness_when, Readiness,
-};
+pub use endpoints::{metrics_router, readiness_router, spawn_metrics, spawn_readiness, Readiness};
 pub use error::ServeError;
 pub use listener::{bind, listen_addr, Accept, TcpAcceptor};
 pub use oci_error::{oci_error, oci_error_body};

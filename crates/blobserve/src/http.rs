@@ -81,6 +81,8 @@ struct Parsed {
     full: String,
     /// Whether the path ends with `/` (a directory without it is redirected).
     slash: bool,
+    /// `full`, plus the trailing `/` when there is one: what the answer depends on.
+    answer_path: String,
 }
 
 /// Files up to this size are kept in memory once read ([`Http::served`]).
@@ -221,13 +223,20 @@ impl Http {
             .repos
             .get(&repo)
             .map_or("", |c| c.workdir.as_str());
+        let full = format!("{}/{}", workdir.trim_end_matches('/'), clean(&target.path));
+        let slash = path.ends_with('/');
         let parsed = Arc::new(Parsed {
             ref_key: target.reference.to_string(),
-            full: format!("{}/{}", workdir.trim_end_matches('/'), clean(&target.path)),
+            answer_path: if slash {
+                format!("{full}/")
+            } else {
+                full.clone()
+            },
+            full,
             reference: target.reference,
             repo,
             path: target.path,
-            slash: path.ends_with('/'),
+            slash,
         });
         self.targets.insert(path.to_string(), parsed.clone());
         Ok(parsed)
@@ -282,8 +291,7 @@ async fn serve(s: &Http, req: Request) -> Response {
     };
     let encodings = accepted(&parts.headers);
     let accept_key: String = encodings.iter().map(|e| e.suffix()).collect();
-    let slash = if target.slash { "/" } else { "" };
-    let warm_key = cache_key(image.key(), &format!("{}{slash}", target.full), &accept_key);
+    let warm_key = cache_key(image.key(), &target.answer_path, &accept_key);
     let mut resp = match s.served.get(&warm_key) {
         Some(served) if inline_vars.is_none() => served
             .answer(&parts.method, &parts.headers)

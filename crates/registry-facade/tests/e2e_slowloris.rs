@@ -5,10 +5,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
+use rf_testkit::slowloris::SlowClients;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -113,38 +112,12 @@ async fn slowloris_connections_do_not_stop_a_pull_and_are_closed() {
         .unwrap();
     let before = rss_kib(pid);
 
-    let connected = Arc::new(AtomicUsize::new(0));
-    let closed = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..SLOW {
-        let (connected, closed, addr) = (connected.clone(), closed.clone(), addr.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut c = TcpStream::connect(&addr).await.unwrap();
-            connected.fetch_add(1, Ordering::SeqCst);
-            let head = b"GET /v2/fixed/demo/manifests/latest HTTP/1.1\r\nHost: facade\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-            let mut buf = [0u8; 64];
-            // Bounded: the header timeout ends this long before the bytes run out.
-            for b in head.iter() {
-                if c.write_all(std::slice::from_ref(b)).await.is_err() {
-                    closed.fetch_add(1, Ordering::SeqCst);
-                    return;
-                }
-                tokio::select! {
-                    r = c.read(&mut buf) => {
-                        assert!(!matches!(r, Ok(n) if n > 0), "the facade answered half a head");
-                        closed.fetch_add(1, Ordering::SeqCst);
-                        return;
-                    }
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }));
-    }
-    rf_testkit::wait_until_async(GUARD, "every slow client connected", || {
-        let n = connected.load(Ordering::SeqCst);
-        async move { n == SLOW }
-    })
-    .await;
+    let slow = SlowClients::start(
+        &addr,
+        SLOW,
+        b"GET /v2/fixed/demo/manifests/latest HTTP/1.1\r\nHost: facade\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    );
+    slow.wait_connected(GUARD).await;
 
     // A normal pull while they trickle.
     let a = addr.clone();
@@ -153,14 +126,7 @@ async fn slowloris_connections_do_not_stop_a_pull_and_are_closed() {
         .await
         .unwrap();
 
-    rf_testkit::wait_until_async(GUARD, "every slow client closed by the facade", || {
-        let n = closed.load(Ordering::SeqCst);
-        async move { n == SLOW }
-    })
-    .await;
-    for t in tasks {
-        t.await.unwrap();
-    }
+    slow.wait_closed(GUARD).await;
     let after = rss_kib(pid);
     eprintln!("VmRSS before the slow clients {before} KiB, after {after} KiB");
     // Generous: 200 connections and their tasks are a few MiB at most.

@@ -4,14 +4,12 @@
 //! wait has a deadline only against hangs).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
 use rf_serve::{bind, Options, Server};
-use rf_testkit::wait_until_async;
+use rf_testkit::slowloris::SlowClients;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -99,53 +97,18 @@ async fn slowloris_clients_do_not_starve_a_normal_request_and_are_closed() {
         Duration::from_secs(60),
     ))
     .await;
-    let connected = Arc::new(AtomicUsize::new(0));
-    let closed = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..SLOW {
-        let (connected, closed) = (connected.clone(), closed.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut c = TcpStream::connect(addr).await.unwrap();
-            connected.fetch_add(1, Ordering::SeqCst);
-            let head =
-                b"GET /ok HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-            let mut buf = [0u8; 64];
-            // Bounded: the header timeout ends this long before the bytes run out.
-            for b in head.iter() {
-                if c.write_all(std::slice::from_ref(b)).await.is_err() {
-                    closed.fetch_add(1, Ordering::SeqCst);
-                    return;
-                }
-                tokio::select! {
-                    r = c.read(&mut buf) => {
-                        // The server answers nothing to half a head: it only closes.
-                        assert!(!matches!(r, Ok(n) if n > 0), "the server answered half a head");
-                        closed.fetch_add(1, Ordering::SeqCst);
-                        return;
-                    }
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }));
-    }
-    wait_until_async(GUARD, "every slow client connected", || {
-        let n = connected.load(Ordering::SeqCst);
-        async move { n == SLOW }
-    })
-    .await;
+    let slow = SlowClients::start(
+        &addr.to_string(),
+        SLOW,
+        b"GET /ok HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    );
+    slow.wait_connected(GUARD).await;
     let resp = get_raw(addr, "/ok").await;
     assert!(
         resp.starts_with("HTTP/1.1 200") && resp.ends_with("ok"),
         "{resp}"
     );
-    wait_until_async(GUARD, "every slow client closed by the server", || {
-        let n = closed.load(Ordering::SeqCst);
-        async move { n == SLOW }
-    })
-    .await;
-    for t in tasks {
-        t.await.unwrap();
-    }
+    slow.wait_closed(GUARD).await;
     // And the server still serves.
     let resp = get_raw(addr, "/ok").await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");

@@ -34,6 +34,7 @@ pub mod jwt;
 pub mod layout;
 pub mod procs;
 pub mod router_fuzz;
+pub mod slowloris;
 pub mod tls;
 pub mod wait;
 

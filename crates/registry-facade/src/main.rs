@@ -11,11 +11,6 @@ use registry_facade::{app, serve};
 use rf_cli::{exit_code, init_tracing, shutdown_signal, LogFormat};
 use tracing::info;
 
-// As in blobserve: glibc's malloc is a visible share of a small request's CPU; mimalloc's
-// per-thread free lists are not.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// A container registry facade: serves workspace images composed at pull time from a base
 /// image, IDE and supervisor images, static layers and workspace content layers.
 #[derive(Parser)]

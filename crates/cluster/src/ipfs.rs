@@ -1,0 +1,1 @@
+//! IPFS as a blob source, over kubo's HTTP RPC API.

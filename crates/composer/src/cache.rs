@@ -8,6 +8,8 @@
 //!   freshness (see `images.rs`).
 //! * [`SpecCache`] – specs by workspace id with the time they were fetched, and the last good
 //!   spec per id for provider outages (see `spec/caching.rs`).
+//! * [`SharedContent`] – manifests and configs by digest and resolved tags, shared by the
+//!   nodes of a cluster (none by default: each node has its local store).
 //!
 //! Times are tokio's [`Instant`]s (tests pause the clock); a shared implementation has to
 //! translate them to wall-clock times.
@@ -59,6 +61,25 @@ pub trait SpecCache: Send + Sync {
     async fn last_good(&self, id: &str) -> Option<(ImageSpec, Instant)>;
     async fn put_last_good(&self, id: &str, spec: ImageSpec, fetched: Instant);
     async fn remove_last_good(&self, id: &str);
+}
+
+/// Manifests and configs by digest, and tags resolved to digests, as other nodes fetched them.
+/// Content read from here is verified against its digest by the caller; every method is best
+/// effort (an unavailable backend is a miss, and a failed write is dropped).
+#[async_trait]
+pub trait SharedContent: Send + Sync {
+    /// The bytes of `digest` and the media type they were stored with.
+    async fn content(&self, digest: &Digest) -> Option<(bytes::Bytes, String)>;
+    async fn put_content(&self, digest: &Digest, bytes: &bytes::Bytes, media_type: &str);
+    /// The digest (with media type and size) `reference` resolved to, while still fresh.
+    async fn resolved(&self, reference: &str) -> Option<rf_oci::Descriptor>;
+    /// Records what `reference` resolves to, fresh for `ttl`.
+    async fn put_resolved(
+        &self,
+        reference: &str,
+        descriptor: &rf_oci::Descriptor,
+        ttl: std::time::Duration,
+    );
 }
 
 /// [`ServedCache`] in memory: at most `capacity` manifests and as many blob entries.

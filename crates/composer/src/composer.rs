@@ -38,7 +38,7 @@ use rf_store::BlobStore;
 use rf_upstream::Upstream;
 use tracing::{debug, warn};
 
-use crate::cache::{ImageEntries, MemoryImages, MemoryServed, ServedCache};
+use crate::cache::{ImageEntries, MemoryImages, MemoryServed, ServedCache, SharedContent};
 use crate::error::{ComposerError, SpecError};
 use crate::fetch::UpstreamSource;
 use crate::images::{ImageCache, ImageCacheStats, Resolved};
@@ -120,6 +120,8 @@ enum StaticAddition {
 pub struct ComposerCaches {
     pub served: Arc<dyn ServedCache>,
     pub images: Arc<dyn ImageEntries<ResolvedImage>>,
+    /// Manifests, configs and resolved tags shared with other nodes.
+    pub shared: Option<Arc<dyn SharedContent>>,
 }
 
 impl ComposerCaches {
@@ -128,6 +130,7 @@ impl ComposerCaches {
         ComposerCaches {
             served: Arc::new(MemoryServed::new(settings.served_capacity)),
             images: Arc::new(MemoryImages::new(settings.image_cache_entries)),
+            shared: None,
         }
     }
 }
@@ -158,6 +161,8 @@ impl Composer {
             upstream: upstream.clone(),
             store: store.clone(),
             max_config_size: settings.max_config_size,
+            shared: caches.shared,
+            resolve_ttl: settings.cache_ttl,
         };
         Ok(Composer {
             providers,

@@ -1,8 +1,11 @@
 //! Fetching images for the composer: manifests (from the local store when pinned by digest,
-//! else from upstream, then stored), configs (store first), and for an image index every
-//! platform manifest with its config.
+//! then from the content other nodes shared, else from upstream, then stored and shared),
+//! configs (the same order), and for an image index every platform manifest with its config.
+//! Tags resolved by another node within the freshness window are taken from the shared
+//! content instead of asking upstream again.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,6 +17,7 @@ use tracing::warn;
 
 use rf_compose::ImageParts;
 
+use crate::cache::SharedContent;
 use crate::error::ComposerError;
 use crate::images::ImageSource;
 use crate::set::ResolvedImage;
@@ -24,16 +28,26 @@ pub(crate) struct UpstreamSource {
     pub store: Option<BlobStore>,
     /// Largest image config accepted from upstream.
     pub max_config_size: u64,
+    /// Content and resolved tags shared with other nodes.
+    pub shared: Option<Arc<dyn SharedContent>>,
+    /// How long a tag resolved here stays fresh for the other nodes.
+    pub resolve_ttl: Duration,
 }
 
 #[async_trait]
 impl ImageSource<ResolvedImage> for UpstreamSource {
     async fn head(&self, image: &ImageRef) -> Result<Digest, ComposerError> {
-        self.upstream
+        if let Some(desc) = self.shared_resolved(image).await {
+            return Ok(desc.digest);
+        }
+        let head = self
+            .upstream
             .head_manifest(image)
             .await
-            .map(|h| h.digest)
-            .map_err(|e| ComposerError::upstream(image, e))
+            .map_err(|e| ComposerError::upstream(image, e))?;
+        let desc = Descriptor::new(head.media_type.clone(), head.digest.clone(), head.size);
+        self.share_resolved(image, &desc).await;
+        Ok(head.digest)
     }
 
     async fn fetch(&self, image: &ImageRef) -> Result<(Arc<ResolvedImage>, Digest), ComposerError> {
@@ -117,16 +131,27 @@ impl UpstreamSource {
         }
     }
 
-    /// Manifest bytes: from the store when pinned by digest, else from upstream (and then stored).
+    /// Manifest bytes: when pinned by digest (or resolved by another node) from the store or
+    /// the shared content, else from upstream (then stored and shared).
     async fn fetch_manifest(
         &self,
         image: &ImageRef,
     ) -> Result<(Bytes, String, Digest), ComposerError> {
-        if let (Some(store), Some(digest)) = (&self.store, image.digest()) {
-            if let Ok(Some(bytes)) = store.get_bytes(digest).await {
-                if let Ok(Some(mt)) = store.get_media_type(digest).await {
-                    return Ok((bytes, mt, digest.clone()));
+        let pinned = match image.digest() {
+            Some(d) => Some(d.clone()),
+            None => self.shared_resolved(image).await.map(|d| d.digest),
+        };
+        if let Some(digest) = &pinned {
+            if let Some(store) = &self.store {
+                if let Ok(Some(bytes)) = store.get_bytes(digest).await {
+                    if let Ok(Some(mt)) = store.get_media_type(digest).await {
+                        return Ok((bytes, mt, digest.clone()));
+                    }
                 }
+            }
+            if let Some((bytes, mt)) = self.shared_content(image, digest).await {
+                self.store_locally(digest, &bytes, Some(&mt)).await;
+                return Ok((bytes, mt, digest.clone()));
             }
         }
         let fetched = self
@@ -134,18 +159,72 @@ impl UpstreamSource {
             .fetch_manifest(image)
             .await
             .map_err(|e| ComposerError::upstream(image, e))?;
-        if let Some(store) = &self.store {
-            let stored = async {
-                store.put_bytes(&fetched.digest, &fetched.bytes).await?;
-                store
-                    .put_media_type(&fetched.digest, &fetched.media_type)
-                    .await
-            };
-            if let Err(e) = stored.await {
-                warn!(error = %e, "cannot cache manifest");
-            }
+        self.store_locally(&fetched.digest, &fetched.bytes, Some(&fetched.media_type))
+            .await;
+        if let Some(shared) = self.shared_for(image) {
+            shared
+                .put_content(&fetched.digest, &fetched.bytes, &fetched.media_type)
+                .await;
+            let desc = Descriptor::new(
+                fetched.media_type.clone(),
+                fetched.digest.clone(),
+                fetched.bytes.len() as u64,
+            );
+            self.share_resolved(image, &desc).await;
         }
         Ok((fetched.bytes, fetched.media_type, fetched.digest))
+    }
+
+    /// The shared content, for images that other nodes can reach too (not local layouts).
+    fn shared_for(&self, image: &ImageRef) -> Option<&Arc<dyn SharedContent>> {
+        match image {
+            ImageRef::Registry(_) => self.shared.as_ref(),
+            ImageRef::Layout { .. } => None,
+        }
+    }
+
+    /// What a tag resolved to on another node, while fresh.
+    async fn shared_resolved(&self, image: &ImageRef) -> Option<Descriptor> {
+        if image.digest().is_some() {
+            return None;
+        }
+        self.shared_for(image)?.resolved(&image.to_string()).await
+    }
+
+    async fn share_resolved(&self, image: &ImageRef, desc: &Descriptor) {
+        if image.digest().is_some() {
+            return;
+        }
+        if let Some(shared) = self.shared_for(image) {
+            shared
+                .put_resolved(&image.to_string(), desc, self.resolve_ttl)
+                .await;
+        }
+    }
+
+    /// Shared bytes of `digest`, only if they hash to it (another writer may be wrong).
+    async fn shared_content(&self, image: &ImageRef, digest: &Digest) -> Option<(Bytes, String)> {
+        let (bytes, mt) = self.shared_for(image)?.content(digest).await?;
+        if digest.verify(&bytes) {
+            Some((bytes, mt))
+        } else {
+            warn!(%digest, "shared content does not match its digest; ignored");
+            None
+        }
+    }
+
+    async fn store_locally(&self, digest: &Digest, bytes: &Bytes, media_type: Option<&str>) {
+        let Some(store) = &self.store else { return };
+        let stored = async {
+            store.put_bytes(digest, bytes).await?;
+            if let Some(mt) = media_type {
+                store.put_media_type(digest, mt).await?;
+            }
+            Ok::<_, rf_store::StoreError>(())
+        };
+        if let Err(e) = stored.await {
+            warn!(error = %e, "cannot cache manifest or config");
+        }
     }
 
     async fn fetch_config(
@@ -165,19 +244,24 @@ impl UpstreamSource {
         };
         let bytes = match cached {
             Some(b) => b,
-            None => {
-                let b = self
-                    .upstream
-                    .fetch_blob_bytes(image, &desc.digest, self.max_config_size)
-                    .await
-                    .map_err(|e| ComposerError::upstream(image, e))?;
-                if let Some(store) = &self.store {
-                    if let Err(e) = store.put_bytes(&desc.digest, &b).await {
-                        warn!(error = %e, "cannot cache config");
-                    }
+            None => match self.shared_content(image, &desc.digest).await {
+                Some((b, _)) => {
+                    self.store_locally(&desc.digest, &b, None).await;
+                    b
                 }
-                b
-            }
+                None => {
+                    let b = self
+                        .upstream
+                        .fetch_blob_bytes(image, &desc.digest, self.max_config_size)
+                        .await
+                        .map_err(|e| ComposerError::upstream(image, e))?;
+                    self.store_locally(&desc.digest, &b, None).await;
+                    if let Some(shared) = self.shared_for(image) {
+                        shared.put_content(&desc.digest, &b, &desc.media_type).await;
+                    }
+                    b
+                }
+            },
         };
         let value: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| ComposerError::invalid(image, format!("config is not JSON: {e}")))?;

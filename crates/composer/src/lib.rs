@@ -22,7 +22,8 @@ pub mod set;
 pub mod spec;
 
 pub use cache::{
-    CachedImage, ImageEntries, MemoryImages, MemoryServed, MemorySpecs, ServedCache, SpecCache,
+    CachedImage, ImageEntries, MemoryImages, MemoryServed, MemorySpecs, ServedCache, SharedContent,
+    SpecCache,
 };
 pub use composer::{Composer, ComposerCaches, ComposerSettings, StaticLayer, TAG};
 pub use error::{ComposerError, SpecError};

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream};
 use futures::{FutureExt, StreamExt, TryStreamExt};
+use rf_cluster::Cluster;
 use rf_compose::{BlobEntry, BlobSource, LayerSource};
 use rf_oci::{Digest, ImageRef};
 use rf_store::{BlobStore, ByteSource, ReadOrigin, SourceError, SourceStream, StoreError};
@@ -61,6 +62,8 @@ pub struct BlobServer {
     upstream: Upstream,
     store: Option<BlobStore>,
     metrics: Metrics,
+    /// Sources shared with other nodes (object store, peers under a lease, IPFS).
+    cluster: Option<Cluster>,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -74,7 +77,14 @@ impl BlobServer {
             upstream,
             store,
             metrics,
+            cluster: None,
         }
+    }
+
+    /// Downloads into the store go through `cluster` (which must share the same store).
+    pub fn with_cluster(mut self, cluster: Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Opens `first..=last` of the blob (the whole blob when that is its full extent). The
@@ -102,8 +112,10 @@ impl BlobServer {
                 file_stream(path.clone(), digest.clone(), first, whole).await?,
             ),
             BlobSource::Layer(LayerSource::Image(image)) => {
-                self.image_layer(image, digest, entry.size, first, len)
-                    .await?
+                if let Some(url) = self.shared_redirect(image, digest, entry.size).await {
+                    return Ok(BlobBody::Redirect(url));
+                }
+                self.image_layer(image, digest, entry, first, len).await?
             }
         };
         Ok(BlobBody::Stream {
@@ -112,14 +124,28 @@ impl BlobServer {
         })
     }
 
-    async fn image_layer(
+    /// The cluster's presigned object store URL, for registry images (`redirect` on).
+    async fn shared_redirect(
         &self,
         image: &ImageRef,
         digest: &Digest,
         size: u64,
+    ) -> Option<String> {
+        match (&self.cluster, image) {
+            (Some(cluster), ImageRef::Registry(_)) => cluster.redirect(digest, size).await,
+            _ => None,
+        }
+    }
+
+    async fn image_layer(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        entry: &BlobEntry,
         first: u64,
         len: u64,
     ) -> Result<(Origin, ByteStream), ApiError> {
+        let size = entry.size;
         let source = UpstreamSource {
             upstream: self.upstream.clone(),
             image: image.clone(),
@@ -128,10 +154,14 @@ impl BlobServer {
             metrics: self.metrics.clone(),
         };
         if let Some(store) = &self.store {
-            match store
-                .fetch(digest, size, first, Arc::new(source.clone()))
-                .await
-            {
+            let download: Arc<dyn ByteSource> = match (&self.cluster, image) {
+                // Layout images are on every node's disk: nothing to share.
+                (Some(cluster), ImageRef::Registry(_)) => {
+                    cluster.source(digest, size, &entry.media_type, Arc::new(source.clone()))
+                }
+                _ => Arc::new(source.clone()),
+            };
+            match store.fetch(digest, size, first, download).await {
                 Ok(reader) => {
                     let origin = match reader.origin {
                         ReadOrigin::Stored => Origin::Store,

@@ -32,6 +32,8 @@ pub struct App {
     pub blobserve: Option<Blobserve>,
     /// `registry.store`, when configured.
     pub store: Option<BlobStore>,
+    /// What this node shares with the others (Redis, object store, peers).
+    pub shared: crate::shared::Shared,
 }
 
 /// blobserve inside the facade's process: its router, blobspace and metrics, sharing the
@@ -44,17 +46,6 @@ pub struct Blobserve {
 
 pub async fn build(cfg: &Config) -> anyhow::Result<App> {
     let r = &cfg.registry;
-    if r.redis.as_ref().is_some_and(|c| c.enabled) {
-        warn!("registry.redis is enabled, but this implementation caches in registry.store only; Redis is only checked by /ready");
-    }
-    if r.ipfs
-        .as_ref()
-        .and_then(|v| v.get("enabled"))
-        .and_then(|v| v.as_bool())
-        == Some(true)
-    {
-        warn!("registry.ipfs is enabled, but IPFS is not supported; ignoring it");
-    }
     if cfg.pprof_addr.as_deref().is_some_and(|a| !a.is_empty()) {
         warn!("pprofAddr is not supported by this implementation; ignoring it");
     }
@@ -132,9 +123,12 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
         cache_ttl: r.cache_ttl,
         ..ComposerSettings::default()
     };
-    let composer = Composer::new(providers, upstream.clone(), store.clone(), settings)
-        .await
-        .context("registry.staticLayer")?;
+    let shared = crate::shared::build(r, store.as_ref()).await?;
+    let caches = shared.composer_caches(&settings);
+    let composer =
+        Composer::with_caches(providers, upstream.clone(), store.clone(), settings, caches)
+            .await
+            .context("registry.staticLayer")?;
     let blobserve = match &cfg.blobserve {
         Some(b) => {
             let metrics = rf_blobserve::Metrics::new();
@@ -152,9 +146,13 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
     };
     let auth = client_auth(r)?;
     let metrics = Metrics::new();
+    let mut blobs = BlobServer::new(upstream, store.clone(), metrics.clone());
+    if let Some(cluster) = &shared.cluster {
+        blobs = blobs.with_cluster(cluster.clone());
+    }
     let state = Arc::new(FacadeState {
         composer: Arc::new(composer),
-        blobs: BlobServer::new(upstream, store.clone(), metrics.clone()),
+        blobs,
         metrics,
         auth: Arc::new(auth),
     });
@@ -165,6 +163,7 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
         fixed_ids,
         blobserve,
         store,
+        shared,
     })
 }
 

@@ -47,11 +47,12 @@ pub struct RegistryConfig {
     pub require_auth: bool,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
-    /// Accepted for compatibility with Gitpod configs; not used (see README).
+    /// Gitpod's IPFS settings: verified blobs are added to an IPFS node, and read from it
+    /// before going upstream (needs Redis, which maps digests to CIDs).
     #[serde(default)]
-    pub ipfs: Option<serde_json::Value>,
-    /// Gitpod's Redis settings (the password comes from `REDIS_PASSWORD`); checked by
-    /// `/ready` when enabled.
+    pub ipfs: Option<IpfsConfig>,
+    /// Gitpod's Redis settings (the password comes from `REDIS_PASSWORD`): the state nodes
+    /// share (README "Many nodes").
     #[serde(default)]
     pub redis: Option<RedisConfig>,
 
@@ -97,6 +98,72 @@ pub struct RegistryConfig {
     /// Client authentication as CNCF distribution's: htpasswd or token (one of them).
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// Layers shared by every node on an S3-compatible object store.
+    #[serde(default)]
+    pub object_store: Option<ObjectStoreConfig>,
+    /// The endpoint other nodes stream blobs from while this node downloads them
+    /// (cluster-wide single flight; needs Redis for the leases).
+    #[serde(default)]
+    pub peer: Option<PeerConfig>,
+}
+
+/// `registry.ipfs` as Gitpod's.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IpfsConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// A multiaddr (`/ip4/127.0.0.1/tcp/5001`, `$IPFS_HOST` taken from the environment) or
+    /// an `http://` URL of the RPC API.
+    #[serde(default)]
+    pub ipfs_addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ObjectStoreConfig {
+    /// `http(s)://host:port` of the S3 API.
+    pub endpoint: String,
+    pub bucket: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Prepended to every key (`<prefix>blobs/sha256/<hex>`).
+    #[serde(default)]
+    pub prefix: String,
+    /// Path-style URLs (`endpoint/bucket/key`), as most S3-compatible servers want.
+    #[serde(default)]
+    pub path_style: bool,
+    /// Answer blob GETs for blobs in the bucket with a 307 to a presigned URL.
+    #[serde(default)]
+    pub redirect: bool,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PeerConfig {
+    /// Where this node's peer endpoint listens (`host:port`).
+    pub listen_address: String,
+    /// How the other nodes reach it (`host:port`); default: the listen address.
+    #[serde(default)]
+    pub advertise_address: Option<String>,
+    /// A file holding the secret every node shares (the peer endpoint refuses other callers).
+    pub secret_file: PathBuf,
+    /// How long a download lease lasts without renewal (a dead holder's followers wait this
+    /// long before another node continues).
+    #[serde(
+        default = "default_lease_ttl",
+        deserialize_with = "duration",
+        rename = "leaseTTL"
+    )]
+    pub lease_ttl: Duration,
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +205,9 @@ pub struct RedisConfig {
     pub use_tls: bool,
     #[serde(default)]
     pub insecure_skip_verify: bool,
+    /// Addresses (`host:port`) of Redis Cluster nodes, instead of `singleHostAddr`.
+    #[serde(default)]
+    pub cluster_addrs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -317,22 +387,30 @@ impl Config {
     fn validate(&self) -> anyhow::Result<()> {
         let redis_enabled = self.registry.redis.as_ref().is_some_and(|r| r.enabled);
         if let Some(r) = self.registry.redis.as_ref().filter(|r| r.enabled) {
-            if r.single_host_addr.trim().is_empty() {
+            if r.single_host_addr.trim().is_empty() && r.cluster_addrs.is_empty() {
                 anyhow::bail!("key \"registry.redis.singleHostAddr\": missing (redis is enabled)");
             }
         }
-        let ipfs_enabled = self
-            .registry
-            .ipfs
-            .as_ref()
-            .and_then(|v| v.get("enabled"))
-            .and_then(|v| v.as_bool())
-            == Some(true);
+        let ipfs_enabled = self.registry.ipfs.as_ref().is_some_and(|i| i.enabled);
         if ipfs_enabled && !redis_enabled {
             // Gitpod's GetConfig refuses it the same way
             anyhow::bail!(
                 "key \"registry.ipfs\": IPFS cache requires Redis (registry.redis.enabled)"
             );
+        }
+        if ipfs_enabled && redis_enabled {
+            let addr = &self.registry.ipfs.as_ref().unwrap().ipfs_addr;
+            if addr.trim().is_empty() {
+                anyhow::bail!("key \"registry.ipfs.ipfsAddr\": missing (ipfs is enabled)");
+            }
+        }
+        if self.registry.peer.is_some() && !redis_enabled {
+            anyhow::bail!("key \"registry.peer\": cluster-wide downloads need Redis for their leases (registry.redis.enabled)");
+        }
+        let shares =
+            ipfs_enabled || self.registry.peer.is_some() || self.registry.object_store.is_some();
+        if shares && self.registry.store.is_none() {
+            anyhow::bail!("key \"registry.store\": sharing blobs with other nodes (peer, objectStore, ipfs) needs a local store");
         }
         if let Some(b) = &self.blobserve {
             b.pre_pull_refs()
@@ -581,6 +659,38 @@ mod tests {
             br#"{"registry": {"port": 1, "fixedSpecFN": "a", "redis": {"enabled": false}}}"#,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn sharing_keys_and_what_they_need() {
+        let cfg = Config::from_json(
+            br#"{"registry": {"port": 1, "fixedSpecFN": "a", "store": "/s",
+                 "redis": {"enabled": true, "clusterAddrs": ["127.0.0.1:7000"]},
+                 "objectStore": {"endpoint": "http://127.0.0.1:8333", "bucket": "b", "pathStyle": true},
+                 "peer": {"listenAddress": "127.0.0.1:0", "secretFile": "/s/secret", "leaseTTL": "3s"},
+                 "ipfs": {"enabled": true, "ipfsAddr": "/ip4/127.0.0.1/tcp/5001"}}}"#,
+        )
+        .unwrap();
+        let r = &cfg.registry;
+        assert_eq!(r.redis.as_ref().unwrap().cluster_addrs, ["127.0.0.1:7000"]);
+        let o = r.object_store.as_ref().unwrap();
+        assert_eq!((o.region.as_str(), o.path_style, o.redirect), ("us-east-1", true, false));
+        assert_eq!(r.peer.as_ref().unwrap().lease_ttl, Duration::from_secs(3));
+        assert!(err(
+            r#"{"registry": {"port": 1, "fixedSpecFN": "a", "store": "/s",
+                "peer": {"listenAddress": "127.0.0.1:0", "secretFile": "/x"}}}"#
+        )
+        .contains("need Redis"));
+        assert!(err(
+            r#"{"registry": {"port": 1, "fixedSpecFN": "a",
+                "objectStore": {"endpoint": "http://x", "bucket": "b"}}}"#
+        )
+        .contains("registry.store"));
+        assert!(err(
+            r#"{"registry": {"port": 1, "fixedSpecFN": "a", "store": "/s",
+                "objectStore": {"endpoint": "http://x"}}}"#
+        )
+        .contains("bucket"));
     }
 
     #[test]

@@ -7,6 +7,6 @@
 pub mod app;
 pub mod config;
 pub mod probes;
-pub mod redis_probe;
 pub mod serve;
 pub mod setup;
+pub mod shared;

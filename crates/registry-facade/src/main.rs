@@ -113,7 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { config: path } => {
             let cfg = Config::load(&path)?;
-            let app = app::build(&cfg).await?;
+            let mut app = app::build(&cfg).await?;
             let r = &cfg.registry;
             let listener = serve::bind(&format!("{}:{}", r.listen_address, r.port))
                 .await
@@ -122,8 +122,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(addr) = cfg.prometheus_addr.as_deref().filter(|a| !a.is_empty()) {
                 let facade = app.state.metrics.clone();
                 let blobserve = app.blobserve.as_ref().map(|b| b.metrics.clone());
+                let shared = app.shared.metrics_source();
                 serve::spawn_metrics(addr, move || {
                     let mut text = facade.render();
+                    let extra = shared.render();
+                    if !extra.is_empty() {
+                        if let Some(body) = text.strip_suffix("# EOF\n") {
+                            text = format!("{body}{extra}# EOF\n");
+                        }
+                    }
                     if let Some(b) = &blobserve {
                         // One exposition: the first one's end marker would end it early.
                         if let Some(body) = text.strip_suffix("# EOF\n") {
@@ -134,6 +141,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     text
                 })
                 .await?;
+            }
+            if let Some((listener, router)) = app.shared.peer.take() {
+                tokio::spawn(serve::serve(
+                    listener,
+                    router,
+                    None,
+                    rf_serve::ServerConfig::default().options(),
+                    shutdown_signal(),
+                ));
             }
             let mut pre_pulled: Option<Arc<AtomicBool>> = None;
             let mut blobserve_addr = None;
@@ -162,12 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             {
                 serve::spawn_readiness(
                     addr,
-                    registry_facade::probes::readiness(
-                        &app,
-                        local,
-                        pre_pulled,
-                        registry_facade::redis_probe::RedisProbe::from_config(r.redis.as_ref()),
-                    ),
+                    registry_facade::probes::readiness(&app, local, pre_pulled),
                 )
                 .await?;
             }

@@ -1,7 +1,8 @@
 //! What the facade's `/ready` checks, each on every probe: the registry listener accepts
 //! connections, the store can take new blobs, at least one spec provider answers, and
-//! blobserve's pre-pulled images are in (when it runs here), and Redis answers (when
-//! `registry.redis` is enabled). Static layers need no check:
+//! blobserve's pre-pulled images are in (when it runs here), Redis answers `PING` (when
+//! `registry.redis` is enabled) and the object store's bucket answers (when
+//! `registry.objectStore` is set). Static layers need no check:
 //! they are loaded before any listener opens, and a failed reload keeps the loaded ones.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -11,7 +12,6 @@ use std::sync::Arc;
 use rf_serve::Readiness;
 
 use crate::app::App;
-use crate::redis_probe::RedisProbe;
 
 /// The checks for `app`, whose registry listens on `registry` (an unspecified address is
 /// probed on loopback); `pre_pulled` is blobserve's flag when it runs in this process.
@@ -19,7 +19,6 @@ pub fn readiness(
     app: &App,
     registry: SocketAddr,
     pre_pulled: Option<Arc<AtomicBool>>,
-    redis: Option<RedisProbe>,
 ) -> Readiness {
     let target = match registry {
         SocketAddr::V4(a) if a.ip().is_unspecified() => (Ipv4Addr::LOCALHOST, a.port()).into(),
@@ -48,10 +47,22 @@ pub fn readiness(
         let composer = composer.clone();
         async move { composer.probe_spec_providers().await }
     });
-    if let Some(redis) = redis {
+    if let Some(redis) = app.shared.redis.clone() {
         r = r.check("redis", move || {
             let redis = redis.clone();
-            async move { redis.check().await }
+            async move { redis.ping().await }
+        });
+    }
+    if let Some(objects) = app
+        .shared
+        .cluster
+        .as_ref()
+        .and_then(|c| c.objects())
+        .cloned()
+    {
+        r = r.check("objectStore", move || {
+            let objects = objects.clone();
+            async move { objects.probe().await }
         });
     }
     if let Some(flag) = pre_pulled {

@@ -80,6 +80,53 @@ impl BlobStore {
         offset: u64,
         source: Arc<dyn ByteSource>,
     ) -> Result<BlobReader, StoreError> {
+        match self
+            .open_or_start(digest, size, offset, Some(&source))
+            .await?
+        {
+            Some(reader) => Ok(reader),
+            None => Err(StoreError::Io(io::Error::other(format!(
+                "{digest}: no download was started"
+            )))),
+        }
+    }
+
+    /// The blob `digest` from `offset` if this store has it, committed or downloading (then
+    /// following that download as [`Self::fetch`] does); `None` otherwise, and nothing is
+    /// started. What a node serves to its peers.
+    pub async fn open_local(
+        &self,
+        digest: &Digest,
+        size: u64,
+        offset: u64,
+    ) -> Result<Option<BlobReader>, StoreError> {
+        self.open_or_start(digest, size, offset, None).await
+    }
+
+    /// Waits for the download of `digest` in flight to end: `Some(Ok)` once verified and
+    /// committed, `Some(Err)` if it failed, `None` if none was in flight.
+    pub async fn download_outcome(&self, digest: &Digest) -> Option<Result<(), SourceError>> {
+        let mut rx = self.index().flights.get(digest)?.progress.clone();
+        let status = rx
+            .wait_for(|p| !matches!(p.status, Status::Running))
+            .await
+            .map(|p| p.status.clone());
+        Some(match status {
+            Ok(Status::Done) => Ok(()),
+            Ok(Status::Failed(e)) => Err(e),
+            Ok(Status::Running) | Err(_) => Err(SourceError::permanent(
+                "the download ended without finishing",
+            )),
+        })
+    }
+
+    async fn open_or_start(
+        &self,
+        digest: &Digest,
+        size: u64,
+        offset: u64,
+        source: Option<&Arc<dyn ByteSource>>,
+    ) -> Result<Option<BlobReader>, StoreError> {
         if offset > size {
             return Err(StoreError::OffsetOutOfRange { offset, size });
         }
@@ -102,17 +149,22 @@ impl BlobStore {
                     return self
                         .follow(flight, digest, offset, ReadOrigin::Joined, guard)
                         .await
+                        .map(Some)
                 }
                 Found::Stored(guard) => {
                     if let Some(reader) = self.open_committed(digest, size, offset, guard).await? {
-                        return Ok(reader);
+                        return Ok(Some(reader));
                     }
                 }
                 Found::Nothing => {
-                    if let Some((flight, guard)) = self.start(digest, size, &source).await? {
+                    let Some(source) = source else {
+                        return Ok(None);
+                    };
+                    if let Some((flight, guard)) = self.start(digest, size, source).await? {
                         return self
                             .follow(flight, digest, offset, ReadOrigin::Started, guard)
-                            .await;
+                            .await
+                            .map(Some);
                     }
                 }
             }

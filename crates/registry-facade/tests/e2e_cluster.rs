@@ -1,0 +1,448 @@
+//! Many nodes, one upstream fetch: real `registry-facade` processes sharing a real Redis
+//! (leases, compositions, manifests and configs in Gitpod's keys) and streaming blobs to each
+//! other through their peer endpoints, in front of a real distribution behind a loopback
+//! proxy that records every upstream request.
+
+mod e2e_common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use e2e_common::Facade;
+use rf_testkit::faults::{Fault, FaultProxy};
+use rf_testkit::{
+    sha256_digest, BuiltImage, Compression, Entry, ImageBuilder, Layer, Redis, Registry,
+    RegistryAuth,
+};
+use serde_json::{json, Value};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Hang guard for a whole pull (not a speed assertion).
+const GUARD: Duration = Duration::from_secs(120);
+
+/// One upstream registry for the whole binary.
+fn registry() -> &'static Registry {
+    static R: OnceLock<Registry> = OnceLock::new();
+    R.get_or_init(|| Registry::start(RegistryAuth::None).expect("distribution starts"))
+}
+
+/// A base image whose one layer is `mib` MiB of bytes no other test has (`seed` decides),
+/// gzipped (skopeo would compress a plain tar on push, changing its digest).
+fn big_image(seed: &str, mib: usize) -> BuiltImage {
+    let mut data = Vec::with_capacity(mib << 20);
+    let mut block = sha256_digest(seed.as_bytes()).into_bytes();
+    while data.len() < mib << 20 {
+        block = sha256_digest(&block).into_bytes();
+        data.extend_from_slice(&block);
+    }
+    data.truncate(mib << 20);
+    ImageBuilder::new()
+        .cmd(["/bin/true"])
+        .layer(Layer::build(
+            vec![Entry::file("data/blob.bin", data)],
+            Compression::Gzip,
+        ))
+        .build()
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    specs: PathBuf,
+    secret: PathBuf,
+}
+
+impl Cluster {
+    /// A fixed spec file with `id` → `base_ref`.
+    fn new(specs: Value) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let spec_path = dir.path().join("specs.json");
+        std::fs::write(&spec_path, serde_json::to_vec(&specs).unwrap()).unwrap();
+        let secret = dir.path().join("peer-secret");
+        std::fs::write(&secret, "a-secret-every-node-shares\n").unwrap();
+        Cluster {
+            _dir: dir,
+            specs: spec_path,
+            secret,
+        }
+    }
+
+    /// A node's config on `redis`, with `extra` merged into `registry`.
+    fn config(&self, redis: Value, extra: Value) -> Value {
+        let mut registry = json!({
+            "port": 0,
+            "listenAddress": "127.0.0.1",
+            "store": "$TMP/store",
+            "fixedSpecFN": self.specs,
+            "redis": redis,
+            "peer": {
+                "listenAddress": "127.0.0.1:0",
+                "secretFile": self.secret,
+                "leaseTTL": "2s",
+            },
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            registry[k] = v.clone();
+        }
+        json!({ "registry": registry })
+    }
+
+    fn start(&self, redis: Value) -> Facade {
+        self.start_extra(redis, json!({}))
+    }
+
+    fn start_extra(&self, redis: Value, extra: Value) -> Facade {
+        Facade::start_with(&self.config(redis, extra), &[("RUST_LOG", "debug")])
+    }
+}
+
+fn single(redis: &Redis) -> Value {
+    json!({"enabled": true, "singleHostAddr": redis.addr()})
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// The composed manifest of `id` from `node` (and its digest).
+async fn manifest(node: &str, id: &str, reference: &str) -> (Value, String) {
+    let resp = http()
+        .get(format!("http://{node}/v2/fixed/{id}/manifests/{reference}"))
+        .header("Accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "manifest of {id} from {node}");
+    let digest = resp
+        .headers()
+        .get("docker-content-digest")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(sha256_digest(&body), digest);
+    (serde_json::from_slice(&body).unwrap(), digest)
+}
+
+/// GETs blob `digest` of `id` from `node` and checks its bytes hash to it; the body's size.
+async fn blob(node: &str, id: &str, digest: &str) -> Result<u64, String> {
+    let resp = http()
+        .get(format!("http://{node}/v2/fixed/{id}/blobs/{digest}"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if resp.status() != 200 {
+        return Err(format!("{node}: status {}", resp.status()));
+    }
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    if sha256_digest(&body) != digest {
+        return Err(format!("{node}: wrong bytes for {digest}"));
+    }
+    Ok(body.len() as u64)
+}
+
+/// A whole pull of `id` from `node`: manifest, config and layers, every body verified.
+async fn pull(node: String, id: String) -> Result<(), String> {
+    let (m, _) = manifest(&node, &id, "latest").await;
+    blob(&node, &id, m["config"]["digest"].as_str().unwrap()).await?;
+    for l in m["layers"].as_array().unwrap() {
+        blob(&node, &id, l["digest"].as_str().unwrap()).await?;
+    }
+    Ok(())
+}
+
+fn redis_cli(redis: &Redis, args: &[&str]) -> Vec<u8> {
+    let out = redis.cli(args);
+    assert!(out.status.success(), "redis-cli {args:?}");
+    let mut v = out.stdout;
+    if v.last() == Some(&b'\n') {
+        v.pop();
+    }
+    v
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+fn spec(base: &str) -> Value {
+    json!({ "baseRef": base })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_pulls_on_three_nodes_fetch_the_blob_from_upstream_once() {
+    let reg = registry();
+    let image = big_image("eight-pulls", 24);
+    reg.push_image(&image, "cluster/eight:1").unwrap();
+    let proxy = FaultProxy::start(&reg.addr()).await;
+    let redis = Redis::start().unwrap();
+    let cluster = Cluster::new(json!({ "ws": spec(&proxy.image_ref("cluster/eight:1")) }));
+    let nodes: Vec<Facade> = (0..3).map(|_| cluster.start(single(&redis))).collect();
+
+    let pulls = (0..8).map(|i| tokio::spawn(pull(nodes[i % 3].addr.clone(), "ws".into())));
+    let results = tokio::time::timeout(GUARD, futures::future::join_all(pulls))
+        .await
+        .expect("pulls finish");
+    for r in results {
+        r.unwrap().unwrap_or_else(|e| {
+            panic!(
+                "a pull failed: {e}\n{}",
+                nodes.iter().map(Facade::logs).collect::<String>()
+            )
+        });
+    }
+    let layer = &image.layers[0].digest;
+    assert_eq!(
+        proxy.blob_gets(layer),
+        vec![None],
+        "one whole GET of the layer from upstream for 8 pulls on 3 nodes: {:?}",
+        proxy.seen.lock().unwrap()
+    );
+
+    // Gitpod's layout, readable as its Go code reads it.
+    let info: Value = serde_json::from_slice(&redis_cli(
+        &redis,
+        &["GET", &format!("nfo.{}", image.manifest_digest)],
+    ))
+    .unwrap();
+    assert_eq!(info["Digest"], image.manifest_digest.as_str());
+    assert_eq!(info["Size"], image.manifest.len() as u64);
+    assert!(info["CreatedAt"].is_i64() && info["UpdatedAt"].is_i64());
+    assert_eq!(info["Labels"]["Content-Type"], image.manifest_media_type);
+    let cnt = redis_cli(&redis, &["GET", &format!("cnt.{}", image.manifest_digest)]);
+    assert_eq!(cnt, image.manifest);
+    let resolved: Value = serde_json::from_slice(&redis_cli(
+        &redis,
+        &[
+            "GET",
+            &format!("resolve.{}", proxy.image_ref("cluster/eight:1")),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(resolved["Desc"]["digest"], image.manifest_digest.as_str());
+    let ttl: i64 = String::from_utf8(redis_cli(
+        &redis,
+        &[
+            "PTTL",
+            &format!("resolve.{}", proxy.image_ref("cluster/eight:1")),
+        ],
+    ))
+    .unwrap()
+    .parse()
+    .unwrap();
+    assert!(ttl > 0, "resolved tags expire (Gitpod's never do)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_composition_made_on_one_node_is_served_by_another_after_the_tag_moved() {
+    let reg = registry();
+    let first = big_image("tag-moved-1", 1);
+    let second = big_image("tag-moved-2", 1);
+    reg.push_image(&first, "cluster/moving:1").unwrap();
+    let redis = Redis::start().unwrap();
+    let cluster = Cluster::new(json!({ "ws": spec(&reg.image_ref("cluster/moving:1")) }));
+    // A short freshness window, so that B sees the moved tag when it asks for it.
+    let short = json!({"cacheTTL": "1s"});
+    let a = cluster.start_extra(single(&redis), short.clone());
+    let (composed, digest) = manifest(&a.addr, "ws", "latest").await;
+    reg.push_image(&second, "cluster/moving:1").unwrap();
+    let resolved = format!("resolve.{}", reg.image_ref("cluster/moving:1"));
+    wait_for(
+        || redis_cli(&redis, &["EXISTS", &resolved]) == b"0",
+        "A's resolution of the tag to expire",
+    )
+    .await;
+
+    let b = cluster.start_extra(single(&redis), short);
+    let (again, digest_b) = manifest(&b.addr, "ws", &digest).await;
+    assert_eq!(digest_b, digest);
+    assert_eq!(again, composed);
+    // And its blobs, although B's own composition of the tag now differs.
+    blob(
+        &b.addr,
+        "ws",
+        composed["config"]["digest"].as_str().unwrap(),
+    )
+    .await
+    .unwrap();
+    let layer = composed["layers"][0]["digest"].as_str().unwrap();
+    assert_eq!(layer, first.layers[0].digest);
+    blob(&b.addr, "ws", layer).await.unwrap();
+    let (latest, _) = manifest(&b.addr, "ws", "latest").await;
+    assert_ne!(latest, composed, "the tag moved: a new composition");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_lease_holder_dies_the_other_nodes_clients_complete() {
+    let reg = registry();
+    let image = big_image("holder-dies", 16);
+    reg.push_image(&image, "cluster/dies:1").unwrap();
+    let proxy = FaultProxy::start(&reg.addr()).await;
+    let layer = image.layers[0].digest.clone();
+    let redis = Redis::start().unwrap();
+    let cluster = Cluster::new(json!({ "ws": spec(&proxy.image_ref("cluster/dies:1")) }));
+    let mut a = cluster.start(single(&redis));
+    let b = cluster.start(single(&redis));
+    let c = cluster.start(single(&redis));
+    for n in [&a, &b, &c] {
+        manifest(&n.addr, "ws", "latest").await;
+    }
+    // A takes the lease; its upstream download stops after 4 MiB until A is gone.
+    proxy.script(&layer, &[Fault::HoldBlobAfter(4 << 20)]);
+    let a_client = tokio::spawn(blob_owned(a.addr.clone(), layer.clone()));
+    wait_for(|| proxy.blob_gets(&layer).len() == 1, "A's upstream GET").await;
+    let lease: String =
+        String::from_utf8(redis_cli(&redis, &["GET", &format!("rf.lease.{layer}")])).unwrap();
+    let b_client = tokio::spawn(blob_owned(b.addr.clone(), layer.clone()));
+    let c_client = tokio::spawn(blob_owned(c.addr.clone(), layer.clone()));
+    // Both follow A (their debug logs say so) before it dies.
+    wait_for(
+        || {
+            [&b, &c]
+                .iter()
+                .all(|n| n.stderr().contains("streaming from the lease holder"))
+        },
+        "B and C to stream from A",
+    )
+    .await;
+    a.kill9();
+    proxy.release();
+    for (name, client) in [("B", b_client), ("C", c_client)] {
+        let size = tokio::time::timeout(GUARD, client)
+            .await
+            .unwrap_or_else(|_| panic!("{name}'s client hangs"))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{name}'s client failed: {e}\n{}{}", b.logs(), c.logs()));
+        assert_eq!(size, image.layers[0].size);
+    }
+    let _ = a_client.await;
+    let gets = proxy.blob_gets(&layer);
+    assert!(
+        gets.len() >= 2 && gets[1..].iter().all(|r| r.is_some()),
+        "after {lease:?} died, another node continued with a Range request: {gets:?}"
+    );
+}
+
+async fn blob_owned(node: String, digest: String) -> Result<u64, String> {
+    blob(&node, "ws", &digest).await
+}
+
+/// Polls `cond` (a condition on the world, not a timing) for up to a minute.
+async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    rf_testkit::wait_until_async(Duration::from_secs(60), what, || {
+        let ok = cond();
+        async move { ok }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pulls_succeed_while_redis_is_stopped_and_sharing_resumes_after() {
+    let reg = registry();
+    let image = big_image("redis-stopped", 2);
+    reg.push_image(&image, "cluster/nored:1").unwrap();
+    let redis = Redis::start().unwrap();
+    let cluster = Cluster::new(json!({
+        "one": spec(&reg.image_ref("cluster/nored:1")),
+        "two": spec(&reg.image_ref("cluster/nored:1")),
+    }));
+    let a = cluster.start(single(&redis));
+    // Redis stops answering (the kernel still accepts connections: the worst case).
+    signal(redis.pid(), "-STOP");
+    tokio::time::timeout(GUARD, pull(a.addr.clone(), "one".into()))
+        .await
+        .expect("a pull with Redis stopped does not hang")
+        .unwrap();
+    signal(redis.pid(), "-CONT");
+    // Back: a new composition is shared again, and another node serves it by digest.
+    let (m, digest) = wait_until_shared(&a, &redis, "two").await;
+    let b = cluster.start(single(&redis));
+    let (again, _) = manifest(&b.addr, "two", &digest).await;
+    assert_eq!(again, m);
+    assert!(
+        a.stderr().contains("Redis is unavailable"),
+        "the outage is logged\n{}",
+        a.logs()
+    );
+}
+
+/// Asks `node` for `id` until its composition shows up in Redis.
+async fn wait_until_shared(node: &Facade, redis: &Redis, id: &str) -> (Value, String) {
+    let mut got = None;
+    for _ in 0..600 {
+        let (m, digest) = manifest(&node.addr, id, "latest").await;
+        let key = format!("rf.served.fixed/{id}@{digest}");
+        if redis_cli(redis, &["EXISTS", &key]) == b"1" {
+            got = Some((m, digest));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    got.expect("the composition reached Redis after it came back")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_manifest_gitpod_wrote_to_redis_is_composed_without_upstream() {
+    let reg = registry();
+    let image = big_image("gitpod-wrote", 1);
+    let redis = Redis::start().unwrap();
+    // Never pushed: only Redis has it, written as Gitpod's RedisBlobStore writes.
+    for (digest, bytes, mt) in [
+        (
+            &image.manifest_digest,
+            &image.manifest,
+            image.manifest_media_type.as_str(),
+        ),
+        (&image.config_digest, &image.config, ""),
+    ] {
+        let info = json!({
+            "Digest": digest, "Size": bytes.len(), "CreatedAt": 1, "UpdatedAt": 1,
+            "Labels": if mt.is_empty() { Value::Null } else { json!({"Content-Type": mt}) },
+        });
+        write_key(&redis, &format!("cnt.{digest}"), bytes);
+        write_key(
+            &redis,
+            &format!("nfo.{digest}"),
+            &serde_json::to_vec(&info).unwrap(),
+        );
+    }
+    let base = format!(
+        "{}@{}",
+        reg.image_ref("cluster/only-in-redis"),
+        image.manifest_digest
+    );
+    let cluster = Cluster::new(json!({ "ws": spec(&base) }));
+    let node = cluster.start(single(&redis));
+    let (m, _) = manifest(&node.addr, "ws", "latest").await;
+    assert_eq!(m["layers"][0]["digest"], image.layers[0].digest.as_str());
+    let config = m["config"]["digest"].as_str().unwrap().to_string();
+    blob(&node.addr, "ws", &config).await.unwrap();
+}
+
+/// `SET key value` with a binary-safe value (redis-cli -x reads it from stdin).
+fn write_key(redis: &Redis, key: &str, value: &[u8]) {
+    use std::io::Write as _;
+    let mut child = Command::new("redis-cli")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &redis.port().to_string(),
+            "-x",
+            "SET",
+            key,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(value).unwrap();
+    assert!(child.wait().unwrap().success());
+}

@@ -13,6 +13,7 @@ pub mod objects;
 pub mod peer;
 pub mod redis;
 mod source;
+pub mod specs;
 pub mod stats;
 
 use std::collections::HashSet;
@@ -29,6 +30,7 @@ pub use lease::{Holder, Leases};
 pub use objects::{ObjectStoreSettings, Objects, ObjectsError};
 pub use peer::PeerClient;
 pub use redis::{RedisSettings, SharedRedis};
+pub use specs::RedisSpecs;
 pub use stats::{Counter, Stats};
 
 /// Another place blobs are shared through (IPFS): read before going upstream, and given

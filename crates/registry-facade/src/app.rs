@@ -46,6 +46,7 @@ pub struct Blobserve {
 
 pub async fn build(cfg: &Config) -> anyhow::Result<App> {
     let r = &cfg.registry;
+    let redis = crate::shared::redis(r).await;
     if cfg.pprof_addr.as_deref().is_some_and(|a| !a.is_empty()) {
         warn!("pprofAddr is not supported by this implementation; ignoring it");
     }
@@ -75,10 +76,11 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
         let remote =
             RemoteSpecProvider::new(addrs, r.spec_provider_timeout, r.spec_provider_timeout)
                 .context("registry.remoteSpecProvider")?;
+        let specs = crate::shared::spec_cache(r, redis.as_ref());
         providers.insert(
             PROVIDER_REMOTE.into(),
             Arc::new(
-                CachingSpecProvider::new(remote, r.spec_cache.max_entries, r.spec_cache.ttl)
+                CachingSpecProvider::with_cache(remote, specs, r.spec_cache.ttl)
                     .serve_stale_for(r.spec_cache.stale_if_unavailable),
             ),
         );
@@ -123,7 +125,7 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
         cache_ttl: r.cache_ttl,
         ..ComposerSettings::default()
     };
-    let shared = crate::shared::build(r, store.as_ref()).await?;
+    let shared = crate::shared::build(r, redis, store.as_ref()).await?;
     let caches = shared.composer_caches(&settings);
     let composer =
         Composer::with_caches(providers, upstream.clone(), store.clone(), settings, caches)

@@ -674,17 +674,18 @@ mod tests {
         let r = &cfg.registry;
         assert_eq!(r.redis.as_ref().unwrap().cluster_addrs, ["127.0.0.1:7000"]);
         let o = r.object_store.as_ref().unwrap();
-        assert_eq!((o.region.as_str(), o.path_style, o.redirect), ("us-east-1", true, false));
+        assert_eq!(
+            (o.region.as_str(), o.path_style, o.redirect),
+            ("us-east-1", true, false)
+        );
         assert_eq!(r.peer.as_ref().unwrap().lease_ttl, Duration::from_secs(3));
         assert!(err(
             r#"{"registry": {"port": 1, "fixedSpecFN": "a", "store": "/s",
                 "peer": {"listenAddress": "127.0.0.1:0", "secretFile": "/x"}}}"#
         )
         .contains("need Redis"));
-        assert!(err(
-            r#"{"registry": {"port": 1, "fixedSpecFN": "a",
-                "objectStore": {"endpoint": "http://x", "bucket": "b"}}}"#
-        )
+        assert!(err(r#"{"registry": {"port": 1, "fixedSpecFN": "a",
+                "objectStore": {"endpoint": "http://x", "bucket": "b"}}}"#)
         .contains("registry.store"));
         assert!(err(
             r#"{"registry": {"port": 1, "fixedSpecFN": "a", "store": "/s",

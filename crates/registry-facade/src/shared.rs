@@ -10,9 +10,9 @@ use anyhow::Context;
 use axum::Router;
 use rf_cluster::{
     Cluster, ClusterParts, Leases, ObjectStoreSettings, Objects, PeerClient, RedisContent,
-    RedisServed, RedisSettings, SharedRedis,
+    RedisServed, RedisSettings, RedisSpecs, SharedRedis,
 };
-use rf_composer::{ComposerCaches, ComposerSettings};
+use rf_composer::{ComposerCaches, ComposerSettings, MemorySpecs, SpecCache};
 use rf_store::BlobStore;
 use tracing::{info, warn};
 
@@ -76,27 +76,51 @@ impl SharedMetrics {
     }
 }
 
-pub async fn build(r: &RegistryConfig, store: Option<&BlobStore>) -> anyhow::Result<Shared> {
-    let mut shared = Shared::default();
-    if let Some(c) = r.redis.as_ref().filter(|c| c.enabled) {
-        let redis = SharedRedis::new(RedisSettings {
-            single_host_addr: Some(c.single_host_addr.clone()).filter(|a| !a.is_empty()),
-            cluster_addrs: c.cluster_addrs.clone(),
-            username: Some(c.username.clone()).filter(|u| !u.is_empty()),
-            password: std::env::var("REDIS_PASSWORD")
-                .ok()
-                .filter(|p| !p.is_empty()),
-            use_tls: c.use_tls,
-            insecure_skip_verify: c.insecure_skip_verify,
-            timeout: REDIS_TIMEOUT,
-        });
-        match redis.startup_ping().await {
-            Ok(()) => info!(redis = %redis.settings().describe(), "Redis connected"),
-            // Unlike Gitpod, the node starts anyway: Redis is never needed for a pull.
-            Err(e) => warn!(error = %e, "starting on local caches; Redis will be tried again"),
-        }
-        shared.redis = Some(redis);
+/// The Redis of `registry.redis`, when enabled: pinged at startup as Gitpod does, but a node
+/// whose Redis does not answer starts anyway on its local caches.
+pub async fn redis(r: &RegistryConfig) -> Option<SharedRedis> {
+    let c = r.redis.as_ref().filter(|c| c.enabled)?;
+    let redis = SharedRedis::new(RedisSettings {
+        single_host_addr: Some(c.single_host_addr.clone()).filter(|a| !a.is_empty()),
+        cluster_addrs: c.cluster_addrs.clone(),
+        username: Some(c.username.clone()).filter(|u| !u.is_empty()),
+        password: std::env::var("REDIS_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty()),
+        use_tls: c.use_tls,
+        insecure_skip_verify: c.insecure_skip_verify,
+        timeout: REDIS_TIMEOUT,
+    });
+    match redis.startup_ping().await {
+        Ok(()) => info!(redis = %redis.settings().describe(), "Redis connected"),
+        Err(e) => warn!(error = %e, "starting on local caches; Redis will be tried again"),
     }
+    Some(redis)
+}
+
+/// The remote spec provider's cache: on Redis when enabled, else in memory.
+pub fn spec_cache(r: &RegistryConfig, redis: Option<&SharedRedis>) -> Arc<dyn SpecCache> {
+    let c = &r.spec_cache;
+    match redis {
+        Some(redis) => Arc::new(RedisSpecs::new(
+            redis.clone(),
+            c.max_entries,
+            c.ttl,
+            c.stale_if_unavailable,
+        )),
+        None => Arc::new(MemorySpecs::new(c.max_entries)),
+    }
+}
+
+pub async fn build(
+    r: &RegistryConfig,
+    redis: Option<SharedRedis>,
+    store: Option<&BlobStore>,
+) -> anyhow::Result<Shared> {
+    let mut shared = Shared {
+        redis,
+        ..Shared::default()
+    };
     let Some(store) = store else {
         return Ok(shared);
     };

@@ -446,3 +446,57 @@ fn write_key(redis: &Redis, key: &str, value: &[u8]) {
     child.stdin.take().unwrap().write_all(value).unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn a_spec_fetched_by_one_node_is_not_asked_for_again_by_another() {
+    let reg = registry();
+    let image = big_image("shared-spec", 1);
+    reg.push_image(&image, "cluster/spec:1").unwrap();
+    let redis = Redis::start().unwrap();
+    let provider = e2e_common::SpecServer::start(
+        [(
+            "ws-1".to_string(),
+            rf_api::registryfacade::ImageSpec {
+                base_ref: reg.image_ref("cluster/spec:1"),
+                ..Default::default()
+            },
+        )]
+        .into(),
+    );
+    let cluster = Cluster::new(json!({}));
+    let config = || {
+        let mut c = cluster.config(single(&redis), json!({}));
+        c["registry"].as_object_mut().unwrap().remove("fixedSpecFN");
+        c["registry"]["remoteSpecProvider"] = json!([{ "addr": provider.addr }]);
+        c
+    };
+    let a = Facade::start(&config());
+    let b = Facade::start(&config());
+    let get = |node: &Facade| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--noproxy",
+                "*",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(["-H", &format!("Accept: {OCI_MANIFEST}")])
+            .arg(format!(
+                "http://{}/v2/remote/ws-1/manifests/latest",
+                node.addr
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(get(&a), "200", "{}", a.logs());
+    assert_eq!(get(&b), "200", "{}", b.logs());
+    assert_eq!(
+        *provider.calls.lock().unwrap(),
+        ["ws-1"],
+        "B took A's spec from Redis"
+    );
+}

@@ -171,10 +171,21 @@ pub fn get_blob(addr: &str, path: &str, size: u64) -> Result<()> {
 /// `clients` concurrent blob `GET`s (one thread and connection each), released together;
 /// returns the wall time from the release to the end of the last one.
 pub fn timed_parallel_gets(addr: &str, path: &str, size: u64, clients: usize) -> Result<Duration> {
+    timed_spread_gets(&[addr], path, size, clients)
+}
+
+/// [`timed_parallel_gets`] with client `i` asking `addrs[i % addrs.len()]`.
+pub fn timed_spread_gets(
+    addrs: &[&str],
+    path: &str,
+    size: u64,
+    clients: usize,
+) -> Result<Duration> {
     let barrier = Arc::new(Barrier::new(clients + 1));
     let handles: Vec<_> = (0..clients)
-        .map(|_| {
-            let (addr, path, barrier) = (addr.to_string(), path.to_string(), barrier.clone());
+        .map(|i| {
+            let addr = addrs[i % addrs.len()].to_string();
+            let (path, barrier) = (path.to_string(), barrier.clone());
             std::thread::spawn(move || {
                 barrier.wait();
                 get_blob(&addr, &path, size)

@@ -23,6 +23,7 @@
 #[macro_use]
 mod progress;
 mod blobserve;
+mod cluster;
 mod counter;
 mod http;
 mod images;
@@ -49,7 +50,15 @@ use report::{Row, Target, Unit};
 use results::{mbps, rotated, sync_disks, Results};
 use servers::{run_ok, vm_hwm, wrk_rps, Facade, Nginx};
 
-const PHASES: [&str; 6] = ["cached", "cold", "cold8", "manifest", "ctr", "blobserve"];
+const PHASES: [&str; 7] = [
+    "cached",
+    "cold",
+    "cold8",
+    "cluster",
+    "manifest",
+    "ctr",
+    "blobserve",
+];
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -67,7 +76,7 @@ struct Args {
     /// Concurrent clients of the concurrent measurements.
     #[arg(long, default_value_t = 8)]
     clients: usize,
-    /// Comma-separated subset of: cached,cold,cold8,manifest,ctr,blobserve.
+    /// Comma-separated subset of: cached,cold,cold8,cluster,manifest,ctr,blobserve.
     #[arg(long, default_value = "cached,cold,cold8,manifest,ctr,blobserve")]
     only: String,
     /// Duration of each `wrk` run in seconds.
@@ -115,6 +124,9 @@ struct Setup {
 }
 
 impl Setup {
+    fn work_dir(&self) -> &std::path::Path {
+        self._work.path()
+    }
     fn hex(&self) -> &str {
         self.digest.strip_prefix("sha256:").expect("sha256")
     }
@@ -761,6 +773,7 @@ fn rows(res: &Results, args: &Args, size: u64) -> Vec<Row> {
         "facade",
         inv,
     ));
+    rows.extend(cluster::rows(res, args, size));
     rows.extend(blobserve::rows(res, args.blobserve_mib));
     rows
 }
@@ -1046,6 +1059,11 @@ fn run(args: &Args) -> Result<()> {
     if want("cold8") {
         if let Err(e) = phase_cold8(&setup, args, &mut res) {
             phase_errors.push(format!("cold8: {e:#}"));
+        }
+    }
+    if want("cluster") {
+        if let Err(e) = cluster::phase(&setup, args, &mut res) {
+            phase_errors.push(format!("cluster: {e:#}"));
         }
     }
     if want("blobserve") {

@@ -194,10 +194,15 @@ impl Facade {
     /// Starts the facade on 127.0.0.1:0 with the fixed spec file `specs` and a store under
     /// its temp dir; waits for the `registry-facade listening on http://ADDR` banner.
     pub fn start(bin: &Path, specs: &Path) -> Result<Facade> {
+        Facade::start_with(bin, specs, json!({}))
+    }
+
+    /// [`Facade::start`] with `extra` keys merged into `registry` (Redis, peer, ...).
+    pub fn start_with(bin: &Path, specs: &Path, extra: serde_json::Value) -> Result<Facade> {
         let dir = tempfile::Builder::new()
             .prefix("rf-bench-facade-")
             .tempdir()?;
-        let cfg = json!({
+        let mut cfg = json!({
             "registry": {
                 "port": 0,
                 "listenAddress": "127.0.0.1",
@@ -206,6 +211,11 @@ impl Facade {
                 "cacheTTL": "1h",
             }
         });
+        if let Some(extra) = extra.as_object() {
+            for (k, v) in extra {
+                cfg["registry"][k] = v.clone();
+            }
+        }
         let cfg_path = dir.path().join("config.json");
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
         let (child, addr) = spawn_banner(bin, &cfg_path, dir.path(), "registry-facade")?;

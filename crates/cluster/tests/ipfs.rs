@@ -155,6 +155,34 @@ async fn a_multi_chunk_blob_round_trips_with_the_daemons_own_cid() {
 }
 
 #[tokio::test]
+async fn a_32_mib_blob_streams_both_ways() {
+    use sha2::Digest as _;
+    let node = node();
+    let client = client(node);
+    // generated piece by piece on the way up and hashed piece by piece on the way down: the
+    // test holds no more of it than the client does
+    const PIECES: u64 = 32;
+    let piece = |i: u64| Bytes::from(blob(1 << 20, 100 + i));
+    let mut want = sha2::Sha256::new();
+    (0..PIECES).for_each(|i| want.update(piece(i)));
+    let source = futures::stream::iter(0..PIECES).map(move |i| Ok::<_, std::io::Error>(piece(i)));
+    let cid = within("add", client.add(source, PIECES << 20))
+        .await
+        .expect("add");
+    let mut stream = within("cat", client.cat(&cid, 0, Some(PIECES << 20)))
+        .await
+        .expect("cat");
+    let (mut got, mut len) = (sha2::Sha256::new(), 0u64);
+    while let Some(chunk) = within("cat", stream.next()).await {
+        let chunk = chunk.expect("cat chunk");
+        len += chunk.len() as u64;
+        got.update(&chunk);
+    }
+    assert_eq!(len, PIECES << 20);
+    assert_eq!(got.finalize(), want.finalize());
+}
+
+#[tokio::test]
 async fn a_one_chunk_blob_is_a_raw_cid() {
     let node = node();
     let client = client(node);

@@ -11,6 +11,7 @@
 mod addr;
 mod cid;
 mod error;
+mod source;
 
 use std::path::Path;
 use std::pin::Pin;
@@ -26,6 +27,7 @@ use url::Url;
 pub use addr::{expand_ipfs_host, parse_api_addr, IPFS_HOST_PLACEHOLDER};
 pub use cid::{Cid, CODEC_DAG_PB, CODEC_RAW};
 pub use error::IpfsError;
+pub use source::IpfsBlobSource;
 
 /// The bytes `cat` yields.
 pub type IpfsByteStream = BoxStream<'static, Result<Bytes, IpfsError>>;

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use rf_cluster::ipfs::{Cid, IpfsClient, IpfsError, IpfsTimeouts, CODEC_DAG_PB, CODEC_RAW};
+use rf_cluster::ipfs::{
+    Cid, IpfsBlobSource, IpfsClient, IpfsError, IpfsTimeouts, CODEC_DAG_PB, CODEC_RAW,
+};
 use rf_testkit::ipfs::JsIpfs;
 
 /// A call that should end by itself within its own timeouts; past this it hangs, which is
@@ -426,4 +428,72 @@ async fn a_frozen_or_stopped_daemon_is_a_quick_transient_error() {
         );
         assert!(err.to_string().contains(&client.api_url()), "{err}");
     }
+}
+
+#[tokio::test]
+async fn the_blob_store_fetches_from_ipfs_and_verifies() {
+    let node = node();
+    let client = client(node);
+    let data = blob(1_500_000, 9);
+    let digest = rf_oci::Digest::sha256_of(&data);
+    let cid = within("add", client.add(chunks(&data, 65_536), data.len() as u64))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = rf_store::BlobStore::open(dir.path()).unwrap();
+    let size = data.len() as u64;
+    let source = std::sync::Arc::new(IpfsBlobSource::new(client.clone(), cid.clone(), size));
+    let reader = within("fetch", store.fetch(&digest, size, 0, source))
+        .await
+        .expect("fetch from IPFS");
+    let mut got = Vec::new();
+    let mut stream = reader.stream;
+    while let Some(chunk) = within("fetch", stream.next()).await {
+        got.extend_from_slice(&chunk.expect("a chunk"));
+    }
+    assert!(got == data);
+    // the last byte goes out once verified; the commit follows
+    rf_testkit::wait_until_async(HANG, "the blob committed to the store", || {
+        let (store, digest) = (store.clone(), digest.clone());
+        async move { store.contains(&digest).await }
+    })
+    .await;
+
+    // bytes that are not the digest's (a wrong CID in Redis) are refused, not served
+    let other = blob(1_500_000, 10);
+    let other_cid = within("add", client.add(chunks(&other, 65_536), size))
+        .await
+        .unwrap();
+    let wrong = rf_oci::Digest::sha256_of(&blob(1_500_000, 11));
+    let source = std::sync::Arc::new(IpfsBlobSource::new(client.clone(), other_cid, size));
+    let fetched = async {
+        let reader = store.fetch(&wrong, size, 0, source).await?;
+        let mut stream = reader.stream;
+        while let Some(chunk) = stream.next().await {
+            chunk?;
+        }
+        Ok::<_, rf_store::StoreError>(())
+    };
+    let err = within("fetch", fetched).await.unwrap_err();
+    assert!(err.to_string().contains("does not match its digest"), "{err}");
+
+    // an unknown CID: a transient source error after the client's timeouts, nothing stored
+    let mut t = timeouts();
+    t.first_byte = Duration::from_millis(500);
+    let impatient = IpfsClient::new(&node.api_url(), t).unwrap();
+    let missing = rf_oci::Digest::sha256_of(b"never added");
+    let source = std::sync::Arc::new(IpfsBlobSource::new(impatient, unknown_cid(12), 11));
+    let fetched = async {
+        let reader = store.fetch(&missing, 11, 0, source).await?;
+        let mut stream = reader.stream;
+        while let Some(chunk) = stream.next().await {
+            chunk?;
+        }
+        Ok::<_, rf_store::StoreError>(())
+    };
+    let err = within("fetch of an unknown CID", fetched)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+    assert!(!store.contains(&missing).await);
 }

@@ -227,7 +227,9 @@ impl IpfsClient {
             Err(e) => return Err(progress.take_failure().unwrap_or(e)),
             Ok(a) => a,
         };
-        parse_add_answer(&answer)
+        let cid = parse_add_answer(&answer)?;
+        tracing::debug!(%cid, size, node = %self.api_url(), "added to IPFS");
+        Ok(cid)
     }
 
     /// The bytes of the file `cid` from `offset`: `length` bytes if given (a shorter stream
@@ -241,6 +243,10 @@ impl IpfsClient {
         length: Option<u64>,
     ) -> Result<IpfsByteStream, IpfsError> {
         let op = "cat";
+        if length == Some(0) {
+            // kubo reads "length=0" as "no limit"; nothing to ask for.
+            return Ok(futures::stream::empty().boxed());
+        }
         let offset_s = offset.to_string();
         let length_s = length.map(|l| l.to_string());
         let rpc_timeout = format!("{}ms", self.timeouts.rpc.as_millis().max(1));
@@ -251,10 +257,6 @@ impl IpfsClient {
         ];
         if let Some(l) = &length_s {
             args.push(("length", l));
-        }
-        if length == Some(0) {
-            // kubo reads "length=0" as "no limit"; nothing to ask for.
-            return Ok(futures::stream::empty().boxed());
         }
         let url = self.endpoint("cat", &args);
         let first_byte = self.timeouts.first_byte;

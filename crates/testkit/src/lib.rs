@@ -30,6 +30,7 @@ pub mod faults;
 pub mod git;
 pub mod grpc;
 pub mod hostile;
+pub mod ipfs;
 pub mod jwt;
 pub mod layout;
 pub mod procs;

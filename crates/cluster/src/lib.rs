@@ -7,6 +7,7 @@
 
 pub mod content;
 pub mod ipfs;
+pub mod ipfs_share;
 pub mod keys;
 pub mod lease;
 pub mod objects;
@@ -26,6 +27,7 @@ use rf_store::{BlobStore, ByteSource, SourceStream};
 use tracing::debug;
 
 pub use content::{RedisContent, RedisServed};
+pub use ipfs_share::IpfsShare;
 pub use lease::{Holder, Leases};
 pub use objects::{ObjectStoreSettings, Objects, ObjectsError};
 pub use peer::PeerClient;
@@ -36,8 +38,9 @@ pub use stats::{Counter, Stats};
 /// Another place blobs are shared through (IPFS): read before going upstream, and given
 /// every blob this node downloaded.
 pub trait SideSource: Send + Sync {
-    /// The blob from `offset`, or `None` if it is not there (or not reachable in time).
-    fn open(&self, digest: &Digest, offset: u64) -> BoxFuture<'_, Option<SourceStream>>;
+    /// The `size`-byte blob from `offset`, or `None` if it is not there (or not reachable
+    /// in time).
+    fn open(&self, digest: &Digest, size: u64, offset: u64) -> BoxFuture<'_, Option<SourceStream>>;
     /// Adds the blob, read from the node's store once verified.
     fn share<'a>(
         &'a self,

@@ -65,7 +65,7 @@ impl ClusterSource {
                 }
             }
             if let Some(ipfs) = &c.ipfs {
-                if let Some(s) = ipfs.open(&self.digest, offset).await {
+                if let Some(s) = ipfs.open(&self.digest, self.size, offset).await {
                     c.stats.add(Counter::IpfsReads, 1);
                     return Ok(self.counted(s, Counter::IpfsBytes));
                 }
@@ -104,9 +104,10 @@ impl ClusterSource {
     /// then gives the lease back.
     async fn upstream(&self, offset: u64, leased: bool) -> Result<SourceStream, SourceError> {
         let c = &self.cluster;
-        if leased {
-            c.share_after_download(self.digest.clone(), self.size, self.media_type.clone());
-        } else {
+        // Whoever downloads shares: with the lease that is the one node; without leases
+        // (none configured, or Redis down) a second upload finds the object already there.
+        c.share_after_download(self.digest.clone(), self.size, self.media_type.clone());
+        if c.inner.leases.is_some() && !leased {
             c.inner.stats.add(Counter::UncoordinatedDownloads, 1);
         }
         c.inner.stats.add(Counter::UpstreamOpens, 1);

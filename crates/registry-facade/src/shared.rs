@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use rf_cluster::ipfs::{IpfsClient, IpfsTimeouts};
 use rf_cluster::{
-    Cluster, ClusterParts, Leases, ObjectStoreSettings, Objects, PeerClient, RedisContent,
-    RedisServed, RedisSettings, RedisSpecs, SharedRedis,
+    Cluster, ClusterParts, IpfsShare, Leases, ObjectStoreSettings, Objects, PeerClient,
+    RedisContent, RedisServed, RedisSettings, RedisSpecs, SharedRedis,
 };
 use rf_composer::{ComposerCaches, ComposerSettings, MemorySpecs, SpecCache};
 use rf_store::BlobStore;
@@ -173,6 +174,12 @@ pub async fn build(
         let client = PeerClient::new(secret.clone()).context("registry.peer")?;
         parts.leases = Some((leases, client));
         shared.peer = Some((listener, rf_cluster::peer::router(store.clone(), secret)));
+    }
+    if let (Some(i), Some(redis)) = (r.ipfs.as_ref().filter(|i| i.enabled), &shared.redis) {
+        let client = IpfsClient::new(&i.ipfs_addr, IpfsTimeouts::default())
+            .context("registry.ipfs.ipfsAddr")?;
+        info!(node = %client.api_url(), "sharing blobs through IPFS");
+        parts.ipfs = Some(Arc::new(IpfsShare::new(client, redis.clone())));
     }
     if parts.leases.is_some() || parts.objects.is_some() || parts.ipfs.is_some() {
         shared.cluster = Some(Cluster::new(store.clone(), parts));

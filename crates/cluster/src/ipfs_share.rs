@@ -1,0 +1,136 @@
+//! IPFS as Gitpod has it, as one of the places nodes share blobs through: a blob this node
+//! downloaded is added to the IPFS node once verified, its CID kept in Redis under Gitpod's
+//! keys (`<digest>` = CID, `mtype:<digest>` = media type); a blob whose CID Redis knows is read
+//! from IPFS before going upstream. Any IPFS failure is a miss (the next source follows), and
+//! a failing node is not asked again for a second.
+
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use parking_lot::Mutex;
+use rf_oci::Digest;
+use rf_store::{BlobStore, ByteSource, SourceStream};
+use tracing::{debug, warn};
+
+use crate::ipfs::{Cid, IpfsBlobSource, IpfsClient};
+use crate::keys;
+use crate::redis::SharedRedis;
+use crate::SideSource;
+
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct IpfsShare {
+    client: IpfsClient,
+    redis: SharedRedis,
+    failed_at: Mutex<Option<Instant>>,
+}
+
+impl IpfsShare {
+    pub fn new(client: IpfsClient, redis: SharedRedis) -> IpfsShare {
+        IpfsShare {
+            client,
+            redis,
+            failed_at: Mutex::new(None),
+        }
+    }
+
+    pub fn client(&self) -> &IpfsClient {
+        &self.client
+    }
+
+    fn resting(&self) -> bool {
+        matches!(*self.failed_at.lock(), Some(t) if t.elapsed() < RETRY_INTERVAL)
+    }
+
+    fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
+        let first = self.failed_at.lock().replace(Instant::now()).is_none();
+        if first {
+            warn!(error = %error, node = %self.client.api_url(), "IPFS {what} failed; blobs come from elsewhere until it answers");
+        } else {
+            debug!(error = %error, "IPFS {what} failed");
+        }
+    }
+
+    fn succeeded(&self) {
+        *self.failed_at.lock() = None;
+    }
+
+    async fn cid(&self, digest: &Digest) -> Option<Cid> {
+        let v: Option<String> = self
+            .redis
+            .query(redis::cmd("GET").arg(keys::ipfs_cid(digest)))
+            .await?;
+        Cid::parse(&v?).ok()
+    }
+}
+
+impl SideSource for IpfsShare {
+    fn open(&self, digest: &Digest, size: u64, offset: u64) -> BoxFuture<'_, Option<SourceStream>> {
+        let digest = digest.clone();
+        async move {
+            if self.resting() {
+                return None;
+            }
+            let cid = self.cid(&digest).await?;
+            let source = IpfsBlobSource::new(self.client.clone(), cid, size);
+            match source.open(offset).await {
+                Ok(s) => {
+                    self.succeeded();
+                    Some(s)
+                }
+                Err(e) => {
+                    self.failed("cat", &e);
+                    None
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn share<'a>(
+        &'a self,
+        store: &'a BlobStore,
+        digest: &'a Digest,
+        size: u64,
+        media_type: &'a str,
+    ) -> BoxFuture<'a, ()> {
+        async move {
+            if self.resting() {
+                return;
+            }
+            let reader = match store.open_local(digest, size, 0).await {
+                Ok(Some(r)) => r,
+                _ => return,
+            };
+            let cid = match self.client.add(reader.stream, size).await {
+                Ok(cid) => cid,
+                Err(e) => {
+                    self.failed("add", &e);
+                    return;
+                }
+            };
+            self.succeeded();
+            // Two commands instead of Gitpod's MSET: on a Redis Cluster the keys live in
+            // different slots. The media type first, so that a CID always has one.
+            let _: Option<redis::Value> = self
+                .redis
+                .query(
+                    redis::cmd("SET")
+                        .arg(keys::ipfs_media_type(digest))
+                        .arg(media_type),
+                )
+                .await;
+            let _: Option<redis::Value> = self
+                .redis
+                .query(
+                    redis::cmd("SET")
+                        .arg(keys::ipfs_cid(digest))
+                        .arg(cid.as_str()),
+                )
+                .await;
+            debug!(%digest, %cid, "blob added to IPFS");
+        }
+        .boxed()
+    }
+}

@@ -245,4 +245,66 @@ fn seaweedfs_with_credentials_verifies_signatures() {
     let (code, body) = curl_get(&s3.object_url("k"));
     assert_eq!(code, 403);
     assert!(String::from_utf8_lossy(&body).contains("AccessDenied"));
+
+    // A presigned GET works; the same URL with another signature does not.
+    let url = s3.presigned_get_url("k", Duration::from_secs(300));
+    assert_eq!(curl_get(&url), (200, b"signed".to_vec()));
+    let (head, sig) = url.rsplit_once("X-Amz-Signature=").unwrap();
+    let other: String = sig
+        .chars()
+        .map(|c| if c == '0' { '1' } else { '0' })
+        .collect();
+    let (code, body) = curl_get(&format!("{head}X-Amz-Signature={other}"));
+    assert_eq!(code, 403, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("SignatureDoesNotMatch"));
+
+    // A request signed with a wrong secret is refused.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["--aws-sigv4", "aws:amz:us-east-1:s3"])
+        .args([
+            "--user",
+            &format!("{}:wrong-secret", s3.access_key().unwrap()),
+        ])
+        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+        .arg(s3.object_url("k"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "403");
+}
+
+#[test]
+fn seaweedfs_without_identities_accepts_any_signature() {
+    if skip_unless_installed("weed") || skip_unless_installed("curl") {
+        return;
+    }
+    let s3 = SeaweedFs::start().unwrap();
+    s3.put_object("k", b"open").unwrap();
+    // Signed with test/test, or with a signature that is plainly wrong: both are served.
+    let url = s3.presigned_get_url("k", Duration::from_secs(300));
+    assert_eq!(curl_get(&url), (200, b"open".to_vec()));
+    let (head, _) = url.rsplit_once("X-Amz-Signature=").unwrap();
+    let bogus = format!("{head}X-Amz-Signature={}", "0".repeat(64));
+    assert_eq!(curl_get(&bogus), (200, b"open".to_vec()));
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--noproxy", "*", "-o", "-", "-w", "\n%{http_code}"])
+        .args([
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+            "--user",
+            "AKIDUMMY:dummy-secret",
+        ])
+        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+        .arg(s3.object_url("k"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "open\n200");
 }

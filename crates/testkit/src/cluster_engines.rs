@@ -71,10 +71,41 @@ pub fn skip_unless_installed(tool: &str) -> bool {
 struct ClusterNode {
     proc: ManagedProcess,
     port: u16,
+    /// The cluster bus port, explicit: the default, port + 10000, can be past 65535.
+    bus: u16,
+    dir: PathBuf,
+    starts: u32,
+}
+
+/// How long a node may be unreachable before the others mark it failed (redis' default is
+/// 15 s; a stopped node should show as an outage within a test).
+const CLUSTER_NODE_TIMEOUT_MS: &str = "3000";
+
+/// The command line of a cluster node; its cluster state (ids, slots, peers) is kept in
+/// `dir/nodes.conf`, which is what lets a restarted node rejoin.
+fn cluster_node_command(port: u16, bus: u16, dir: &Path) -> Command {
+    let mut c = Command::new("redis-server");
+    c.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            &bus.to_string(),
+        ])
+        .args(["--cluster-node-timeout", CLUSTER_NODE_TIMEOUT_MS])
+        .arg("--cluster-config-file")
+        .arg(dir.join("nodes.conf"))
+        .args(["--daemonize", "no", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir);
+    c
 }
 
 /// Three `redis-server` nodes in cluster mode on 127.0.0.1, joined by
 /// `redis-cli --cluster create` without replicas (each node owns a third of the 16384 slots).
+/// Nothing is persisted but the cluster layout: a restarted node rejoins with its slots, empty.
+/// Without replicas, one stopped node takes the cluster down (`cluster_state:fail` after
+/// 3 s, the node timeout) until it is back.
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<ClusterNode>,
@@ -94,31 +125,24 @@ impl RedisCluster {
         for i in 0..3 {
             let node_dir = dir.path().join(format!("node{i}"));
             std::fs::create_dir(&node_dir)?;
-            let log = node_dir.join("redis.log");
+            let log = node_dir.join("redis-1.log");
+            let mut bus = 0;
             let (proc, port) = start_tcp_server(
                 &format!("redis-server (cluster node {i})"),
                 &log,
                 |port| {
-                    // The bus port defaults to port + 10000, past 65535 for high ephemeral ports.
-                    let bus = free_port();
-                    let mut c = Command::new("redis-server");
-                    c.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                        .args([
-                            "--cluster-enabled",
-                            "yes",
-                            "--cluster-port",
-                            &bus.to_string(),
-                        ])
-                        .arg("--cluster-config-file")
-                        .arg(node_dir.join("nodes.conf"))
-                        .args(["--daemonize", "no", "--save", "", "--appendonly", "no"])
-                        .arg("--dir")
-                        .arg(&node_dir);
-                    Ok(c)
+                    bus = free_port();
+                    Ok(cluster_node_command(port, bus, &node_dir))
                 },
                 redis_ready,
             )?;
-            nodes.push(ClusterNode { proc, port });
+            nodes.push(ClusterNode {
+                proc,
+                port,
+                bus,
+                dir: node_dir,
+                starts: 1,
+            });
         }
         let cluster = RedisCluster { nodes, _dir: dir };
         let mut create = Command::new("redis-cli");
@@ -132,20 +156,58 @@ impl RedisCluster {
         if !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("[OK]") {
             return Err(output_error("redis-cli --cluster create", &out));
         }
-        for node in 0..cluster.nodes.len() {
+        cluster.wait_ok()?;
+        Ok(cluster)
+    }
+
+    /// Waits until every node reports `cluster_state:ok` and knows all three nodes.
+    pub fn wait_ok(&self) -> Result<()> {
+        for node in 0..self.nodes.len() {
             try_wait_until(
                 STARTUP_TIMEOUT,
-                &format!("cluster_state:ok on {}", cluster.addrs()[node]),
+                &format!("cluster_state:ok on {}", self.addrs()[node]),
                 || {
                     let info =
-                        String::from_utf8_lossy(&cluster.cli(node, &["cluster", "info"]).stdout)
+                        String::from_utf8_lossy(&self.cli(node, &["cluster", "info"]).stdout)
                             .into_owned();
                     info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
                 },
             )
-            .map_err(|e| e.context(cluster.nodes[node].proc.log_tail()))?;
+            .map_err(|e| e.context(self.nodes[node].proc.log_tail()))?;
         }
-        Ok(cluster)
+        Ok(())
+    }
+
+    /// Kills node `node` (SIGKILL, as a crash) and waits until it is gone. A no-op when it is
+    /// stopped already.
+    pub fn stop_node(&mut self, node: usize) {
+        self.nodes[node].proc.kill();
+    }
+
+    /// Starts node `node` again on its ports with its cluster layout (stopping it first if it
+    /// runs), and waits until the whole cluster is `ok` again. The node comes back empty.
+    pub fn restart_node(&mut self, node: usize) -> Result<()> {
+        self.stop_node(node);
+        let n = &mut self.nodes[node];
+        n.starts += 1;
+        let log = n.dir.join(format!("redis-{}.log", n.starts));
+        let name = format!("redis-server (cluster node {node})");
+        let mut proc =
+            ManagedProcess::spawn(&name, cluster_node_command(n.port, n.bus, &n.dir), &log)?;
+        let port = n.port;
+        let mut exited = false;
+        let waited = try_wait_until(STARTUP_TIMEOUT, &format!("{name} on {port}"), || {
+            exited = proc.has_exited();
+            exited || redis_ready(port, &proc.log_contents())
+        });
+        let tail = proc.log_tail();
+        n.proc = proc;
+        match (waited, exited) {
+            (Ok(()), false) => {}
+            (Ok(()), true) => bail!("{name} exited while restarting\n{tail}"),
+            (Err(e), _) => return Err(e.context(tail)),
+        }
+        self.wait_ok()
     }
 
     /// The nodes' addresses, `127.0.0.1:PORT` each.

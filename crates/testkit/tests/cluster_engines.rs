@@ -67,6 +67,47 @@ fn redis_cluster_serves_a_key_from_every_node() {
 }
 
 #[test]
+fn redis_cluster_node_stops_and_rejoins_on_its_port() {
+    if skip_unless_installed("redis-server") || skip_unless_installed("redis-cli") {
+        return;
+    }
+    let mut cluster = RedisCluster::start().unwrap();
+    let addrs = cluster.addrs();
+    // A key that node 1 owns (COUNTKEYSINSLOT counts the asked node's own keys only).
+    let key = (0..100)
+        .map(|i| format!("owned-{i}"))
+        .find(|k| {
+            assert_eq!(stdout(&cluster.cli(0, &["set", k, "v"])), "OK");
+            let slot = stdout(&cluster.cli(1, &["cluster", "keyslot", k]));
+            stdout(&cluster.cli(1, &["cluster", "countkeysinslot", &slot])) == "1"
+        })
+        .expect("some key hashes to node 1");
+
+    cluster.stop_node(1);
+    assert!(std::net::TcpStream::connect(&addrs[1]).is_err());
+    let get = cluster.cli(0, &["get", &key]);
+    assert_ne!(stdout(&get), "v", "read a key of a stopped node");
+    // Without replicas the others declare the cluster down once the node timeout has passed.
+    rf_testkit::wait_until(
+        Duration::from_secs(30),
+        "cluster_state:fail on node 0",
+        || stdout(&cluster.cli(0, &["cluster", "info"])).contains("cluster_state:fail"),
+    );
+
+    cluster.restart_node(1).unwrap();
+    assert_eq!(cluster.addrs(), addrs);
+    // Back with its slots, empty; the key can be written and read through any node again.
+    assert_eq!(stdout(&cluster.cli(2, &["get", &key])), "");
+    assert_eq!(stdout(&cluster.cli(2, &["set", &key, "w"])), "OK");
+    assert_eq!(stdout(&cluster.cli(0, &["get", &key])), "w");
+    let slot = stdout(&cluster.cli(1, &["cluster", "keyslot", &key]));
+    assert_eq!(
+        stdout(&cluster.cli(1, &["cluster", "countkeysinslot", &slot])),
+        "1"
+    );
+}
+
+#[test]
 fn redis_stops_and_restarts_on_the_same_port() {
     if skip_unless_installed("redis-server") || skip_unless_installed("redis-cli") {
         return;

@@ -424,6 +424,11 @@ impl SeaweedFs {
         self.ports.s3
     }
 
+    /// Every port it listens on (S3, master, volume server, filer; HTTP and gRPC).
+    pub fn ports(&self) -> Vec<u16> {
+        self.ports.all().to_vec()
+    }
+
     /// The bucket created at start.
     pub fn bucket(&self) -> &str {
         &self.bucket
@@ -630,9 +635,17 @@ impl SeaweedFs {
         let s3 = format!("127.0.0.1:{}", self.ports.s3);
         let started = Instant::now();
         let mut exited = false;
+        // The volume server registered with the master too: else the first upload after a
+        // (re)start could find no writable volume.
+        let volume_registered = format!("\"Url\":\"127.0.0.1:{}\"", self.ports.volume);
+        let dir_status = format!("http://127.0.0.1:{}/dir/status", self.ports.master);
         let waited = try_wait_until(STARTUP_TIMEOUT, &format!("seaweedfs S3 on {s3}"), || {
             exited = proc.has_exited();
-            exited || http_status(&s3, "/").is_some()
+            exited
+                || (http_status(&s3, "/").is_some()
+                    && http_get(&dir_status).is_some_and(|(code, body)| {
+                        code == 200 && String::from_utf8_lossy(&body).contains(&volume_registered)
+                    }))
         });
         let tail = proc.log_tail();
         self.proc = Some(proc);
@@ -640,7 +653,7 @@ impl SeaweedFs {
             (Ok(()), false) => {
                 // On stderr: shown with --nocapture and for failing tests.
                 eprintln!(
-                    "seaweedfs S3 answered {:.2?} after spawning",
+                    "seaweedfs ready (S3 answers, volume server registered) {:.2?} after spawning",
                     started.elapsed()
                 );
                 Ok(())
@@ -803,6 +816,31 @@ fn amz_dates(t: u64) -> (String, String) {
         secs % 60
     );
     (date.clone(), format!("{date}T{time}Z"))
+}
+
+/// `curl -sS <url>` over loopback (10 s at most): the status and the body, or None when there
+/// is no answer.
+fn http_get(url: &str) -> Option<(u16, Vec<u8>)> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "-m",
+            "10",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    split_status(&out).ok()
 }
 
 /// Splits curl's output (body, then "\n<status>") into the status and the body.

@@ -234,7 +234,11 @@ fn seaweedfs_keeps_objects_across_a_restart_on_the_same_ports() {
     let (code, body) = curl_get(&s3.object_url("other key+1"));
     assert_eq!((code, body.as_slice()), (200, &b"small"[..]));
 
-    let ports = [s3.s3_port()];
+    let ports = s3.ports();
+    assert!(
+        !leftover_sockets(&ports).is_empty(),
+        "it makes unix sockets in /tmp"
+    );
     let t1 = Instant::now();
     s3.stop();
     eprintln!("seaweedfs stopped in {:.2?}", t1.elapsed());

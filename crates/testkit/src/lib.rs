@@ -8,6 +8,8 @@
 //! * [`tls`]: a CA and a server certificate for 127.0.0.1 (openssl).
 //! * [`jwt`]: client credentials for a registry under test: htpasswd files, RS256 registry
 //!   tokens and a loopback token server issuing them.
+//! * [`cluster_engines`]: what facade nodes share, for multi-node tests: a 3-node Redis Cluster
+//!   and SeaweedFS (S3), stoppable and restartable on the same ports.
 //! * [`wait`]: poll a condition with a deadline instead of sleeping.
 //! * [`grpc`]: a tonic server for in-process services under test.
 //! * [`git`]: bare git repositories served over `file://`.
@@ -25,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod browser;
+pub mod cluster_engines;
 pub mod examples;
 pub mod faults;
 pub mod git;
@@ -39,6 +42,7 @@ pub mod slowloris;
 pub mod tls;
 pub mod wait;
 
+pub use cluster_engines::{RedisCluster, SeaweedFs};
 pub use git::git_repo;
 pub use grpc::serve_grpc;
 pub use jwt::{write_htpasswd, JwtIssuer, JwtTokenServer};

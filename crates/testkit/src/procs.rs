@@ -32,7 +32,7 @@ const NO_PROXY: &str = "127.0.0.1,localhost";
 
 // ------------------------------------------------------------------------------------------ tools
 
-fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
     if name.contains('/') {
         return Path::new(name).is_file().then(|| PathBuf::from(name));
@@ -91,7 +91,7 @@ pub fn http_status(addr: &str, path: &str) -> Option<u16> {
 
 /// A child process whose stdout+stderr go to a log file. SIGKILLed (and reaped) on drop.
 #[derive(Debug)]
-struct ManagedProcess {
+pub(crate) struct ManagedProcess {
     name: String,
     child: Child,
     log: PathBuf,
@@ -99,7 +99,7 @@ struct ManagedProcess {
 }
 
 impl ManagedProcess {
-    fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<ManagedProcess> {
+    pub(crate) fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<ManagedProcess> {
         let program = cmd.get_program().to_string_lossy().into_owned();
         require_tool(&program);
         let f = File::create(log).with_context(|| format!("creating {}", log.display()))?;
@@ -119,19 +119,19 @@ impl ManagedProcess {
         })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn has_exited(&mut self) -> bool {
+    pub(crate) fn has_exited(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))
     }
 
-    fn log_contents(&self) -> String {
+    pub(crate) fn log_contents(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let log = self.log_contents();
         let lines: Vec<&str> = log.lines().collect();
         let tail = lines[lines.len().saturating_sub(40)..].join("\n");
@@ -142,7 +142,7 @@ impl ManagedProcess {
         )
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if self.killed {
             return;
         }
@@ -161,7 +161,7 @@ impl Drop for ManagedProcess {
 /// Starts a TCP server, retrying on a fresh port when it fails with "address already in use".
 /// `make(port)` builds the command (writing any config it needs); `ready(port, log)` tells when it
 /// serves.
-fn start_tcp_server(
+pub(crate) fn start_tcp_server(
     name: &str,
     log: &Path,
     make: impl FnMut(u16) -> Result<Command>,
@@ -211,7 +211,7 @@ fn start_tcp_server_on(
         .context(format!("{name}: no free port after retries")))
 }
 
-fn output_error(what: &str, out: &Output) -> anyhow::Error {
+pub(crate) fn output_error(what: &str, out: &Output) -> anyhow::Error {
     anyhow::anyhow!(
         "{what} failed ({})\nstdout: {}\nstderr: {}",
         out.status,
@@ -1178,11 +1178,49 @@ fn unmount_under(dir: &Path) {
 // ------------------------------------------------------------------------------------------ redis
 
 /// A redis-server on 127.0.0.1 (no persistence: `--save '' --appendonly no`) in a temp dir.
+/// [`Redis::stop`] and [`Redis::restart`] take it down and bring it back on the same port, as an
+/// outage the code under test must survive; it comes back empty (nothing is persisted).
 #[derive(Debug)]
 pub struct Redis {
     proc: ManagedProcess,
     port: u16,
-    _dir: TempDir,
+    starts: u32,
+    dir: TempDir,
+}
+
+/// The command line of a single-node redis on `port` with its files in `dir`.
+fn redis_command(dir: &Path, port: u16) -> Command {
+    let mut c = Command::new("redis-server");
+    c.args([
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--protected-mode",
+        "yes",
+    ])
+    .args([
+        "--daemonize",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+    ])
+    .arg(dir);
+    c
+}
+
+/// Whether the redis whose log is `log` serves on `port`: it logged that it is ready (so a
+/// PONG comes from this process, not an old one) and `redis-cli ping` answers PONG.
+pub(crate) fn redis_ready(port: u16, log: &str) -> bool {
+    log.contains("Ready to accept connections")
+        && Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "ping"])
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
 }
 
 impl Redis {
@@ -1196,41 +1234,43 @@ impl Redis {
         let (proc, port) = start_tcp_server(
             "redis-server",
             &log,
-            |port| {
-                let mut c = Command::new("redis-server");
-                c.args([
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    &port.to_string(),
-                    "--protected-mode",
-                    "yes",
-                ])
-                .args([
-                    "--daemonize",
-                    "no",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                ])
-                .arg(dir.path());
-                Ok(c)
-            },
-            |port, log| {
-                log.contains("Ready to accept connections")
-                    && Command::new("redis-cli")
-                        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "ping"])
-                        .output()
-                        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
-            },
+            |port| Ok(redis_command(dir.path(), port)),
+            redis_ready,
         )?;
         Ok(Redis {
             proc,
             port,
-            _dir: dir,
+            starts: 1,
+            dir,
         })
+    }
+    /// Kills the server (SIGKILL, as a crash) and waits until it is gone: connections are
+    /// refused from then on. A no-op when it is stopped already.
+    pub fn stop(&mut self) {
+        self.proc.kill();
+    }
+    /// Whether the server runs (not stopped, not exited).
+    pub fn is_running(&mut self) -> bool {
+        !self.proc.has_exited()
+    }
+    /// Starts the server again on the same port (stopping it first if it runs) and waits until
+    /// PING answers. It starts empty. Each run logs to a file of its own; [`Redis::log_contents`]
+    /// shows the current run's.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.starts += 1;
+        let log = self.dir.path().join(format!("redis-{}.log", self.starts));
+        let port = self.port;
+        let (proc, _) = start_tcp_server_on(
+            "redis-server",
+            &log,
+            || port,
+            |port| Ok(redis_command(self.dir.path(), port)),
+            redis_ready,
+        )
+        .with_context(|| format!("restarting redis on 127.0.0.1:{port}"))?;
+        self.proc = proc;
+        Ok(())
     }
     /// The port.
     pub fn port(&self) -> u16 {

@@ -112,9 +112,6 @@ impl BlobServer {
                 file_stream(path.clone(), digest.clone(), first, whole).await?,
             ),
             BlobSource::Layer(LayerSource::Image(image)) => {
-                if let Some(url) = self.shared_redirect(image, digest, entry.size).await {
-                    return Ok(BlobBody::Redirect(url));
-                }
                 self.image_layer(image, digest, entry, first, len).await?
             }
         };
@@ -124,15 +121,13 @@ impl BlobServer {
         })
     }
 
-    /// The cluster's presigned object store URL, for registry images (`redirect` on).
-    async fn shared_redirect(
-        &self,
-        image: &ImageRef,
-        digest: &Digest,
-        size: u64,
-    ) -> Option<String> {
-        match (&self.cluster, image) {
-            (Some(cluster), ImageRef::Registry(_)) => cluster.redirect(digest, size).await,
+    /// With `registry.objectStore.redirect`, a presigned URL of an image layer the object
+    /// store has: the client fetches it there (with its own Range and conditions).
+    pub async fn shared_redirect(&self, digest: &Digest, entry: &BlobEntry) -> Option<String> {
+        match (&self.cluster, &entry.source) {
+            (Some(cluster), BlobSource::Layer(LayerSource::Image(ImageRef::Registry(_)))) => {
+                cluster.redirect(digest, entry.size).await
+            }
             _ => None,
         }
     }

@@ -268,6 +268,12 @@ async fn blob(
         }
         return Ok(redirect(url));
     }
+    if method == Method::GET {
+        if let Some(url) = state.blobs.shared_redirect(&digest, &entry).await {
+            state.metrics.blob_done("objectstore", true);
+            return Ok(redirect(&url));
+        }
+    }
     let digest_text = digest.to_string();
     let meta = rf_serve::BlobMeta {
         digest: &digest_text,

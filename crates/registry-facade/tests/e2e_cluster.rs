@@ -13,8 +13,8 @@ use std::time::Duration;
 use e2e_common::Facade;
 use rf_testkit::faults::{Fault, FaultProxy};
 use rf_testkit::{
-    sha256_digest, BuiltImage, Compression, Entry, ImageBuilder, Layer, Redis, Registry,
-    RegistryAuth,
+    sha256_digest, BuiltImage, Compression, Entry, ImageBuilder, Layer, Redis, RedisCluster,
+    Registry, RegistryAuth, SeaweedFs,
 };
 use serde_json::{json, Value};
 
@@ -93,7 +93,13 @@ impl Cluster {
     }
 
     fn start_extra(&self, redis: Value, extra: Value) -> Facade {
-        Facade::start_with(&self.config(redis, extra), &[("RUST_LOG", "debug")])
+        self.start_env(redis, extra, &[])
+    }
+
+    fn start_env(&self, redis: Value, extra: Value, env: &[(&str, &str)]) -> Facade {
+        let mut env = env.to_vec();
+        env.push(("RUST_LOG", "debug"));
+        Facade::start_with(&self.config(redis, extra), &env)
     }
 }
 
@@ -183,8 +189,31 @@ async fn eight_pulls_on_three_nodes_fetch_the_blob_from_upstream_once() {
     reg.push_image(&image, "cluster/eight:1").unwrap();
     let proxy = FaultProxy::start(&reg.addr()).await;
     let redis = Redis::start().unwrap();
+    let mut s3 = SeaweedFs::start_with_credentials().unwrap();
+    let bucket = json!({"objectStore": {
+        "endpoint": s3.endpoint(), "bucket": s3.bucket(), "pathStyle": true,
+    }});
+    let creds = [
+        ("AWS_ACCESS_KEY_ID", s3.access_key().unwrap().to_string()),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            s3.secret_key().unwrap().to_string(),
+        ),
+    ];
+    let env: Vec<(&str, &str)> = creds.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let cluster = Cluster::new(json!({ "ws": spec(&proxy.image_ref("cluster/eight:1")) }));
-    let nodes: Vec<Facade> = (0..3).map(|_| cluster.start(single(&redis))).collect();
+    let start = |extra: &Value| {
+        let mut extra = extra.clone();
+        let mut store = bucket["objectStore"].clone();
+        if let Some(o) = extra.get("objectStore").and_then(Value::as_object) {
+            for (k, v) in o {
+                store[k] = v.clone();
+            }
+        }
+        extra["objectStore"] = store;
+        cluster.start_env(single(&redis), extra, &env)
+    };
+    let nodes: Vec<Facade> = (0..3).map(|_| start(&json!({}))).collect();
 
     let pulls = (0..8).map(|i| tokio::spawn(pull(nodes[i % 3].addr.clone(), "ws".into())));
     let results = tokio::time::timeout(GUARD, futures::future::join_all(pulls))
@@ -238,6 +267,62 @@ async fn eight_pulls_on_three_nodes_fetch_the_blob_from_upstream_once() {
     .parse()
     .unwrap();
     assert!(ttl > 0, "resolved tags expire (Gitpod's never do)");
+
+    // The lease holder uploaded the verified blob once it had it all.
+    let key = format!("blobs/sha256/{}", layer.strip_prefix("sha256:").unwrap());
+    wait_for(
+        || s3.list_keys().unwrap().contains(&key),
+        "the layer in the bucket",
+    )
+    .await;
+    assert_eq!(
+        sha256_digest(&s3.get_object(&key).unwrap().unwrap()),
+        *layer
+    );
+    // A node with an empty cache gets it from the bucket, not upstream.
+    let fresh = start(&json!({}));
+    pull(fresh.addr.clone(), "ws".into()).await.unwrap();
+    assert_eq!(proxy.blob_gets(layer).len(), 1, "{}", fresh.logs());
+    // With redirect on, clients are sent to a presigned URL that serves the blob.
+    let redirecting = start(&json!({"objectStore": {"redirect": true}}));
+    manifest(&redirecting.addr, "ws", "latest").await;
+    let no_follow = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = no_follow
+        .get(format!(
+            "http://{}/v2/fixed/ws/blobs/{layer}",
+            redirecting.addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307, "{}", redirecting.logs());
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        location.contains("X-Amz-Signature="),
+        "presigned: {location}"
+    );
+    let body = http()
+        .get(&location)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(sha256_digest(&body), *layer);
+
+    // The object store stopped: pulls still succeed, from upstream.
+    s3.stop();
+    let without = start(&json!({}));
+    tokio::time::timeout(GUARD, pull(without.addr.clone(), "ws".into()))
+        .await
+        .expect("no hang with the object store stopped")
+        .unwrap();
+    assert_eq!(proxy.blob_gets(layer).len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -499,4 +584,108 @@ fn a_spec_fetched_by_one_node_is_not_asked_for_again_by_another() {
         ["ws-1"],
         "B took A's spec from Redis"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_share_through_a_redis_cluster() {
+    let reg = registry();
+    let image = big_image("redis-cluster", 8);
+    reg.push_image(&image, "cluster/rc:1").unwrap();
+    let proxy = FaultProxy::start(&reg.addr()).await;
+    let redis = RedisCluster::start().unwrap();
+    let cluster = Cluster::new(json!({ "ws": spec(&proxy.image_ref("cluster/rc:1")) }));
+    let on_cluster = json!({"enabled": true, "clusterAddrs": redis.addrs()});
+    let nodes: Vec<Facade> = (0..2).map(|_| cluster.start(on_cluster.clone())).collect();
+    let pulls = (0..4).map(|i| tokio::spawn(pull(nodes[i % 2].addr.clone(), "ws".into())));
+    for r in tokio::time::timeout(GUARD, futures::future::join_all(pulls))
+        .await
+        .expect("pulls finish")
+    {
+        r.unwrap()
+            .unwrap_or_else(|e| panic!("{e}\n{}{}", nodes[0].logs(), nodes[1].logs()));
+    }
+    assert_eq!(proxy.blob_gets(&image.layers[0].digest), vec![None]);
+    let out = redis.cli(0, &["GET", &format!("cnt.{}", image.manifest_digest)]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        String::from_utf8_lossy(&image.manifest)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blobs_go_through_ipfs_and_an_ipfs_that_fails_never_fails_a_pull() {
+    let reg = registry();
+    let image = big_image("ipfs-shared", 3);
+    let other = big_image("ipfs-hangs", 1);
+    let third = big_image("ipfs-stopped", 1);
+    reg.push_image(&image, "cluster/ipfs:1").unwrap();
+    reg.push_image(&other, "cluster/ipfs:2").unwrap();
+    reg.push_image(&third, "cluster/ipfs:3").unwrap();
+    let proxy = FaultProxy::start(&reg.addr()).await;
+    let redis = Redis::start().unwrap();
+    let mut ipfs = rf_testkit::ipfs::JsIpfs::start().unwrap();
+    let cluster = Cluster::new(json!({
+        "ws": spec(&proxy.image_ref("cluster/ipfs:1")),
+        "hangs": spec(&proxy.image_ref("cluster/ipfs:2")),
+        "stopped": spec(&proxy.image_ref("cluster/ipfs:3")),
+    }));
+    let with_ipfs = json!({"ipfs": {"enabled": true, "ipfsAddr": ipfs.api_multiaddr()}});
+    let start = || {
+        let mut c = cluster.config(single(&redis), with_ipfs.clone());
+        c["registry"].as_object_mut().unwrap().remove("peer");
+        Facade::start_with(&c, &[("RUST_LOG", "debug")])
+    };
+    let a = start();
+    pull(a.addr.clone(), "ws".into()).await.unwrap();
+    let layer = &image.layers[0];
+    let mut cid = Vec::new();
+    wait_for(
+        || {
+            cid = redis_cli(&redis, &["GET", &layer.digest]);
+            !cid.is_empty()
+        },
+        "the layer's CID in Redis",
+    )
+    .await;
+    let blob_file = cluster_dir(&cluster).join("layer.bin");
+    std::fs::write(&blob_file, &layer.blob).unwrap();
+    assert_eq!(
+        String::from_utf8(cid).unwrap(),
+        ipfs.cid_of_file(&blob_file).unwrap(),
+        "the CID the daemon computes for the blob"
+    );
+    assert_eq!(
+        redis_cli(&redis, &["GET", &format!("mtype:{}", layer.digest)]),
+        layer.media_type.as_bytes()
+    );
+    // Upstream gone for every request: B composes from Redis and reads the layer from IPFS.
+    proxy.set(Fault::Missing);
+    let b = start();
+    pull(b.addr.clone(), "ws".into())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    proxy.set(Fault::None);
+
+    // A CID the node does not have (computed, never added): cat hangs, the pull goes upstream.
+    let unknown = cluster_dir(&cluster).join("unknown.bin");
+    std::fs::write(&unknown, b"bytes no IPFS node has").unwrap();
+    let hanging = ipfs.cid_of_file(&unknown).unwrap();
+    write_key(&redis, &other.layers[0].digest, hanging.as_bytes());
+    tokio::time::timeout(GUARD, pull(b.addr.clone(), "hangs".into()))
+        .await
+        .expect("a hanging CID is given up")
+        .unwrap();
+    assert_eq!(proxy.blob_gets(&other.layers[0].digest).len(), 1);
+
+    // The daemon stopped: pulls go upstream.
+    ipfs.stop();
+    tokio::time::timeout(GUARD, pull(b.addr.clone(), "stopped".into()))
+        .await
+        .expect("no hang with IPFS stopped")
+        .unwrap();
+}
+
+fn cluster_dir(c: &Cluster) -> PathBuf {
+    c.specs.parent().unwrap().to_path_buf()
 }

@@ -434,9 +434,12 @@ async fn pulls_succeed_while_redis_is_stopped_and_sharing_resumes_after() {
     let image = big_image("redis-stopped", 2);
     reg.push_image(&image, "cluster/nored:1").unwrap();
     let redis = Redis::start().unwrap();
+    let mut redis = redis;
     let cluster = Cluster::new(json!({
         "one": spec(&reg.image_ref("cluster/nored:1")),
         "two": spec(&reg.image_ref("cluster/nored:1")),
+        "three": spec(&reg.image_ref("cluster/nored:1")),
+        "four": spec(&reg.image_ref("cluster/nored:1")),
     }));
     let a = cluster.start(single(&redis));
     // Redis stops answering (the kernel still accepts connections: the worst case).
@@ -456,6 +459,17 @@ async fn pulls_succeed_while_redis_is_stopped_and_sharing_resumes_after() {
         "the outage is logged\n{}",
         a.logs()
     );
+
+    // Redis gone (connections refused), then started again, empty, on the same port.
+    redis.stop();
+    tokio::time::timeout(GUARD, pull(a.addr.clone(), "three".into()))
+        .await
+        .expect("a pull with Redis gone does not hang")
+        .unwrap();
+    redis.restart().unwrap();
+    let (m, digest) = wait_until_shared(&a, &redis, "four").await;
+    let (again, _) = manifest(&b.addr, "four", &digest).await;
+    assert_eq!(again, m);
 }
 
 /// Asks `node` for `id` until its composition shows up in Redis.

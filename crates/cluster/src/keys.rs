@@ -10,6 +10,7 @@
 //! | `rf.served.<name>@<digest>` | a composed manifest served under repository `<name>` | [`SERVED_TTL`] |
 //! | `rf.blob.<name>@<digest>` | where a blob of a composed image comes from | [`SERVED_TTL`] |
 //! | `rf.lease.<digest>` | `<token> <peer address>` of the node downloading the blob | the lease's |
+//! | `rf.have.<digest>` | peer address of the last node that stored the blob | [`crate::lease::HAVE_TTL`] |
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -46,6 +47,10 @@ pub fn served(name: &str, digest: &Digest) -> String {
 
 pub fn blob(name: &str, digest: &Digest) -> String {
     format!("rf.blob.{name}@{digest}")
+}
+
+pub fn have(digest: &Digest) -> String {
+    format!("rf.have.{digest}")
 }
 
 pub fn lease(digest: &Digest) -> String {

@@ -26,6 +26,9 @@ pub enum Holder {
     Unknown,
 }
 
+/// How long a node's announcement that it stores a blob is believed (it may evict it).
+pub const HAVE_TTL: Duration = Duration::from_secs(600);
+
 const RENEW: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -153,6 +156,32 @@ impl Leases {
         {
             old.renewer.abort();
         }
+    }
+
+    /// Records that this node has `digest` stored, so that nodes needing it after the lease
+    /// is gone stream it from here rather than from upstream (until [`HAVE_TTL`]).
+    pub async fn announce(&self, digest: &Digest) {
+        let _: Option<redis::Value> = self
+            .inner
+            .redis
+            .query(
+                redis::cmd("SET")
+                    .arg(keys::have(digest))
+                    .arg(&self.inner.advertise)
+                    .arg("PX")
+                    .arg(HAVE_TTL.as_millis() as u64),
+            )
+            .await;
+    }
+
+    /// Another node that announced it has `digest` stored.
+    pub async fn stored_at(&self, digest: &Digest) -> Option<String> {
+        let v: Option<String> = self
+            .inner
+            .redis
+            .query(redis::cmd("GET").arg(keys::have(digest)))
+            .await?;
+        v.filter(|a| *a != self.inner.advertise)
     }
 
     /// Whether this node holds the lease of `digest`.

@@ -154,8 +154,13 @@ impl Cluster {
                     inner.stats.add(Counter::IpfsAdds, 1);
                 }
             }
-            debug!(%digest, ok = matches!(outcome, Some(Ok(())) | None), "download shared; releasing the lease");
+            let stored = matches!(outcome, Some(Ok(()))) || inner.store.contains(&digest).await;
+            debug!(%digest, stored, "download shared; releasing the lease");
             if let Some(leases) = &inner.leases {
+                // Announced before the release, so that no node finds neither.
+                if stored {
+                    leases.announce(&digest).await;
+                }
                 leases.release(&digest).await;
             }
             inner.sharing.lock().remove(&digest);

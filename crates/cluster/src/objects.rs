@@ -63,6 +63,8 @@ struct Inner {
 
 impl Objects {
     pub fn new(settings: ObjectStoreSettings) -> Result<Objects, ObjectsError> {
+        // HTTPS endpoints go through reqwest's rustls, built without a provider of its own.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut b = AmazonS3Builder::new()
             .with_endpoint(settings.endpoint.trim_end_matches('/'))
             .with_bucket_name(&settings.bucket)

@@ -102,6 +102,7 @@ pub struct PeerClient {
 
 impl PeerClient {
     pub fn new(secret: String) -> Result<PeerClient, reqwest::Error> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .no_proxy()

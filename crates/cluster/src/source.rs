@@ -73,6 +73,15 @@ impl ClusterSource {
             let Some(leases) = &c.leases else {
                 return self.upstream(offset, false).await;
             };
+            // A node that finished downloading it (its lease is gone) serves it from its store.
+            if let Some(addr) = leases.stored_at(&self.digest).await {
+                let peers = c.peers.as_ref().expect("leases come with a peer client");
+                if let Ok(s) = peers.open(&addr, &self.digest, self.size, offset).await {
+                    c.stats.add(Counter::PeerReads, 1);
+                    debug!(digest = %self.digest, peer = %addr, offset, "streaming from a node that stores it");
+                    return Ok(self.counted(s, Counter::PeerBytes));
+                }
+            }
             match leases.acquire(&self.digest).await {
                 Holder::Me => return self.upstream(offset, true).await,
                 Holder::Unknown => return self.upstream(offset, false).await,

@@ -108,6 +108,7 @@ fn single(redis: &Redis) -> Value {
 }
 
 fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
@@ -201,7 +202,12 @@ async fn eight_pulls_on_three_nodes_fetch_the_blob_from_upstream_once() {
         ),
     ];
     let env: Vec<(&str, &str)> = creds.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let cluster = Cluster::new(json!({ "ws": spec(&proxy.image_ref("cluster/eight:1")) }));
+    let later = big_image("eight-pulls-later", 2);
+    reg.push_image(&later, "cluster/eight:2").unwrap();
+    let cluster = Cluster::new(json!({
+        "ws": spec(&proxy.image_ref("cluster/eight:1")),
+        "later": spec(&proxy.image_ref("cluster/eight:2")),
+    }));
     let start = |extra: &Value| {
         let mut extra = extra.clone();
         let mut store = bucket["objectStore"].clone();
@@ -315,14 +321,18 @@ async fn eight_pulls_on_three_nodes_fetch_the_blob_from_upstream_once() {
         .unwrap();
     assert_eq!(sha256_digest(&body), *layer);
 
-    // The object store stopped: pulls still succeed, from upstream.
+    // The object store stopped: pulls still succeed, from upstream, and from the node that
+    // stored the blob.
     s3.stop();
     let without = start(&json!({}));
-    tokio::time::timeout(GUARD, pull(without.addr.clone(), "ws".into()))
-        .await
-        .expect("no hang with the object store stopped")
-        .unwrap();
-    assert_eq!(proxy.blob_gets(layer).len(), 2);
+    for id in ["later", "ws"] {
+        tokio::time::timeout(GUARD, pull(without.addr.clone(), id.into()))
+            .await
+            .expect("no hang with the object store stopped")
+            .unwrap();
+    }
+    assert_eq!(proxy.blob_gets(&later.layers[0].digest), vec![None]);
+    assert_eq!(proxy.blob_gets(layer).len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

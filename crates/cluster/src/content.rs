@@ -24,10 +24,6 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-fn millis(d: Duration) -> u64 {
-    d.as_millis().clamp(1, u64::MAX as u128) as u64
-}
-
 /// Manifests and configs under `nfo.`/`cnt.`, tags under `resolve.` (with a TTL).
 pub struct RedisContent {
     redis: SharedRedis,
@@ -42,21 +38,15 @@ impl RedisContent {
 #[async_trait]
 impl SharedContent for RedisContent {
     async fn content(&self, digest: &Digest) -> Option<(Bytes, String)> {
-        let info: Option<Vec<u8>> = self
-            .redis
-            .query(redis::cmd("GET").arg(keys::info(digest)))
-            .await?;
-        let info: BlobInfo = match serde_json::from_slice(&info?) {
+        let info = self.redis.get(&keys::info(digest)).await?;
+        let info: BlobInfo = match serde_json::from_slice(&info) {
             Ok(i) => i,
             Err(e) => {
                 debug!(%digest, error = %e, "unreadable blob info in Redis; ignored");
                 return None;
             }
         };
-        let bytes: Option<Vec<u8>> = self
-            .redis
-            .query(redis::cmd("GET").arg(keys::content(digest)))
-            .await?;
+        let bytes = self.redis.get(&keys::content(digest)).await;
         let bytes = Bytes::from(bytes?);
         // Gitpod's local store writes no label: such an entry is usable for configs only,
         // whose media type comes from the manifest.
@@ -70,30 +60,15 @@ impl SharedContent for RedisContent {
         };
         // The bytes first, so that an info key always has its content. Two commands instead
         // of Gitpod's MSET: on a Redis Cluster the keys live in different slots.
-        let _: Option<Value> = self
-            .redis
-            .query(
-                redis::cmd("SET")
-                    .arg(keys::content(digest))
-                    .arg(bytes.as_ref())
-                    .arg("NX"),
-            )
+        let r = &self.redis;
+        r.set(&keys::content(digest), bytes.as_ref(), None, true)
             .await;
-        let _: Option<Value> = self
-            .redis
-            .query(
-                redis::cmd("SET")
-                    .arg(keys::info(digest))
-                    .arg(info)
-                    .arg("NX"),
-            )
-            .await;
+        r.set(&keys::info(digest), info, None, true).await;
     }
 
     async fn resolved(&self, reference: &str) -> Option<Descriptor> {
         let key = keys::resolve(reference);
-        let value: Option<Vec<u8>> = self.redis.query(redis::cmd("GET").arg(&key)).await?;
-        let resolved: Resolved = serde_json::from_slice(&value?).ok()?;
+        let resolved: Resolved = serde_json::from_slice(&self.redis.get(&key).await?).ok()?;
         // Gitpod's entries never expire (its #10263): they are resolved again, not trusted.
         let ttl: i64 = self.redis.query(redis::cmd("PTTL").arg(&key)).await?;
         (ttl > 0).then_some(resolved.desc)
@@ -107,20 +82,11 @@ impl SharedContent for RedisContent {
         let Ok(value) = serde_json::to_vec(&value) else {
             return;
         };
-        let _: Option<Value> = self
-            .redis
-            .query(
-                redis::cmd("SET")
-                    .arg(keys::resolve(reference))
-                    .arg(value)
-                    .arg("PX")
-                    .arg(millis(ttl)),
-            )
+        self.redis
+            .set(&keys::resolve(reference), value, Some(ttl), false)
             .await;
     }
 }
-
-type Value = redis::Value;
 
 /// Compositions by digest on Redis, with the node's in-memory cache in front.
 pub struct RedisServed {
@@ -137,24 +103,13 @@ impl RedisServed {
     }
 
     async fn get_json<T: for<'de> Deserialize<'de>>(&self, key: String) -> Option<T> {
-        let v: Option<Vec<u8>> = self.redis.query(redis::cmd("GET").arg(key)).await?;
-        serde_json::from_slice(&v?).ok()
+        serde_json::from_slice(&self.redis.get(&key).await?).ok()
     }
 
     async fn put_json<T: Serialize>(&self, key: String, value: &T) {
-        let Ok(v) = serde_json::to_vec(value) else {
-            return;
-        };
-        let _: Option<Value> = self
-            .redis
-            .query(
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(v)
-                    .arg("PX")
-                    .arg(millis(keys::SERVED_TTL)),
-            )
-            .await;
+        if let Ok(v) = serde_json::to_vec(value) {
+            self.redis.set(&key, v, Some(keys::SERVED_TTL), false).await;
+        }
     }
 }
 

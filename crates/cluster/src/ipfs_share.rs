@@ -57,11 +57,8 @@ impl IpfsShare {
     }
 
     async fn cid(&self, digest: &Digest) -> Option<Cid> {
-        let v: Option<String> = self
-            .redis
-            .query(redis::cmd("GET").arg(keys::ipfs_cid(digest)))
-            .await?;
-        Cid::parse(&v?).ok()
+        let v = self.redis.get(&keys::ipfs_cid(digest)).await?;
+        Cid::parse(std::str::from_utf8(&v).ok()?).ok()
     }
 }
 
@@ -113,21 +110,10 @@ impl SideSource for IpfsShare {
             self.succeeded();
             // Two commands instead of Gitpod's MSET: on a Redis Cluster the keys live in
             // different slots. The media type first, so that a CID always has one.
-            let _: Option<redis::Value> = self
-                .redis
-                .query(
-                    redis::cmd("SET")
-                        .arg(keys::ipfs_media_type(digest))
-                        .arg(media_type),
-                )
+            let r = &self.redis;
+            r.set(&keys::ipfs_media_type(digest), media_type, None, false)
                 .await;
-            let _: Option<redis::Value> = self
-                .redis
-                .query(
-                    redis::cmd("SET")
-                        .arg(keys::ipfs_cid(digest))
-                        .arg(cid.as_str()),
-                )
+            r.set(&keys::ipfs_cid(digest), cid.as_str(), None, false)
                 .await;
             debug!(%digest, %cid, "blob added to IPFS");
         }

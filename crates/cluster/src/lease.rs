@@ -161,27 +161,19 @@ impl Leases {
     /// Records that this node has `digest` stored, so that nodes needing it after the lease
     /// is gone stream it from here rather than from upstream (until [`HAVE_TTL`]).
     pub async fn announce(&self, digest: &Digest) {
-        let _: Option<redis::Value> = self
-            .inner
+        let me = &self.inner.advertise;
+        self.inner
             .redis
-            .query(
-                redis::cmd("SET")
-                    .arg(keys::have(digest))
-                    .arg(&self.inner.advertise)
-                    .arg("PX")
-                    .arg(HAVE_TTL.as_millis() as u64),
-            )
+            .set(&keys::have(digest), me.as_str(), Some(HAVE_TTL), false)
             .await;
     }
 
     /// Another node that announced it has `digest` stored.
     pub async fn stored_at(&self, digest: &Digest) -> Option<String> {
-        let v: Option<String> = self
-            .inner
-            .redis
-            .query(redis::cmd("GET").arg(keys::have(digest)))
-            .await?;
-        v.filter(|a| *a != self.inner.advertise)
+        let v = self.inner.redis.get(&keys::have(digest)).await?;
+        String::from_utf8(v)
+            .ok()
+            .filter(|a| *a != self.inner.advertise)
     }
 
     /// Whether this node holds the lease of `digest`.

@@ -180,6 +180,38 @@ impl SharedRedis {
             .await
     }
 
+    /// `GET key` as bytes; `None` when absent or Redis is unavailable.
+    pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.query::<Option<Vec<u8>>>(redis::cmd("GET").arg(key))
+            .await
+            .flatten()
+    }
+
+    /// `SET key value [PX ttl] [NX]`, best effort (a failure is logged once and counted).
+    pub async fn set(
+        &self,
+        key: &str,
+        value: impl redis::ToRedisArgs,
+        ttl: Option<Duration>,
+        nx: bool,
+    ) {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value);
+        if let Some(ttl) = ttl {
+            cmd.arg("PX")
+                .arg(ttl.as_millis().clamp(1, u64::MAX as u128) as u64);
+        }
+        if nx {
+            cmd.arg("NX");
+        }
+        let _: Option<Value> = self.query(&cmd).await;
+    }
+
+    /// `DEL key`, best effort.
+    pub async fn del(&self, key: &str) {
+        let _: Option<Value> = self.query(redis::cmd("DEL").arg(key)).await;
+    }
+
     /// Runs a Lua script (one key, so that it works on a Redis Cluster).
     pub async fn invoke<T: FromRedisValue>(
         &self,

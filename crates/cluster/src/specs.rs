@@ -61,28 +61,18 @@ impl RedisSpecs {
     }
 
     async fn get(&self, key: String) -> Option<(ImageSpec, Instant)> {
-        let v: Option<Vec<u8>> = self.redis.query(redis::cmd("GET").arg(key)).await?;
-        Self::decode(&v?)
+        Self::decode(&self.redis.get(&key).await?)
     }
 
     async fn put(&self, key: String, spec: &ImageSpec, fetched: Instant, keep: Duration) {
-        if keep.is_zero() {
-            return;
+        if !keep.is_zero() {
+            let v = Self::encode(spec, fetched);
+            self.redis.set(&key, v, Some(keep), false).await;
         }
-        let _: Option<redis::Value> = self
-            .redis
-            .query(
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(Self::encode(spec, fetched))
-                    .arg("PX")
-                    .arg(keep.as_millis().max(1) as u64),
-            )
-            .await;
     }
 
     async fn del(&self, key: String) {
-        let _: Option<redis::Value> = self.redis.query(redis::cmd("DEL").arg(key)).await;
+        self.redis.del(&key).await;
     }
 }
 

@@ -582,27 +582,10 @@ fn a_spec_fetched_by_one_node_is_not_asked_for_again_by_another() {
     let a = Facade::start(&config());
     let b = Facade::start(&config());
     let get = |node: &Facade| {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "--noproxy",
-                "*",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-            ])
-            .args(["-H", &format!("Accept: {OCI_MANIFEST}")])
-            .arg(format!(
-                "http://{}/v2/remote/ws-1/manifests/latest",
-                node.addr
-            ))
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap()
+        rf_testkit::procs::http_status(&node.addr, "/v2/remote/ws-1/manifests/latest")
     };
-    assert_eq!(get(&a), "200", "{}", a.logs());
-    assert_eq!(get(&b), "200", "{}", b.logs());
+    assert_eq!(get(&a), Some(200), "{}", a.logs());
+    assert_eq!(get(&b), Some(200), "{}", b.logs());
     assert_eq!(
         *provider.calls.lock().unwrap(),
         ["ws-1"],

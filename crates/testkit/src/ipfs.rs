@@ -13,8 +13,7 @@
 //! outlive its test binary.
 
 use std::fs::File;
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -298,22 +297,9 @@ fn api_port_from_log(log: &str) -> Option<u16> {
     rest.split('/').next()?.trim().parse().ok()
 }
 
-/// Status of an empty `POST path` to 127.0.0.1:port, or None without a complete status line
-/// within 2 s (the RPC API refuses GET).
+/// Status of an empty `POST path` to 127.0.0.1:port (the RPC API refuses GET).
 fn post_status(port: u16, path: &str) -> Option<u16> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = [0u8; 12];
-    s.read_exact(&mut buf).ok()?;
-    let line = std::str::from_utf8(&buf).ok()?;
-    line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
+    crate::procs::http_status_of("POST", &format!("127.0.0.1:{port}"), path)
 }
 
 #[derive(Debug)]

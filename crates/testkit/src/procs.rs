@@ -72,13 +72,18 @@ pub fn free_port() -> u16 {
 /// Status code of a plain-HTTP `GET path` to `addr` ("127.0.0.1:PORT"), or None if there is no
 /// (complete) answer within 2 s. Independent of any async runtime.
 pub fn http_status(addr: &str, path: &str) -> Option<u16> {
+    http_status_of("GET", addr, path)
+}
+
+/// [`http_status`] for a bodiless request of any method (`POST` for RPC APIs that refuse GET).
+pub fn http_status_of(method: &str, addr: &str, path: &str) -> Option<u16> {
     let sa: SocketAddr = addr.parse().ok()?;
     let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut buf = [0u8; 12];

@@ -163,7 +163,8 @@ pub async fn build(
             .context("registry.peer.listenAddress")?;
         let local = listener.local_addr()?;
         let advertise = match &p.advertise_address {
-            Some(a) => a.clone(),
+            Some(a) => expand_env(a, |k| std::env::var(k).ok())
+                .context("registry.peer.advertiseAddress")?,
             None if local.ip().is_unspecified() => anyhow::bail!(
                 "key \"registry.peer.advertiseAddress\": required when listenAddress has no host"
             ),
@@ -185,4 +186,59 @@ pub async fn build(
         shared.cluster = Some(Cluster::new(store.clone(), parts));
     }
     Ok(shared)
+}
+
+/// `$NAME` and `${NAME}` replaced with environment variables (Kubernetes gives a pod its IP
+/// that way); an unset variable is an error rather than an address nobody can reach.
+fn expand_env(s: &str, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, tail) = match after.strip_prefix('{') {
+            Some(inner) => {
+                let end = inner
+                    .find('}')
+                    .ok_or_else(|| anyhow::anyhow!("unclosed ${{ in {s:?}"))?;
+                (&inner[..end], &inner[end + 1..])
+            }
+            None => {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            }
+        };
+        if name.is_empty() {
+            anyhow::bail!("a lone $ in {s:?}");
+        }
+        let value = var(name).ok_or_else(|| anyhow::anyhow!("${name} is not set"))?;
+        out.push_str(&value);
+        rest = tail;
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_env;
+
+    #[test]
+    fn advertise_addresses_take_the_pods_ip_from_the_environment() {
+        let var = |k: &str| (k == "POD_IP").then(|| "10.0.0.7".to_string());
+        assert_eq!(
+            expand_env("${POD_IP}:32224", var).unwrap(),
+            "10.0.0.7:32224"
+        );
+        assert_eq!(expand_env("$POD_IP:1", var).unwrap(), "10.0.0.7:1");
+        assert_eq!(expand_env("node-a:1", var).unwrap(), "node-a:1");
+        assert!(expand_env("$NOPE:1", var)
+            .unwrap_err()
+            .to_string()
+            .contains("NOPE"));
+        assert!(expand_env("${POD_IP:1", var).is_err());
+        assert!(expand_env("$:1", var).is_err());
+    }
 }

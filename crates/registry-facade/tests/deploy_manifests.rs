@@ -12,6 +12,10 @@ fn base() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/base")
 }
 
+fn many_nodes() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/overlays/many-nodes")
+}
+
 fn validate(files: &[&Path]) -> Output {
     rf_testkit::require_tool("kubernetes-validate");
     Command::new("kubernetes-validate")
@@ -95,6 +99,30 @@ fn every_manifest_passes_strict_schema_validation() {
             yaml.contains("image: registry.example.com/registry-facade/registry-facade:0.1.0"),
             "{yaml}"
         );
+        // The many-nodes overlay: the peer port, the pod's IP and the secrets on the facade.
+        let built = Command::new("kubectl")
+            .arg("kustomize")
+            .arg(many_nodes())
+            .output()
+            .unwrap();
+        assert!(
+            built.status.success(),
+            "kubectl kustomize: {}",
+            text(&built)
+        );
+        std::fs::write(&all, &built.stdout).unwrap();
+        let out = validate(&[&all]);
+        assert!(out.status.success(), "{}", text(&out));
+        let yaml = String::from_utf8_lossy(&built.stdout);
+        for want in [
+            "containerPort: 32224",
+            "fieldPath: status.podIP",
+            "secretName: registry-facade-peer",
+            "\"advertiseAddress\": \"${POD_IP}:32224\"",
+            "containerPort: 32223",
+        ] {
+            assert!(yaml.contains(want), "{want} missing from\n{yaml}");
+        }
     } else {
         eprintln!("kubectl is not installed: validated the files one by one");
     }
@@ -116,7 +144,11 @@ fn strict_validation_rejects_an_unknown_field() {
 
 /// The `config.json` block of a ConfigMap manifest (a literal block indented by four spaces).
 fn config_json(file: &str) -> String {
-    let yaml = std::fs::read_to_string(base().join(file)).unwrap();
+    config_json_in(&base(), file)
+}
+
+fn config_json_in(dir: &Path, file: &str) -> String {
+    let yaml = std::fs::read_to_string(dir.join(file)).unwrap();
     let body: Vec<&str> = yaml
         .lines()
         .skip_while(|l| l.trim() != "config.json: |")
@@ -139,6 +171,17 @@ fn config_maps_hold_valid_configs() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    std::fs::write(
+        &path,
+        config_json_in(&many_nodes(), "registry-facade-config.yaml"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "many-nodes: {}", text(&out));
     for f in ["blobserve-config.yaml", "image-builder-config.yaml"] {
         let v: serde_json::Value = serde_json::from_str(&config_json(f))
             .unwrap_or_else(|e| panic!("{f}: config.json is not JSON: {e}"));

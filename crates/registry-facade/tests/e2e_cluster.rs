@@ -443,15 +443,22 @@ async fn pulls_succeed_while_redis_is_stopped_and_sharing_resumes_after() {
     let reg = registry();
     let image = big_image("redis-stopped", 2);
     reg.push_image(&image, "cluster/nored:1").unwrap();
-    let redis = Redis::start().unwrap();
-    let mut redis = redis;
+    let mut redis = Redis::start().unwrap();
     let cluster = Cluster::new(json!({
         "one": spec(&reg.image_ref("cluster/nored:1")),
         "two": spec(&reg.image_ref("cluster/nored:1")),
         "three": spec(&reg.image_ref("cluster/nored:1")),
         "four": spec(&reg.image_ref("cluster/nored:1")),
     }));
-    let a = cluster.start(single(&redis));
+    let metrics = format!("127.0.0.1:{}", rf_testkit::free_port());
+    let a = Facade::start_with(
+        &{
+            let mut c = cluster.config(single(&redis), json!({}));
+            c["prometheusAddr"] = json!(metrics);
+            c
+        },
+        &[("RUST_LOG", "debug")],
+    );
     // Redis stops answering (the kernel still accepts connections: the worst case).
     signal(redis.pid(), "-STOP");
     tokio::time::timeout(GUARD, pull(a.addr.clone(), "one".into()))
@@ -469,6 +476,18 @@ async fn pulls_succeed_while_redis_is_stopped_and_sharing_resumes_after() {
         "the outage is logged\n{}",
         a.logs()
     );
+    assert_eq!(
+        a.stderr().matches("Redis is unavailable").count(),
+        1,
+        "logged once per outage"
+    );
+    let (_, text) = rf_testkit::curl_get(&format!("http://{metrics}/metrics"));
+    let errors: u64 = String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix("registry_facade_redis_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the Redis error counter in /metrics");
+    assert!(errors > 0, "the outage is counted");
 
     // Redis gone (connections refused), then started again, empty, on the same port.
     redis.stop();

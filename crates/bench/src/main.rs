@@ -48,7 +48,7 @@ use images::{pseudo_random, stored_gzip_layer};
 use progress::START;
 use report::{Row, Target, Unit};
 use results::{mbps, rotated, sync_disks, Results};
-use servers::{run_ok, vm_hwm, wrk_rps, Facade, Nginx};
+use servers::{cpu_secs, run_ok, vm_hwm, wrk_rps, Facade, Nginx};
 
 const PHASES: [&str; 7] = [
     "cached",
@@ -478,9 +478,28 @@ fn phase_ctr(s: &Setup, warm: &Facade, args: &Args, res: &mut Results) -> Result
     Ok(())
 }
 
+/// CPU seconds (user + system, from /proc) the server spent per GiB of a cold single-client
+/// pull, from the request to its commit.
+const COLD_CPU: &str = "CPU seconds per GiB, cold blob, 1 client";
+
+/// Polls `done` (a file appearing) for up to `limit`; a miss is reported, not fatal.
+fn wait_for_path(limit: Duration, mut done: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !done() {
+        if t0.elapsed() > limit {
+            progress!("  (not settled within {limit:?})");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn phase_cold(s: &Setup, args: &Args, res: &mut Results) -> Result<()> {
     let m = "cold blob, 1 client";
+    let mc = COLD_CPU;
     let kinds = ["facade", "distribution direct", "distribution proxy"];
+    let gib = s.size as f64 / (1024.0 * MIB);
+    let settle = Duration::from_secs(120);
     for round in 0..args.runs {
         progress!("cold: run {}/{}", round + 1, args.runs);
         for kind in rotated(&kinds, round) {
@@ -489,6 +508,7 @@ fn phase_cold(s: &Setup, args: &Args, res: &mut Results) -> Result<()> {
                     "facade" => {
                         let f = s.start_facade()?;
                         compose(&f, "large")?;
+                        let cpu0 = cpu_secs(f.pid()).context("reading /proc/<pid>/stat")?;
                         let d = http::timed_parallel_gets(
                             &f.addr,
                             &s.facade_blob_path("large"),
@@ -496,6 +516,10 @@ fn phase_cold(s: &Setup, args: &Args, res: &mut Results) -> Result<()> {
                             1,
                         )
                         .inspect_err(|_| progress!("facade log tail:\n{}", f.log_tail()))?;
+                        // Its work ends with the commit.
+                        wait_for_path(settle, || f.store_has(s.hex()));
+                        let cpu = cpu_secs(f.pid()).context("reading /proc/<pid>/stat")? - cpu0;
+                        res.record(mc, kind, "s/GiB", round, Ok(cpu / gib));
                         drop(f);
                         sync_disks();
                         Ok(mbps(s.size, d))
@@ -511,12 +535,17 @@ fn phase_cold(s: &Setup, args: &Args, res: &mut Results) -> Result<()> {
                     }
                     _ => {
                         let p = Registry::start_proxy(&s.registry.url())?;
+                        let cpu0 = cpu_secs(p.pid()).context("reading /proc/<pid>/stat")?;
                         let d = http::timed_parallel_gets(
                             &p.addr(),
                             &s.registry_blob_path(),
                             s.size,
                             1,
                         )?;
+                        let data = Setup::proxy_data_file(&p, s.hex());
+                        wait_for_path(settle, || data.exists());
+                        let cpu = cpu_secs(p.pid()).context("reading /proc/<pid>/stat")? - cpu0;
+                        res.record(mc, kind, "s/GiB", round, Ok(cpu / gib));
                         drop(p);
                         sync_disks();
                         Ok(mbps(s.size, d))
@@ -772,6 +801,17 @@ fn rows(res: &Results, args: &Args, size: u64) -> Vec<Row> {
         "distribution",
         "facade",
         inv,
+    ));
+    rows.extend(res.paired(
+        r(
+            "9",
+            "cold blob, 1 client, CPU seconds per GiB: facade / distribution proxy",
+            Some(Target::AtMost(1.0)),
+        ),
+        COLD_CPU,
+        "facade",
+        "distribution proxy",
+        ratio,
     ));
     rows.extend(cluster::rows(res, args, size));
     rows.extend(blobserve::rows(res, args.blobserve_mib));

@@ -38,7 +38,8 @@ use tracing::{debug, warn};
 
 use crate::backend::{ChunkStream, OpenedBlob};
 use crate::fsio::write_all_at;
-use crate::stream::Reader;
+use crate::recent::Recent;
+use crate::stream::{Reader, TempRead};
 pub use crate::vocab::{ByteSource, FetchSettings, ReadOrigin, SourceError, SourceStream};
 use crate::vocab::{Progress, Status, CHUNK_SIZE};
 use crate::{blocking, BlobStore, ReadGuard, StoreError, StoreIndex};
@@ -56,6 +57,8 @@ pub struct BlobReader {
 pub(crate) struct Flight {
     /// The temp file, open for reading and writing; readers use positional reads.
     file: Arc<File>,
+    /// What was written last, for the readers right behind the download.
+    recent: Arc<Recent>,
     size: u64,
     /// Bytes reserved in the index for it (its size under a limit, else 0); 0 once released.
     reserved: AtomicU64,
@@ -308,6 +311,7 @@ impl BlobStore {
                 });
                 let flight = Arc::new(Flight {
                     file: file.clone(),
+                    recent: Arc::default(),
                     size,
                     reserved: AtomicU64::new(reserved),
                     progress: rx,
@@ -378,9 +382,13 @@ impl BlobStore {
             }
             Ok(_) => {}
         }
+        let temp = TempRead {
+            file: flight.file.clone(),
+            recent: flight.recent.clone(),
+        };
         let reader = Reader::following(
             self.clone(),
-            flight.file.clone(),
+            temp,
             digest.clone(),
             flight.size,
             offset,
@@ -620,6 +628,7 @@ impl Download {
         };
         let file = self.file.clone();
         let mut h = hasher.take();
+        self.flight.recent.push(at, data.clone());
         let result = tokio::task::spawn_blocking(move || {
             write_all_at(&file, &data, at)?;
             if let Some(h) = h.as_mut() {

@@ -26,6 +26,7 @@ pub mod backend;
 pub mod flight;
 mod fsio;
 mod index;
+mod recent;
 mod stream;
 mod vocab;
 mod writer;

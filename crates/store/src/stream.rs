@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::backend::{BlobVersion, ChunkStream, OpenedBlob};
 use crate::fsio::read_full_at;
+use crate::recent::Recent;
 use crate::vocab::{Progress, SourceError, Status, StoreError, CHUNK_SIZE};
 use crate::{BlobStore, ReadGuard};
 
@@ -73,8 +74,15 @@ enum Mode {
     /// download verifies the content; the last byte is held back until it has.
     Flight {
         file: Arc<File>,
+        recent: Arc<Recent>,
         progress: watch::Receiver<Progress>,
     },
+}
+
+/// Where a reader of a download finds its bytes: the temp file, and the bytes written last.
+pub(crate) struct TempRead {
+    pub file: Arc<File>,
+    pub recent: Arc<Recent>,
 }
 
 pub(crate) struct Reader {
@@ -115,7 +123,7 @@ impl Reader {
 
     pub(crate) fn following(
         store: BlobStore,
-        file: Arc<File>,
+        temp: TempRead,
         digest: Digest,
         size: u64,
         offset: u64,
@@ -127,7 +135,11 @@ impl Reader {
             digest,
             size,
             pos: offset,
-            mode: Mode::Flight { file, progress },
+            mode: Mode::Flight {
+                file: temp.file,
+                recent: temp.recent,
+                progress,
+            },
             done: false,
             _guard: guard,
         }
@@ -223,12 +235,21 @@ impl Reader {
     }
 
     async fn step_flight(&mut self) -> Result<Option<Bytes>, StoreError> {
-        let Mode::Flight { file, progress } = &mut self.mode else {
+        let Mode::Flight {
+            file,
+            recent,
+            progress,
+        } = &mut self.mode
+        else {
             unreachable!("a flight reader");
         };
         let available = wait_available(progress, self.pos, self.size, &self.digest).await?;
         if self.pos >= available {
             return Ok(None);
+        }
+        if let Some(chunk) = recent.get(self.pos, available, CHUNK_SIZE) {
+            self.pos += chunk.len() as u64;
+            return Ok(Some(chunk));
         }
         let want = (available - self.pos).min(CHUNK_SIZE as u64) as usize;
         let (file, pos) = (file.clone(), self.pos);

@@ -27,6 +27,7 @@ mod cluster;
 mod counter;
 mod http;
 mod images;
+mod readers;
 mod report;
 mod results;
 mod servers;
@@ -50,10 +51,12 @@ use report::{Row, Target, Unit};
 use results::{mbps, rotated, sync_disks, Results};
 use servers::{cpu_secs, run_ok, vm_hwm, wrk_rps, Facade, Nginx};
 
-const PHASES: [&str; 7] = [
+const PHASES: [&str; 9] = [
     "cached",
     "cold",
     "cold8",
+    "small",
+    "slow",
     "cluster",
     "manifest",
     "ctr",
@@ -76,7 +79,7 @@ struct Args {
     /// Concurrent clients of the concurrent measurements.
     #[arg(long, default_value_t = 8)]
     clients: usize,
-    /// Comma-separated subset of: cached,cold,cold8,cluster,manifest,ctr,blobserve.
+    /// Comma-separated subset of: cached,cold,cold8,small,slow,cluster,manifest,ctr,blobserve.
     #[arg(long, default_value = "cached,cold,cold8,manifest,ctr,blobserve")]
     only: String,
     /// Duration of each `wrk` run in seconds.
@@ -120,6 +123,8 @@ struct Setup {
     blob_file: PathBuf,
     digest: String,
     size: u64,
+    /// The ~1 KiB layer of `bench/small` (facade id `small`).
+    small_digest: String,
     facade_bin: PathBuf,
 }
 
@@ -177,8 +182,17 @@ impl Setup {
             .env("GITPOD_ENV_PREPEND_PATH=:/.supervisor")
             .build();
 
+        // About 1 KiB on the wire: incompressible bytes, gzipped.
+        let small_layer = gz(vec![Entry::file(
+            "/bench/small.bin",
+            pseudo_random(1000, 0x5_4A11),
+        )]);
+        let small_digest = small_layer.digest.clone();
+        let small = busybox_image().layer(small_layer).build();
+
         progress!("starting distribution and pushing the images");
         let registry = Registry::start(RegistryAuth::None)?;
+        registry.push_image(&small, "bench/small:latest")?;
         registry.push_image(&base, "bench/base:latest")?;
         drop(base);
         registry.push_image(&ide, "bench/ide:latest")?;
@@ -204,6 +218,7 @@ impl Setup {
             serde_json::to_vec_pretty(&json!({
                 "large": spec(&registry.addr()),
                 "large-counted": spec(counter.addr()),
+                "small": {"baseRef": format!("{}/bench/small:latest", registry.addr())},
             }))?,
         )?;
         Ok(Setup {
@@ -214,6 +229,7 @@ impl Setup {
             blob_file,
             digest,
             size,
+            small_digest,
             facade_bin,
         })
     }
@@ -813,6 +829,7 @@ fn rows(res: &Results, args: &Args, size: u64) -> Vec<Row> {
         "distribution proxy",
         ratio,
     ));
+    rows.extend(readers::rows(res));
     rows.extend(cluster::rows(res, args, size));
     rows.extend(blobserve::rows(res, args.blobserve_mib));
     rows
@@ -1099,6 +1116,16 @@ fn run(args: &Args) -> Result<()> {
     if want("cold8") {
         if let Err(e) = phase_cold8(&setup, args, &mut res) {
             phase_errors.push(format!("cold8: {e:#}"));
+        }
+    }
+    if want("small") {
+        if let Err(e) = readers::phase_small(&setup, args, &mut res) {
+            phase_errors.push(format!("small: {e:#}"));
+        }
+    }
+    if want("slow") {
+        if let Err(e) = readers::phase_slow(&setup, args, &mut res) {
+            phase_errors.push(format!("slow: {e:#}"));
         }
     }
     if want("cluster") {

@@ -471,8 +471,30 @@ fn is_root() -> bool {
 /// Requests/s of `wrk -t2 -c16 -d<secs>s` on `http://<addr><path>` (with `Accept: <accept>` if
 /// given); fails if any answer was not 2xx/3xx.
 pub fn wrk_rps(addr: &str, path: &str, secs: u64, accept: Option<&str>) -> Result<f64> {
+    wrk(addr, path, secs, accept, 2, 16)
+}
+
+/// [`wrk_rps`] with `threads` and `conns` (no Accept header).
+pub fn wrk_rps_with(addr: &str, path: &str, secs: u64, threads: u32, conns: u32) -> Result<f64> {
+    wrk(addr, path, secs, None, threads, conns)
+}
+
+fn wrk(
+    addr: &str,
+    path: &str,
+    secs: u64,
+    accept: Option<&str>,
+    threads: u32,
+    conns: u32,
+) -> Result<f64> {
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t2", "-c16", &format!("-d{secs}s"), "--timeout", "10s"]);
+    cmd.args([
+        &format!("-t{threads}"),
+        &format!("-c{conns}"),
+        &format!("-d{secs}s"),
+        "--timeout",
+        "10s",
+    ]);
     if let Some(a) = accept {
         cmd.args(["-H", &format!("Accept: {a}")]);
     }

@@ -23,6 +23,7 @@
 //! One `BlobStore` should own a root at a time: opening deletes whatever is in `tmp/`.
 
 pub mod backend;
+mod budget;
 pub mod flight;
 mod fsio;
 mod index;

@@ -251,7 +251,7 @@ impl Reader {
             self.pos += chunk.len() as u64;
             return Ok(Some(chunk));
         }
-        let want = (available - self.pos).min(CHUNK_SIZE as u64) as usize;
+        let want = crate::budget::read_size(available - self.pos);
         let (file, pos) = (file.clone(), self.pos);
         let buf = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; want];
@@ -269,7 +269,7 @@ impl Reader {
             ))));
         }
         self.pos += buf.len() as u64;
-        Ok(Some(Bytes::from(buf)))
+        Ok(Some(crate::budget::counted(buf)))
     }
 
     /// Deletes the corrupt copy; the stream then ends with the returned error.

@@ -16,13 +16,12 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use rf_oci::{Algorithm, Digest};
 
 use super::{BlobBackend, BlobVersion, ChunkStream, ListedBlob, OpenedBlob};
 use crate::fsio;
-use crate::vocab::{StoreError, CHUNK_SIZE};
+use crate::vocab::StoreError;
 
 const ALGORITHMS: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Sha512];
 
@@ -202,7 +201,7 @@ fn chunks(file: Arc<File>, from: u64, end: u64) -> ChunkStream {
         if pos >= end {
             return Ok(None);
         }
-        let want = (end - pos).min(CHUNK_SIZE as u64) as usize;
+        let want = crate::budget::read_size(end - pos);
         let f = file.clone();
         let buf = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; want];
@@ -216,7 +215,7 @@ fn chunks(file: Arc<File>, from: u64, end: u64) -> ChunkStream {
             return Ok(None);
         }
         let next = pos + buf.len() as u64;
-        Ok(Some((Bytes::from(buf), (file, next))))
+        Ok(Some((crate::budget::counted(buf), (file, next))))
     })
     .boxed()
 }

@@ -100,6 +100,20 @@ pub fn phase_slow(s: &Setup, args: &Args, res: &mut Results) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(100));
             }
             let hwm = vm_hwm(f.pid()).context("reading VmHWM")?;
+            let status = std::fs::read_to_string(format!("/proc/{}/status", f.pid()))?;
+            let field = |k: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(k))
+                    .map(|l| l[k.len()..].trim().to_string())
+                    .unwrap_or_default()
+            };
+            progress!(
+                "  facade with {SLOW_READERS} stalled readers: {} threads, RssAnon {}, RssFile {}",
+                field("Threads:"),
+                field("RssAnon:"),
+                field("RssFile:")
+            );
             drop(conns);
             Ok(peak.max(hwm) as f64 / MIB)
         })();

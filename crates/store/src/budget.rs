@@ -18,20 +18,39 @@ pub(crate) const SMALL_CHUNK: usize = 32 << 10;
 
 static ALIVE: AtomicUsize = AtomicUsize::new(0);
 
-/// How many bytes the next read should take, at most `remaining`.
-pub(crate) fn read_size(remaining: u64) -> usize {
+/// Room for the next read, at most `remaining` bytes, counted from now on: readers starting
+/// together see each other's reads before any of them completes.
+pub(crate) fn reserve(remaining: u64) -> Reserved {
     let size = if ALIVE.load(Ordering::Relaxed) < BUDGET {
         CHUNK_SIZE
     } else {
         SMALL_CHUNK
     };
-    remaining.min(size as u64) as usize
+    let n = remaining.min(size as u64) as usize;
+    ALIVE.fetch_add(n, Ordering::Relaxed);
+    Reserved(n)
 }
 
-/// `buf` as `Bytes`, counted against the budget until dropped.
-pub(crate) fn counted(buf: Vec<u8>) -> Bytes {
-    ALIVE.fetch_add(buf.len(), Ordering::Relaxed);
-    Bytes::from_owner(Counted(buf))
+/// A read's room in the budget; given back when dropped unless it became a chunk.
+pub(crate) struct Reserved(usize);
+
+impl Reserved {
+    pub(crate) fn len(&self) -> usize {
+        self.0
+    }
+
+    /// `buf` (read into this room) as `Bytes`, counted until its last clone is dropped.
+    pub(crate) fn into_bytes(mut self, buf: Vec<u8>) -> Bytes {
+        ALIVE.fetch_add(buf.len(), Ordering::Relaxed);
+        ALIVE.fetch_sub(std::mem::take(&mut self.0), Ordering::Relaxed);
+        Bytes::from_owner(Counted(buf))
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        ALIVE.fetch_sub(self.0, Ordering::Relaxed);
+    }
 }
 
 struct Counted(Vec<u8>);
@@ -60,19 +79,24 @@ mod tests {
 
     #[test]
     fn chunks_shrink_while_the_budget_is_spent_and_grow_back() {
-        // Other tests of the crate read too: measure against what is alive already.
-        let held: Vec<Bytes> = (0..(BUDGET / CHUNK_SIZE + 1))
-            .map(|_| counted(vec![0u8; CHUNK_SIZE]))
+        // Reservations count before any read completes (readers starting together).
+        let held: Vec<Reserved> = (0..(BUDGET / CHUNK_SIZE + 1))
+            .map(|_| reserve(u64::MAX))
             .collect();
         assert!(alive() >= BUDGET);
-        assert_eq!(read_size(u64::MAX), SMALL_CHUNK);
-        assert_eq!(read_size(10), 10);
-        let clone = held[0].clone();
-        drop(held);
+        assert_eq!(reserve(u64::MAX).len(), SMALL_CHUNK);
+        assert_eq!(reserve(10).len(), 10);
+        // A chunk is counted at its real size until its last clone goes.
+        let chunks: Vec<Bytes> = held
+            .into_iter()
+            .map(|r| r.into_bytes(vec![0u8; 100]))
+            .collect();
+        let clone = chunks[0].clone();
+        drop(chunks);
         drop(clone);
         // Back under the budget unless other tests hold that much right now.
         if alive() < BUDGET {
-            assert_eq!(read_size(u64::MAX), CHUNK_SIZE);
+            assert_eq!(reserve(u64::MAX).len(), CHUNK_SIZE);
         }
     }
 }

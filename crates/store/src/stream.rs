@@ -251,7 +251,8 @@ impl Reader {
             self.pos += chunk.len() as u64;
             return Ok(Some(chunk));
         }
-        let want = crate::budget::read_size(available - self.pos);
+        let room = crate::budget::reserve(available - self.pos);
+        let want = room.len();
         let (file, pos) = (file.clone(), self.pos);
         let buf = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; want];
@@ -269,7 +270,7 @@ impl Reader {
             ))));
         }
         self.pos += buf.len() as u64;
-        Ok(Some(crate::budget::counted(buf)))
+        Ok(Some(room.into_bytes(buf)))
     }
 
     /// Deletes the corrupt copy; the stream then ends with the returned error.

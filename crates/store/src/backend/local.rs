@@ -201,7 +201,8 @@ fn chunks(file: Arc<File>, from: u64, end: u64) -> ChunkStream {
         if pos >= end {
             return Ok(None);
         }
-        let want = crate::budget::read_size(end - pos);
+        let room = crate::budget::reserve(end - pos);
+        let want = room.len();
         let f = file.clone();
         let buf = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; want];
@@ -215,7 +216,7 @@ fn chunks(file: Arc<File>, from: u64, end: u64) -> ChunkStream {
             return Ok(None);
         }
         let next = pos + buf.len() as u64;
-        Ok(Some((crate::budget::counted(buf), (file, next))))
+        Ok(Some((room.into_bytes(buf), (file, next))))
     })
     .boxed()
 }

@@ -80,7 +80,10 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     clients: usize,
     /// Comma-separated subset of: cached,cold,cold8,small,slow,cluster,manifest,ctr,blobserve.
-    #[arg(long, default_value = "cached,cold,cold8,small,slow,cluster,manifest,ctr,blobserve")]
+    #[arg(
+        long,
+        default_value = "cached,cold,cold8,small,slow,cluster,manifest,ctr,blobserve"
+    )]
     only: String,
     /// Duration of each `wrk` run in seconds.
     #[arg(long, default_value_t = 3)]

@@ -328,6 +328,40 @@ async fn readers_joining_at_various_points_get_identical_bytes(kind: Kind) {
     assert_eq!(source.opens(), vec![0]);
 }
 
+/// A reader far behind the download reads the older bytes back from the temp file and the
+/// ones written last from memory, and gets every byte in order.
+async fn a_reader_far_behind_reads_the_file_then_memory(kind: Kind) {
+    let (_fx, store) = store_with(kind, settings()).await;
+    let data = content(10 * MIB + 777, 9);
+    let (source, gate) = TestSource::new(data.clone(), 256 * 1024, &[], false);
+    gate.open_to(9 * MIB);
+    let src: Arc<dyn ByteSource> = Arc::new(source.clone());
+    let first = fetch(&store, &data, 0, src.clone()).await;
+    let mut first_stream = first.stream;
+    let mut got = Vec::new();
+    while got.len() < 9 * MIB {
+        let chunk = tokio::time::timeout(GUARD, first_stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.extend_from_slice(&chunk);
+    }
+    // 9 MiB written; only the last 4 MiB of them are still in memory.
+    let behind = fetch(&store, &data, 0, src).await;
+    assert_eq!(behind.origin, ReadOrigin::Joined);
+    let behind = tokio::spawn(drain(behind));
+    gate.open_all();
+    while let Some(chunk) = first_stream.next().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(got == data[..], "first reader");
+    let (all, err) = behind.await.unwrap();
+    assert!(err.is_none(), "{err:?}");
+    assert!(all == data[..], "the reader behind");
+    assert_eq!(source.opens(), vec![0]);
+}
+
 async fn many_concurrent_fetches_one_download(kind: Kind) {
     let (_fx, store) = store_with(kind, settings()).await;
     let data = content(2 * MIB + 1, 2);
@@ -908,6 +942,7 @@ fn resume_backoff_follows_the_settings() {
 on_every_backend! {
     #[tokio::test(start_paused = true)] readers_joining_at_various_points_get_identical_bytes,
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)] many_concurrent_fetches_one_download,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] a_reader_far_behind_reads_the_file_then_memory,
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)] a_reader_going_away_cancels_nothing,
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)] resumes_after_reset_truncation_and_stall,
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)] failed_download_errors_all_readers_and_leaves_nothing,

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, Stream, StreamExt as _};
+use rf_oci::error::error_chain;
 use serde::Deserialize;
 use tokio::time::Instant;
 use url::Url;
@@ -114,7 +115,7 @@ impl IpfsClient {
             .build()
             .map_err(|e| IpfsError::InvalidAddr {
                 addr: addr.clone(),
-                reason: format!("building the HTTP client: {}", chain(&e)),
+                reason: format!("building the HTTP client: {}", error_chain(&e)),
             })?;
         Ok(IpfsClient {
             http,
@@ -324,7 +325,7 @@ impl IpfsClient {
         if e.is_connect() {
             IpfsError::Unreachable {
                 url: self.api_url(),
-                reason: chain(&e),
+                reason: error_chain(&e),
             }
         } else if e.is_timeout() {
             IpfsError::Timeout {
@@ -334,7 +335,7 @@ impl IpfsClient {
         } else {
             IpfsError::Transport {
                 op,
-                reason: chain(&e),
+                reason: error_chain(&e),
             }
         }
     }
@@ -554,7 +555,7 @@ async fn read_limited_with_progress(
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| IpfsError::Transport {
             op,
-            reason: chain(&e),
+            reason: error_chain(&e),
         })?;
         progress.touch();
         if out.len() + chunk.len() > MAX_JSON_ANSWER {
@@ -617,7 +618,7 @@ impl CatState {
                     self.done = true;
                     Err(IpfsError::Transport {
                         op: OP,
-                        reason: chain(&e),
+                        reason: error_chain(&e),
                     })
                 }
                 None => {
@@ -640,21 +641,6 @@ impl CatState {
 fn preview(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
     text.trim().to_string()
-}
-
-/// An error with its sources, `a: b: c` (reqwest's own message omits the cause).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -18,3 +18,20 @@ pub enum OciError {
     #[error("invalid platform {0:?}")]
     InvalidPlatform(String),
 }
+
+/// An error's description with its sources, e.g. "error sending request: client error
+/// (Connect): tcp connect error: Connection refused" (HTTP clients' own messages omit the
+/// cause). A source whose text is already included is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

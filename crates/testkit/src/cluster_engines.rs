@@ -643,9 +643,12 @@ impl SeaweedFs {
             exited = proc.has_exited();
             exited
                 || (http_status(&s3, "/").is_some()
-                    && http_get(&dir_status).is_some_and(|(code, body)| {
-                        code == 200 && String::from_utf8_lossy(&body).contains(&volume_registered)
-                    }))
+                    && crate::procs::curl_get_within(&dir_status, 10)
+                        .ok()
+                        .is_some_and(|(code, body)| {
+                            code == 200
+                                && String::from_utf8_lossy(&body).contains(&volume_registered)
+                        }))
         });
         let tail = proc.log_tail();
         self.proc = Some(proc);
@@ -816,31 +819,6 @@ fn amz_dates(t: u64) -> (String, String) {
         secs % 60
     );
     (date.clone(), format!("{date}T{time}Z"))
-}
-
-/// `curl -sS <url>` over loopback (10 s at most): the status and the body, or None when there
-/// is no answer.
-fn http_get(url: &str) -> Option<(u16, Vec<u8>)> {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--noproxy",
-            "*",
-            "-m",
-            "10",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-        ])
-        .arg(url)
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    split_status(&out).ok()
 }
 
 /// Splits curl's output (body, then "\n<status>") into the status and the body.

@@ -1312,36 +1312,33 @@ impl Redis {
 /// Panics when curl itself fails (no connection), not on an HTTP error status.
 pub fn curl_get(url: &str) -> (u16, Vec<u8>) {
     require_tool("curl");
+    curl_get_within(url, 30).unwrap_or_else(|e| panic!("curl {url}: {e}"))
+}
+
+/// `curl -sS <url>` over loopback (no proxy, at most `secs`): the status and the body, or why
+/// there is none (no connection, no status).
+pub fn curl_get_within(url: &str, secs: u32) -> std::result::Result<(u16, Vec<u8>), String> {
     let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--noproxy",
-            "*",
-            "-m",
-            "30",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-        ])
+        .args(["-sS", "--noproxy", "*", "-m", &secs.to_string()])
+        .args(["-o", "-", "-w", "\n%{http_code}"])
         .arg(url)
+        .stdin(Stdio::null())
         .output()
-        .expect("running curl");
-    assert!(
-        out.status.success(),
-        "curl {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .map_err(|e| format!("running curl: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
     let mut body = out.stdout;
     let at = body
         .iter()
         .rposition(|b| *b == b'\n')
-        .expect("curl's status line");
+        .ok_or("curl printed no status")?;
     let code = String::from_utf8_lossy(&body[at + 1..])
+        .trim()
         .parse()
-        .expect("an HTTP status");
+        .map_err(|_| "curl's status is not a number".to_string())?;
     body.truncate(at);
-    (code, body)
+    Ok((code, body))
 }
 
 /// Spawns `cmd` with stdout piped, copies its stdout line by line to `stdout_log`, and waits

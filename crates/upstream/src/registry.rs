@@ -14,6 +14,7 @@ use reqwest::header::{
     RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use reqwest::{Method, Response, StatusCode};
+use rf_oci::error::error_chain;
 use rf_oci::reference::is_loopback_host;
 use rf_oci::{media, Digest, ParsedManifest, Reference};
 use tracing::Instrument;
@@ -107,22 +108,6 @@ fn content_type(resp: &Response) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// An error's description with its sources, e.g. "error sending request: client error
-/// (Connect): tcp connect error: Connection refused". URLs are stripped by the caller.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 /// Whether a transport error is a TLS certificate problem (permanent, not retried).
 fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -151,15 +136,15 @@ fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
 fn transport_error(registry: &str, e: reqwest::Error) -> UpstreamError {
     let e = e.without_url();
     if e.is_builder() {
-        return UpstreamError::InvalidReference(chain(&e));
+        return UpstreamError::InvalidReference(error_chain(&e));
     }
     if e.is_redirect() || is_certificate_error(&e) {
-        return UpstreamError::InvalidResponse(format!("{registry}: {}", chain(&e)));
+        return UpstreamError::InvalidResponse(format!("{registry}: {}", error_chain(&e)));
     }
     let reason = if e.is_timeout() {
-        format!("timed out: {}", chain(&e))
+        format!("timed out: {}", error_chain(&e))
     } else {
-        chain(&e)
+        error_chain(&e)
     };
     UpstreamError::Unavailable {
         registry: registry.to_string(),
@@ -189,9 +174,9 @@ fn body_error(registry: &str, e: reqwest::Error) -> UpstreamError {
     UpstreamError::Unavailable {
         registry: registry.to_string(),
         reason: if e.is_timeout() {
-            format!("reading the body timed out: {}", chain(&e))
+            format!("reading the body timed out: {}", error_chain(&e))
         } else {
-            format!("reading the body: {}", chain(&e))
+            format!("reading the body: {}", error_chain(&e))
         },
     }
 }
@@ -267,7 +252,7 @@ impl Client {
             .map_err(|e| {
                 UpstreamError::Io(std::io::Error::other(format!(
                     "building the HTTP client: {}",
-                    chain(&e)
+                    error_chain(&e)
                 )))
             })?;
         let creds = CredentialStore::new(cfg.docker_auth.clone());

@@ -254,8 +254,8 @@ impl Reader {
         let room = crate::budget::reserve(available - self.pos);
         let want = room.len();
         let (file, pos) = (file.clone(), self.pos);
+        let mut buf = room.buffer();
         let buf = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; want];
             let n = read_full_at(&file, &mut buf, pos)?;
             buf.truncate(n);
             Ok::<_, io::Error>(buf)

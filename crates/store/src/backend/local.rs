@@ -202,10 +202,9 @@ fn chunks(file: Arc<File>, from: u64, end: u64) -> ChunkStream {
             return Ok(None);
         }
         let room = crate::budget::reserve(end - pos);
-        let want = room.len();
         let f = file.clone();
+        let mut buf = room.buffer();
         let buf = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; want];
             let n = fsio::read_full_at(&f, &mut buf, pos)?;
             buf.truncate(n);
             Ok::<_, io::Error>(buf)

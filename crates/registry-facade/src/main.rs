@@ -1,3 +1,5 @@
+mod heap;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -80,11 +82,23 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_tracing(cli.log_format);
-    exit_code(run(cli).await)
+fn main() -> ExitCode {
+    heap::tune();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("registry-facade: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let cli = Cli::parse();
+        init_tracing(cli.log_format);
+        exit_code(run(cli).await)
+    })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

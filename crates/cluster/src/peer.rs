@@ -74,6 +74,13 @@ async fn serve_blob(
         )
             .into_response();
     }
+    // The store deletes a stored copy whose size differs from the one asked for (it must be
+    // damaged); a peer's mistaken size must not make this node delete a good blob.
+    if let Ok(Some(size)) = state.store.size(&digest).await {
+        if size != q.size {
+            return (StatusCode::NOT_FOUND, "not on this node with that size\n").into_response();
+        }
+    }
     match state.store.open_local(&digest, q.size, q.offset).await {
         Ok(Some(reader)) => {
             let len = q.size - q.offset;

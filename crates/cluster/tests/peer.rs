@@ -117,4 +117,15 @@ async fn serves_only_with_the_secret_and_only_what_the_node_has() {
         get(&router, &uri(size + 1), Some(SECRET)).await.0,
         StatusCode::RANGE_NOT_SATISFIABLE
     );
+    // A peer asking with another size gets nothing, and the good copy stays.
+    let wrong = format!("/peer/v1/blobs/{digest}?size={}&offset=0", size - 1);
+    assert_eq!(
+        get(&router, &wrong, Some(SECRET)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert!(
+        store.contains(&digest).await,
+        "a peer's wrong size deletes nothing"
+    );
+    assert_eq!(get(&router, &uri(0), Some(SECRET)).await.1, data);
 }

@@ -2,8 +2,8 @@
 //! until its client has taken it, so a slow client keeps its chunk alive for long; with
 //! hundreds of them, 1 MiB chunks would add up to hundreds of MiB. While the chunks alive
 //! stay under [`BUDGET`], readers read [`crate::CHUNK_SIZE`] at a time (fewer, larger reads
-//! for fast clients); above it, [`SMALL_CHUNK`]. A chunk is counted until its last clone is
-//! dropped.
+//! for fast clients); above it, [`SMALL_CHUNK`]. A chunk is counted from the moment its read
+//! is issued (readers starting together see each other) until its last clone is dropped.
 //!
 //! Full-size read buffers are reused: a fresh 1 MiB allocation is mapped anew by malloc and
 //! page-faulted in on the first touch (13 % of a cached pull's CPU before), a reused one is
@@ -20,137 +20,174 @@ use crate::vocab::CHUNK_SIZE;
 pub(crate) const BUDGET: usize = 32 << 20;
 /// Chunk size once the budget is spent.
 pub(crate) const SMALL_CHUNK: usize = 32 << 10;
-
-static ALIVE: AtomicUsize = AtomicUsize::new(0);
-
 /// Idle full-size buffers kept for reuse.
 pub(crate) const POOL_MAX: usize = 16;
-static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
-fn pool() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
-    POOL.lock().unwrap_or_else(|e| e.into_inner())
+/// The process's read buffers: how many bytes are alive, and the idle ones kept for reuse.
+pub(crate) struct Buffers {
+    alive: AtomicUsize,
+    idle: Mutex<Vec<Vec<u8>>>,
 }
 
-/// Room for the next read, at most `remaining` bytes, counted from now on: readers starting
-/// together see each other's reads before any of them completes.
+static PROCESS: Buffers = Buffers::new();
+
+/// Room for the next read, at most `remaining` bytes, in the process's budget.
 pub(crate) fn reserve(remaining: u64) -> Reserved {
-    let size = if ALIVE.load(Ordering::Relaxed) < BUDGET {
-        CHUNK_SIZE
-    } else {
-        SMALL_CHUNK
-    };
-    let n = remaining.min(size as u64) as usize;
-    ALIVE.fetch_add(n, Ordering::Relaxed);
-    Reserved(n)
+    PROCESS.reserve(remaining)
+}
+
+impl Buffers {
+    const fn new() -> Buffers {
+        Buffers {
+            alive: AtomicUsize::new(0),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn reserve(&'static self, remaining: u64) -> Reserved {
+        let size = if self.alive.load(Ordering::Relaxed) < BUDGET {
+            CHUNK_SIZE
+        } else {
+            SMALL_CHUNK
+        };
+        let n = remaining.min(size as u64) as usize;
+        self.alive.fetch_add(n, Ordering::Relaxed);
+        Reserved { n, buffers: self }
+    }
+
+    fn take_idle(&self) -> Option<Vec<u8>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// Keeps `buf` for reuse if it is a whole chunk and there is room.
+    fn give_back(&self, buf: Vec<u8>) {
+        if buf.len() == CHUNK_SIZE && buf.capacity() == CHUNK_SIZE {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < POOL_MAX {
+                idle.push(buf);
+            }
+        }
+    }
 }
 
 /// A read's room in the budget; given back when dropped unless it became a chunk.
-pub(crate) struct Reserved(usize);
+pub(crate) struct Reserved {
+    n: usize,
+    buffers: &'static Buffers,
+}
 
 impl Reserved {
     pub(crate) fn len(&self) -> usize {
-        self.0
+        self.n
     }
 
     /// A buffer of this room's length to read into: a reused one when there is one.
     pub(crate) fn buffer(&self) -> Vec<u8> {
-        if self.0 == CHUNK_SIZE {
-            if let Some(buf) = pool().pop() {
+        if self.n == CHUNK_SIZE {
+            if let Some(buf) = self.buffers.take_idle() {
                 return buf;
             }
         }
-        vec![0u8; self.0]
+        vec![0u8; self.n]
     }
 
     /// `buf` (read into this room) as `Bytes`, counted until its last clone is dropped.
     pub(crate) fn into_bytes(mut self, buf: Vec<u8>) -> Bytes {
-        ALIVE.fetch_add(buf.len(), Ordering::Relaxed);
-        ALIVE.fetch_sub(std::mem::take(&mut self.0), Ordering::Relaxed);
-        Bytes::from_owner(Counted(buf))
+        let b = self.buffers;
+        b.alive.fetch_add(buf.len(), Ordering::Relaxed);
+        b.alive
+            .fetch_sub(std::mem::take(&mut self.n), Ordering::Relaxed);
+        Bytes::from_owner(Counted { buf, buffers: b })
     }
 }
 
 impl Drop for Reserved {
     fn drop(&mut self) {
-        ALIVE.fetch_sub(self.0, Ordering::Relaxed);
+        self.buffers.alive.fetch_sub(self.n, Ordering::Relaxed);
     }
 }
 
-struct Counted(Vec<u8>);
+struct Counted {
+    buf: Vec<u8>,
+    buffers: &'static Buffers,
+}
 
 impl AsRef<[u8]> for Counted {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.buf
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        ALIVE.fetch_sub(self.0.len(), Ordering::Relaxed);
-        let buf = std::mem::take(&mut self.0);
-        if buf.len() == CHUNK_SIZE && buf.capacity() == CHUNK_SIZE {
-            let mut pool = pool();
-            if pool.len() < POOL_MAX {
-                pool.push(buf);
-            }
-        }
+        self.buffers
+            .alive
+            .fetch_sub(self.buf.len(), Ordering::Relaxed);
+        self.buffers.give_back(std::mem::take(&mut self.buf));
     }
-}
-
-/// Bytes of read buffers alive now.
-#[cfg(test)]
-fn alive() -> usize {
-    ALIVE.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Buffers of its own per test: the crate's other tests read through the process's.
+    fn own() -> &'static Buffers {
+        Box::leak(Box::new(Buffers::new()))
+    }
+
+    fn alive(b: &Buffers) -> usize {
+        b.alive.load(Ordering::Relaxed)
+    }
+
     #[test]
     fn chunks_shrink_while_the_budget_is_spent_and_grow_back() {
+        let b = own();
         // Reservations count before any read completes (readers starting together).
-        let held: Vec<Reserved> = (0..(BUDGET / CHUNK_SIZE + 1))
-            .map(|_| reserve(u64::MAX))
+        let held: Vec<Reserved> = (0..BUDGET / CHUNK_SIZE)
+            .map(|_| b.reserve(u64::MAX))
             .collect();
-        assert!(alive() >= BUDGET);
-        assert_eq!(reserve(u64::MAX).len(), SMALL_CHUNK);
-        assert_eq!(reserve(10).len(), 10);
+        assert!(held.iter().all(|r| r.len() == CHUNK_SIZE));
+        assert_eq!(alive(b), BUDGET);
+        assert_eq!(b.reserve(u64::MAX).len(), SMALL_CHUNK);
+        assert_eq!(b.reserve(10).len(), 10);
+        assert_eq!(alive(b), BUDGET, "dropped rooms are given back");
         // A chunk is counted at its real size until its last clone goes.
         let chunks: Vec<Bytes> = held
             .into_iter()
             .map(|r| r.into_bytes(vec![0u8; 100]))
             .collect();
+        assert_eq!(alive(b), 100 * chunks.len());
         let clone = chunks[0].clone();
         drop(chunks);
+        assert_eq!(alive(b), 100);
         drop(clone);
-        // Back under the budget unless other tests hold that much right now.
-        if alive() < BUDGET {
-            assert_eq!(reserve(u64::MAX).len(), CHUNK_SIZE);
-        }
+        assert_eq!(alive(b), 0);
+        assert_eq!(b.reserve(u64::MAX).len(), CHUNK_SIZE);
     }
 
     #[test]
-    fn full_size_buffers_are_reused() {
-        let room = reserve(CHUNK_SIZE as u64);
-        assert_eq!(room.len(), CHUNK_SIZE);
+    fn whole_chunks_are_kept_for_reuse_up_to_the_limit() {
+        let b = own();
+        let room = b.reserve(u64::MAX);
         let mut buf = room.buffer();
         buf[0] = 42;
         let ptr = buf.as_ptr();
-        // Room in the pool for it (other tests return buffers too).
-        drop(std::iter::from_fn(|| pool().pop()).collect::<Vec<_>>());
         drop(room.into_bytes(buf));
-        // Other tests share the pool: look for ours among what is there.
-        let pooled: Vec<Vec<u8>> = std::iter::from_fn(|| pool().pop()).collect();
-        assert!(pooled
-            .iter()
-            .any(|b| b.as_ptr() == ptr && b.len() == CHUNK_SIZE));
-        assert!(pooled.len() <= POOL_MAX);
-        // A partial buffer is never pooled (a short read at the end of a blob).
-        let room = reserve(10);
+        let again = b.reserve(u64::MAX).buffer();
+        assert_eq!(
+            (again.as_ptr(), again.len(), again[0]),
+            (ptr, CHUNK_SIZE, 42)
+        );
+        // A short read at the end of a blob is not kept.
+        let room = b.reserve(10);
         let buf = room.buffer();
         assert_eq!(buf.len(), 10);
         drop(room.into_bytes(buf));
-        assert!(pool().iter().all(|b| b.len() == CHUNK_SIZE));
+        assert!(b.take_idle().is_none());
+        for _ in 0..POOL_MAX + 3 {
+            b.give_back(vec![0u8; CHUNK_SIZE]);
+        }
+        assert_eq!(std::iter::from_fn(|| b.take_idle()).count(), POOL_MAX);
     }
 }

@@ -4,26 +4,22 @@
 //! from IPFS before going upstream. Any IPFS failure is a miss (the next source follows), and
 //! a failing node is not asked again for a second.
 
-use std::time::{Duration, Instant};
-
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use parking_lot::Mutex;
 use rf_oci::Digest;
 use rf_store::{BlobStore, ByteSource, SourceStream};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::ipfs::{Cid, IpfsBlobSource, IpfsClient};
 use crate::keys;
+use crate::outage::Outage;
 use crate::redis::SharedRedis;
 use crate::SideSource;
-
-const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct IpfsShare {
     client: IpfsClient,
     redis: SharedRedis,
-    failed_at: Mutex<Option<Instant>>,
+    outage: Outage,
 }
 
 impl IpfsShare {
@@ -31,29 +27,12 @@ impl IpfsShare {
         IpfsShare {
             client,
             redis,
-            failed_at: Mutex::new(None),
+            outage: Outage::new("IPFS node"),
         }
     }
 
     pub fn client(&self) -> &IpfsClient {
         &self.client
-    }
-
-    fn resting(&self) -> bool {
-        matches!(*self.failed_at.lock(), Some(t) if t.elapsed() < RETRY_INTERVAL)
-    }
-
-    fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
-        let first = self.failed_at.lock().replace(Instant::now()).is_none();
-        if first {
-            warn!(error = %error, node = %self.client.api_url(), "IPFS {what} failed; blobs come from elsewhere until it answers");
-        } else {
-            debug!(error = %error, "IPFS {what} failed");
-        }
-    }
-
-    fn succeeded(&self) {
-        *self.failed_at.lock() = None;
     }
 
     async fn cid(&self, digest: &Digest) -> Option<Cid> {
@@ -66,18 +45,18 @@ impl SideSource for IpfsShare {
     fn open(&self, digest: &Digest, size: u64, offset: u64) -> BoxFuture<'_, Option<SourceStream>> {
         let digest = digest.clone();
         async move {
-            if self.resting() {
+            if self.outage.resting() {
                 return None;
             }
             let cid = self.cid(&digest).await?;
             let source = IpfsBlobSource::new(self.client.clone(), cid, size);
             match source.open(offset).await {
                 Ok(s) => {
-                    self.succeeded();
+                    self.outage.succeeded();
                     Some(s)
                 }
                 Err(e) => {
-                    self.failed("cat", &e);
+                    self.outage.failed("cat", &e);
                     None
                 }
             }
@@ -93,7 +72,7 @@ impl SideSource for IpfsShare {
         media_type: &'a str,
     ) -> BoxFuture<'a, ()> {
         async move {
-            if self.resting() {
+            if self.outage.resting() {
                 return;
             }
             let reader = match store.open_local(digest, size, 0).await {
@@ -103,11 +82,11 @@ impl SideSource for IpfsShare {
             let cid = match self.client.add(reader.stream, size).await {
                 Ok(cid) => cid,
                 Err(e) => {
-                    self.failed("add", &e);
+                    self.outage.failed("add", &e);
                     return;
                 }
             };
-            self.succeeded();
+            self.outage.succeeded();
             // Two commands instead of Gitpod's MSET: on a Redis Cluster the keys live in
             // different slots. The media type first, so that a CID always has one.
             let r = &self.redis;

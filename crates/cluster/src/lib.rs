@@ -11,6 +11,7 @@ pub mod ipfs_share;
 pub mod keys;
 pub mod lease;
 pub mod objects;
+mod outage;
 pub mod peer;
 pub mod redis;
 mod source;

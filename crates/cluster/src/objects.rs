@@ -4,7 +4,7 @@
 //! presigned URLs. An unreachable object store is a miss, and is not asked again for a second.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -13,10 +13,11 @@ use object_store::signer::Signer;
 use object_store::{
     ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, RetryConfig, WriteMultipart,
 };
-use parking_lot::Mutex;
 use rf_oci::Digest;
 use rf_store::{BlobStore, SourceError, SourceStream};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
+
+use crate::outage::Outage;
 
 /// Where the shared blobs are (`registry.objectStore`).
 #[derive(Debug, Clone)]
@@ -42,8 +43,6 @@ pub enum ObjectsError {
 
 /// Size of the parts of an upload (S3's minimum is 5 MiB); one part is buffered at a time.
 const PART_SIZE: usize = 8 << 20;
-/// How long an unreachable object store is not asked again.
-const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Lifetime of a presigned URL.
 const PRESIGNED_FOR: Duration = Duration::from_secs(15 * 60);
 
@@ -58,7 +57,7 @@ struct Inner {
     settings: ObjectStoreSettings,
     /// Digests known to be there (objects are immutable and never deleted by the facade).
     present: moka::sync::Cache<Digest, u64>,
-    failed_at: Mutex<Option<Instant>>,
+    outage: Outage,
 }
 
 impl Objects {
@@ -93,7 +92,7 @@ impl Objects {
                 s3: b.build()?,
                 settings,
                 present: moka::sync::Cache::builder().max_capacity(100_000).build(),
-                failed_at: Mutex::new(None),
+                outage: Outage::new("object store"),
             }),
         })
     }
@@ -116,52 +115,28 @@ impl Objects {
         Path::from(self.key(digest))
     }
 
-    fn resting(&self) -> bool {
-        matches!(*self.inner.failed_at.lock(), Some(t) if t.elapsed() < RETRY_INTERVAL)
-    }
-
-    fn failed(&self, what: &str, e: &object_store::Error) {
-        let first = self
-            .inner
-            .failed_at
-            .lock()
-            .replace(Instant::now())
-            .is_none();
-        if first {
-            warn!(error = %e, "object store unavailable ({what}); blobs come from elsewhere until it is back");
-        } else {
-            debug!(error = %e, "object store {what} failed");
-        }
-    }
-
-    fn succeeded(&self) {
-        if self.inner.failed_at.lock().take().is_some() {
-            info!("object store available again");
-        }
-    }
-
     /// Whether the object store has `digest` (of `size` bytes).
     pub async fn contains(&self, digest: &Digest, size: u64) -> bool {
         if self.inner.present.get(digest) == Some(size) {
             return true;
         }
-        if self.resting() {
+        if self.inner.outage.resting() {
             return false;
         }
         match self.inner.s3.head(&self.path(digest)).await {
             Ok(meta) => {
-                self.succeeded();
+                self.inner.outage.succeeded();
                 if meta.size == size {
                     self.inner.present.insert(digest.clone(), size);
                 }
                 meta.size == size
             }
             Err(object_store::Error::NotFound { .. }) => {
-                self.succeeded();
+                self.inner.outage.succeeded();
                 false
             }
             Err(e) => {
-                self.failed("head", &e);
+                self.inner.outage.failed("head", &e);
                 false
             }
         }
@@ -183,14 +158,14 @@ impl Objects {
         };
         match self.inner.s3.get_opts(&self.path(digest), opts).await {
             Ok(got) => {
-                self.succeeded();
+                self.inner.outage.succeeded();
                 Ok(got
                     .into_stream()
                     .map_err(|e| SourceError::transient(format!("object store: {e}")))
                     .boxed())
             }
             Err(e) => {
-                self.failed("get", &e);
+                self.inner.outage.failed("get", &e);
                 Err(SourceError::transient(format!("object store: {e}")))
             }
         }
@@ -214,7 +189,7 @@ impl Objects {
         let upload = match self.inner.s3.put_multipart(&self.path(digest)).await {
             Ok(u) => u,
             Err(e) => {
-                self.failed("upload", &e);
+                self.inner.outage.failed("upload", &e);
                 return false;
             }
         };
@@ -243,13 +218,13 @@ impl Objects {
         }
         match writer.finish().await {
             Ok(_) => {
-                self.succeeded();
+                self.inner.outage.succeeded();
                 self.inner.present.insert(digest.clone(), size);
                 debug!(%digest, size, "uploaded to the object store");
                 true
             }
             Err(e) => {
-                self.failed("upload", &e);
+                self.inner.outage.failed("upload", &e);
                 false
             }
         }

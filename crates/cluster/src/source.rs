@@ -75,24 +75,20 @@ impl ClusterSource {
             };
             // A node that finished downloading it (its lease is gone) serves it from its store.
             if let Some(addr) = leases.stored_at(&self.digest).await {
-                let peers = c.peers.as_ref().expect("leases come with a peer client");
-                if let Ok(s) = peers.open(&addr, &self.digest, self.size, offset).await {
-                    c.stats.add(Counter::PeerReads, 1);
-                    debug!(digest = %self.digest, peer = %addr, offset, "streaming from a node that stores it");
-                    return Ok(self.counted(s, Counter::PeerBytes));
+                let from = "a node that stores it";
+                if let Ok(s) = self.stream_from_peer(&addr, offset, from).await {
+                    return Ok(s);
                 }
             }
             match leases.acquire(&self.digest).await {
                 Holder::Me => return self.upstream(offset, true).await,
                 Holder::Unknown => return self.upstream(offset, false).await,
                 Holder::Peer(addr) => {
-                    let peers = c.peers.as_ref().expect("leases come with a peer client");
-                    match peers.open(&addr, &self.digest, self.size, offset).await {
-                        Ok(s) => {
-                            c.stats.add(Counter::PeerReads, 1);
-                            debug!(digest = %self.digest, peer = %addr, offset, "streaming from the lease holder");
-                            return Ok(self.counted(s, Counter::PeerBytes));
-                        }
+                    match self
+                        .stream_from_peer(&addr, offset, "the lease holder")
+                        .await
+                    {
+                        Ok(s) => return Ok(s),
                         Err(e) => {
                             if tokio::time::Instant::now() >= deadline {
                                 warn!(digest = %self.digest, peer = %addr, error = %e,
@@ -107,6 +103,21 @@ impl ClusterSource {
                 }
             }
         }
+    }
+
+    /// The blob from `offset` from the peer at `addr` (`who` it is, for the log).
+    async fn stream_from_peer(
+        &self,
+        addr: &str,
+        offset: u64,
+        who: &str,
+    ) -> Result<SourceStream, SourceError> {
+        let c = &self.cluster.inner;
+        let peers = c.peers.as_ref().expect("leases come with a peer client");
+        let s = peers.open(addr, &self.digest, self.size, offset).await?;
+        c.stats.add(Counter::PeerReads, 1);
+        debug!(digest = %self.digest, peer = %addr, offset, "streaming from {who}");
+        Ok(self.counted(s, Counter::PeerBytes))
     }
 
     /// Upstream; with the lease, this node also shares the blob once its download is done,

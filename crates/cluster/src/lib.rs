@@ -148,14 +148,14 @@ impl Cluster {
                 }
             }
             // Followed to its end, whether or not it was uploaded.
-            let outcome = inner.store.download_outcome(&digest).await;
-            if let (Some(ipfs), Some(Ok(())) | None) = (&inner.ipfs, &outcome) {
-                if inner.store.contains(&digest).await {
-                    ipfs.share(&inner.store, &digest, size, &media_type).await;
-                    inner.stats.add(Counter::IpfsAdds, 1);
-                }
+            let stored = match inner.store.download_outcome(&digest).await {
+                Some(Err(_)) => false,
+                Some(Ok(())) | None => inner.store.contains(&digest).await,
+            };
+            if let (Some(ipfs), true) = (&inner.ipfs, stored) {
+                ipfs.share(&inner.store, &digest, size, &media_type).await;
+                inner.stats.add(Counter::IpfsAdds, 1);
             }
-            let stored = matches!(outcome, Some(Ok(()))) || inner.store.contains(&digest).await;
             debug!(%digest, stored, "download shared; releasing the lease");
             if let Some(leases) = &inner.leases {
                 // Announced before the release, so that no node finds neither.

@@ -3,10 +3,11 @@
 //! [`BlobStore::fetch`] serves a blob from the store if it is there (checked: the size at
 //! open, the content hashed the first time this process serves it). Otherwise it joins the
 //! download of that digest in flight, or starts one: a task owned by the store (not by the
-//! request) that streams the source into a temp file, hashing every byte. Readers share the
-//! temp file's open descriptor and read with positional reads up to the bytes written so far,
-//! waiting on a `watch` channel for more: the first byte reaches every reader as soon as it
-//! is on disk, a late reader reads what is there and then follows the live download, a
+//! request) that streams the source into a temp file, hashing every byte (both a batch behind
+//! the receive, see [`crate::spool`]). Readers take the bytes received last from memory and
+//! older ones from the temp file's open descriptor with positional reads, waiting on a
+//! `watch` channel for more: the first byte reaches every reader as soon as it has arrived,
+//! a late reader reads what is there and then follows the live download, a
 //! ranged reader waits until its offset is written. A reader going away cancels nothing.
 //!
 //! When the source breaks off (reset, early end, no data for [`FetchSettings::stall_timeout`])
@@ -14,9 +15,9 @@
 //! after [`FetchSettings::max_attempts`] consecutive attempts without progress. A permanent
 //! error, a source that cannot resume, or content that does not hash to the digest fails the
 //! download: every reader's stream ends with [`StoreError::Fetch`] and nothing is kept.
-//! Readers get the blob's last byte only after the download verified and committed it, so a
-//! reader of the whole blob (or of any range reaching its end) never receives a complete-
-//! looking wrong blob.
+//! Readers get the blob's last byte only after the download has hashed every byte and the
+//! digest matched, so a reader of the whole blob (or of any range reaching its end) never
+//! receives a complete-looking wrong blob.
 //!
 //! The temp file is local (the store's staging directory) whatever the backend; a verified
 //! download is handed to the backend through the store's commit, so nothing here knows where
@@ -32,13 +33,13 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
-use rf_oci::{Digest, DigestHasher};
+use rf_oci::Digest;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::backend::{ChunkStream, OpenedBlob};
-use crate::fsio::write_all_at;
 use crate::recent::Recent;
+use crate::spool::Spool;
 use crate::stream::{Reader, TempRead};
 pub use crate::vocab::{ByteSource, FetchSettings, ReadOrigin, SourceError, SourceStream};
 use crate::vocab::{Progress, Status, CHUNK_SIZE};
@@ -499,7 +500,7 @@ impl Download {
     /// Downloads all bytes, resuming after transient failures, and checks the digest.
     async fn transfer(&mut self) -> Result<(), SourceError> {
         let settings = self.store.settings().fetch.clone();
-        let mut hasher = Some(self.digest.hasher());
+        let mut spool = Spool::new(self.file.clone(), self.flight.recent.clone(), &self.digest);
         let mut written = 0u64;
         let mut failures = 0u32;
         let mut backoff = resume_backoff(&settings);
@@ -508,7 +509,10 @@ impl Download {
         }
         while written < self.size {
             let before = written;
-            let error = match self.attempt(&settings, &mut written, &mut hasher).await {
+            let outcome = self.attempt(&settings, &mut written, &mut spool).await;
+            // What was received is written before the next attempt or the verdict.
+            spool.drain().await.map_err(write_failed)?;
+            let error = match outcome {
                 Ok(()) => break,
                 Err(e) => e,
             };
@@ -536,7 +540,7 @@ impl Download {
             );
             tokio::time::sleep(pause).await;
         }
-        let actual = hasher.take().expect("hasher is put back").finish();
+        let actual = spool.finish().await.map_err(write_failed)?;
         if actual != self.digest {
             return Err(SourceError::permanent(format!(
                 "content does not match its digest {} (got {actual}): the source changed or is corrupt",
@@ -551,7 +555,7 @@ impl Download {
         &mut self,
         settings: &FetchSettings,
         written: &mut u64,
-        hasher: &mut Option<DigestHasher>,
+        spool: &mut Spool,
     ) -> Result<(), SourceError> {
         // Opening is bounded by the source itself (the upstream client has connect and read
         // timeouts, and waits out `Retry-After` between its own retries).
@@ -604,49 +608,13 @@ impl Download {
                     self.size
                 )));
             }
-            self.write(batch, *written, hasher).await?;
+            spool
+                .push(*written, concat(batch))
+                .await
+                .map_err(write_failed)?;
             *written += len as u64;
             let now = *written;
             self.tx.send_modify(|p| p.written = now);
-        }
-    }
-
-    async fn write(
-        &self,
-        batch: Vec<Bytes>,
-        at: u64,
-        hasher: &mut Option<DigestHasher>,
-    ) -> Result<(), SourceError> {
-        let data = if batch.len() == 1 {
-            batch.into_iter().next().expect("one chunk")
-        } else {
-            let mut all = BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
-            for chunk in &batch {
-                all.extend_from_slice(chunk);
-            }
-            all.freeze()
-        };
-        let file = self.file.clone();
-        let mut h = hasher.take();
-        self.flight.recent.push(at, data.clone());
-        let result = tokio::task::spawn_blocking(move || {
-            write_all_at(&file, &data, at)?;
-            if let Some(h) = h.as_mut() {
-                h.update(&data);
-            }
-            Ok::<_, io::Error>(h)
-        })
-        .await
-        .map_err(io::Error::other)
-        .and_then(|r| r);
-        match result {
-            Ok(h) => {
-                *hasher = h;
-                Ok(())
-            }
-            Err(e) => Err(SourceError::permanent(format!(
-                "writing to the store's temp file: {e}"
-            ))),
         }
     }
 
@@ -671,6 +639,22 @@ impl Download {
         retire(&mut self.store.index(), &self.digest, &self.flight);
         Ok(())
     }
+}
+
+/// One piece of the chunks of a batch (a copy only if there are several).
+fn concat(batch: Vec<Bytes>) -> Bytes {
+    if batch.len() == 1 {
+        return batch.into_iter().next().expect("one chunk");
+    }
+    let mut all = BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
+    for chunk in &batch {
+        all.extend_from_slice(chunk);
+    }
+    all.freeze()
+}
+
+fn write_failed(e: io::Error) -> SourceError {
+    SourceError::permanent(format!("writing to the store's temp file: {e}"))
 }
 
 impl Drop for Download {

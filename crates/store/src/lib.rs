@@ -28,6 +28,7 @@ pub mod flight;
 mod fsio;
 mod index;
 mod recent;
+mod spool;
 mod stream;
 mod vocab;
 mod writer;

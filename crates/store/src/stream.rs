@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::backend::{BlobVersion, ChunkStream, OpenedBlob};
 use crate::fsio::read_full_at;
-use crate::recent::Recent;
+use crate::recent::{Held, Recent};
 use crate::vocab::{Progress, SourceError, Status, StoreError, CHUNK_SIZE};
 use crate::{BlobStore, ReadGuard};
 
@@ -247,11 +247,20 @@ impl Reader {
         if self.pos >= available {
             return Ok(None);
         }
-        if let Some(chunk) = recent.get(self.pos, available, CHUNK_SIZE) {
-            self.pos += chunk.len() as u64;
-            return Ok(Some(chunk));
+        let until = match recent.get(self.pos, available, CHUNK_SIZE) {
+            Held::Memory(chunk) => {
+                self.pos += chunk.len() as u64;
+                return Ok(Some(chunk));
+            }
+            Held::File { until } => until.min(available),
+        };
+        if until <= self.pos {
+            return Err(StoreError::Io(io::Error::other(format!(
+                "bytes of {} from {} are neither in memory nor in the temp file",
+                self.digest, self.pos
+            ))));
         }
-        let room = crate::budget::reserve(available - self.pos);
+        let room = crate::budget::reserve(until - self.pos);
         let want = room.len();
         let (file, pos) = (file.clone(), self.pos);
         let mut buf = room.buffer();

@@ -16,12 +16,14 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use rf_oci::{Algorithm, Digest};
+use tokio::task::JoinHandle;
 
 use super::{BlobBackend, BlobVersion, ChunkStream, ListedBlob, OpenedBlob};
 use crate::fsio;
-use crate::vocab::StoreError;
+use crate::vocab::{StoreError, CHUNK_SIZE};
 
 const ALGORITHMS: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Sha512];
 
@@ -195,29 +197,41 @@ impl BlobBackend for LocalDirBackend {
 }
 
 /// Reads `[from, end)` of an open file in chunks of up to [`CHUNK_SIZE`], one positional
-/// read off the async threads per chunk; ends early at EOF (a file that shrank).
+/// read off the async threads per chunk; ends early at EOF (a file that shrank). The read of
+/// the next chunk starts when a chunk is handed out, so that a reader's disk or page-cache
+/// read overlaps its sending of the chunk before (a single client otherwise alternates
+/// between the two); while the read budget is spent (small chunks) nothing is read ahead.
 fn chunks(file: Arc<File>, from: u64, end: u64) -> ChunkStream {
-    stream::try_unfold((file, from), move |(file, pos)| async move {
+    stream::try_unfold((file, from, None), move |(file, pos, ahead)| async move {
         if pos >= end {
             return Ok(None);
         }
-        let room = crate::budget::reserve(end - pos);
-        let f = file.clone();
-        let mut buf = room.buffer();
-        let buf = tokio::task::spawn_blocking(move || {
-            let n = fsio::read_full_at(&f, &mut buf, pos)?;
-            buf.truncate(n);
-            Ok::<_, io::Error>(buf)
-        })
+        let chunk = match ahead {
+            Some(read) => read,
+            None => read_chunk(file.clone(), pos, end),
+        }
         .await
         .map_err(io::Error::other)??;
-        if buf.is_empty() {
+        if chunk.is_empty() {
             return Ok(None);
         }
-        let next = pos + buf.len() as u64;
-        Ok(Some((room.into_bytes(buf), (file, next))))
+        let next = pos + chunk.len() as u64;
+        let ahead =
+            (next < end && chunk.len() == CHUNK_SIZE).then(|| read_chunk(file.clone(), next, end));
+        Ok(Some((chunk, (file, next, ahead))))
     })
     .boxed()
+}
+
+/// Reads one chunk at `pos` (within the read budget) on a blocking thread.
+fn read_chunk(file: Arc<File>, pos: u64, end: u64) -> JoinHandle<io::Result<Bytes>> {
+    let room = crate::budget::reserve(end - pos);
+    let mut buf = room.buffer();
+    tokio::task::spawn_blocking(move || {
+        let n = fsio::read_full_at(&file, &mut buf, pos)?;
+        buf.truncate(n);
+        Ok(room.into_bytes(buf))
+    })
 }
 
 #[cfg(unix)]

@@ -723,7 +723,8 @@ fn rows(res: &Results, args: &Args, size: u64) -> Vec<Row> {
         r(
             "2a",
             "cold blob, 1 client: facade / distribution direct",
-            Some(Target::AtLeast(0.9)),
+            // Issue 12's target (an earlier issue's 0.9x assumed no hashing or caching cost).
+            Some(Target::AtLeast(0.6)),
         ),
         c1,
         "facade",
@@ -746,7 +747,7 @@ fn rows(res: &Results, args: &Args, size: u64) -> Vec<Row> {
         r(
             "2c",
             &format!("cold blob, {n} clients: facade / distribution direct"),
-            None,
+            Some(Target::AtLeast(0.95)),
         ),
         &c8,
         "facade",
@@ -916,7 +917,7 @@ fn render(meta: &Meta, args: &Args, size: u64, rows: &[Row], res: &Results) -> S
         s += "\n### Missed targets\n\n";
         for r in missed {
             s += &format!(
-                "- **{} {}**: {} (target {}). _Why: to be filled in after profiling._\n",
+                "- **{} {}**: {} (target {}): see BENCHMARKS.md for the profile and what was tried.\n",
                 r.id,
                 r.what,
                 r.unit.fmt(report::median(&r.values)),

@@ -509,10 +509,7 @@ impl Download {
         }
         while written < self.size {
             let before = written;
-            let outcome = self.attempt(&settings, &mut written, &mut spool).await;
-            // What was received is written before the next attempt or the verdict.
-            spool.drain().await.map_err(write_failed)?;
-            let error = match outcome {
+            let error = match self.attempt(&settings, &mut written, &mut spool).await {
                 Ok(()) => break,
                 Err(e) => e,
             };

@@ -8,7 +8,7 @@
 //! older ones from the temp file's open descriptor with positional reads, waiting on a
 //! `watch` channel for more: the first byte reaches every reader as soon as it has arrived,
 //! a late reader reads what is there and then follows the live download, a
-//! ranged reader waits until its offset is written. A reader going away cancels nothing.
+//! ranged reader waits until its offset has arrived. A reader going away cancels nothing.
 //!
 //! When the source breaks off (reset, early end, no data for [`FetchSettings::stall_timeout`])
 //! the download reopens it at the byte it has reached, with exponential backoff, giving up
@@ -565,12 +565,21 @@ impl Download {
         loop {
             let next = match pending.take() {
                 Some(item) => item,
-                None => match settings.stall_timeout {
-                    Some(t) => tokio::time::timeout(t, stream.next()).await.map_err(|_| {
-                        SourceError::transient(format!("no data from the source for {t:?}"))
-                    })?,
-                    None => stream.next().await,
-                },
+                None => {
+                    let received = async {
+                        match settings.stall_timeout {
+                            Some(t) => tokio::time::timeout(t, stream.next()).await.map_err(|_| {
+                                SourceError::transient(format!("no data from the source for {t:?}"))
+                            }),
+                            None => Ok(stream.next().await),
+                        }
+                    };
+                    tokio::select! {
+                        biased;
+                        e = spool.failed() => return Err(write_failed(e)),
+                        item = received => item?,
+                    }
+                }
             };
             let first = match next {
                 None if *written == self.size => return Ok(()),

@@ -523,6 +523,36 @@ async fn failed_download_errors_all_readers_and_leaves_nothing(kind: Kind) {
     }
 }
 
+/// A temp file that cannot be written fails the download at once, even while the source
+/// sends nothing more (no stall timeout here: only the failed write can end it). Every reader
+/// gets an error, nothing is cached and no temp file is left.
+async fn a_failing_disk_fails_the_download(kind: Kind) {
+    let data = content(4 * MIB, 11);
+    let digest = Digest::sha256_of(&data);
+    crate::spool::faults::fail_writes(&digest, 2 * MIB as u64);
+    let mut no_stall = settings();
+    no_stall.fetch.stall_timeout = None;
+    let (fx, store) = store_with(kind, no_stall).await;
+    let (source, gate) = TestSource::new(data.clone(), 64 * 1024, &[], false);
+    gate.open_to(0);
+    let src: Arc<dyn ByteSource> = Arc::new(source);
+    let first = fetch(&store, &data, 0, src.clone()).await;
+    let late = fetch(&store, &data, MIB as u64, src).await;
+    gate.open_to(3 * MIB);
+    for reader in [first, late] {
+        let (got, err) = drain(reader).await;
+        assert!(
+            matches!(&err, Some(StoreError::Fetch { error, .. }) if error.message.contains("temp file")),
+            "{err:?}"
+        );
+        assert!(got.len() <= 3 * MIB);
+    }
+    settle(&store).await;
+    assert!(!fx.has(&digest));
+    assert_eq!(tmp_files(&store), 0);
+    assert_eq!(store.total_bytes(), 0);
+}
+
 /// The last byte reaches readers only once the download has verified the content: with all
 /// bytes written but the source's end (and so the verification) still pending, readers have
 /// everything but the last byte; when the content then turns out wrong, they get an error.
@@ -946,6 +976,7 @@ on_every_backend! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)] a_reader_going_away_cancels_nothing,
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)] resumes_after_reset_truncation_and_stall,
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)] failed_download_errors_all_readers_and_leaves_nothing,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] a_failing_disk_fails_the_download,
     #[tokio::test(start_paused = true)] last_byte_waits_for_verification,
     #[tokio::test] open_errors_are_returned_by_fetch,
     #[tokio::test] oversized_source_fails,

@@ -10,8 +10,8 @@
 //! I/O is running).
 //!
 //! Memory: at most [`QUEUE`] batches wait for the thread, each at most a chunk plus the last
-//! piece that made it one. A single client's cold pull went from about 770 to 850-980 MB/s
-//! with this (BENCHMARKS.md, issue 12): the thread is now the busiest of the facade's.
+//! piece that made it one. A single client's cold pull went from 652-662 to 838-922 MB/s with
+//! this (BENCHMARKS.md, issue 12): the thread is now the busiest of the facade's.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -38,8 +38,10 @@ struct Shared {
     file: Arc<File>,
     recent: Arc<Recent>,
     state: Mutex<State>,
-    /// Signalled when the worker stops.
+    /// Signalled when the worker stops (also after a failed write).
     stopped: Notify,
+    /// Writes from this offset on fail (tests of a failing disk; `None` outside them).
+    fail_from: Option<u64>,
 }
 
 struct State {
@@ -71,6 +73,7 @@ impl Spool {
                     failed: None,
                 }),
                 stopped: Notify::new(),
+                fail_from: faults::fail_from(digest),
             }),
             room: Arc::new(Semaphore::new(QUEUE)),
         }
@@ -106,6 +109,19 @@ impl Spool {
         Ok(())
     }
 
+    /// Returns once a write has failed, with its error; never if none does. The download
+    /// waits for this along with its source, so that a failing disk fails it at once even
+    /// while the source sends nothing.
+    pub(crate) async fn failed(&self) -> io::Error {
+        loop {
+            let stopped = self.shared.stopped.notified();
+            if let Some(e) = &self.shared.lock().failed {
+                return copy(e);
+            }
+            stopped.await;
+        }
+    }
+
     /// The digest of every byte pushed, once they are all in the temp file.
     pub(crate) async fn finish(self) -> io::Result<Digest> {
         loop {
@@ -133,6 +149,7 @@ impl Shared {
     /// Both on one thread: the batch it just wrote is still in its cache for the hash (a
     /// thread each measured more CPU per byte and no more throughput on 2 cores).
     fn work(&self) {
+        let _stop = StopOnPanic(self);
         loop {
             let (batch, mut hasher) = {
                 let mut state = self.lock();
@@ -150,7 +167,7 @@ impl Shared {
                 let hasher = state.hasher.take().expect("one worker at a time");
                 (batch, hasher)
             };
-            let written = write_all_at(&self.file, &batch.data, batch.at);
+            let written = self.write(&batch);
             if written.is_ok() {
                 hasher.update(&batch.data);
                 self.recent.on_disk(batch.at + batch.data.len() as u64);
@@ -163,6 +180,19 @@ impl Shared {
         }
     }
 
+    fn write(&self, batch: &Batch) -> io::Result<()> {
+        let end = batch.at + batch.data.len() as u64;
+        if self.fail_from.is_some_and(|from| end > from) {
+            return Err(io::Error::other("injected write failure"));
+        }
+        write_all_at(&self.file, &batch.data, batch.at)
+    }
+
+    /// Ends the worker's turn with `failed` set (the queue is then dropped).
+    fn fail(&self, e: io::Error) {
+        self.lock().failed.get_or_insert(e);
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -170,4 +200,65 @@ impl Shared {
 
 fn copy(e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), e.to_string())
+}
+
+impl Drop for Spool {
+    /// A download that ends (failed, cancelled, or done) leaves nothing queued to write.
+    fn drop(&mut self) {
+        self.shared.fail(io::Error::other(
+            "the download ended before this was written",
+        ));
+    }
+}
+
+/// Should the worker panic, the download fails instead of waiting for it for ever.
+struct StopOnPanic<'a>(&'a Shared);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut state = self.0.lock();
+            state
+                .failed
+                .get_or_insert_with(|| io::Error::other("the temp file's writer panicked"));
+            state.queue.clear();
+            state.running = false;
+            drop(state);
+            self.0.stopped.notify_one();
+        }
+    }
+}
+
+/// Failing writes on purpose, for the tests of a failing disk.
+#[cfg(test)]
+pub(crate) mod faults {
+    use std::sync::Mutex;
+
+    use rf_oci::Digest;
+
+    static FAIL_WRITES: Mutex<Vec<(Digest, u64)>> = Mutex::new(Vec::new());
+
+    /// Downloads of `digest` that start from now on fail to write from offset `from` on.
+    pub(crate) fn fail_writes(digest: &Digest, from: u64) {
+        FAIL_WRITES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((digest.clone(), from));
+    }
+
+    pub(super) fn fail_from(digest: &Digest) -> Option<u64> {
+        FAIL_WRITES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(d, _)| d == digest)
+            .map(|(_, from)| *from)
+    }
+}
+
+#[cfg(not(test))]
+mod faults {
+    pub(super) fn fail_from(_: &rf_oci::Digest) -> Option<u64> {
+        None
+    }
 }

@@ -9,11 +9,15 @@
 //! page-faulted in on the first touch (13 % of a cached pull's CPU before), a reused one is
 //! not. At most [`POOL_MAX`] idle buffers are kept.
 
+use std::fs::File;
+use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use tokio::task::JoinHandle;
 
+use crate::fsio::read_full_at;
 use crate::vocab::CHUNK_SIZE;
 
 /// Bytes of read buffers alive in the process above which readers take small chunks.
@@ -82,7 +86,7 @@ impl Reserved {
     }
 
     /// A buffer of this room's length to read into: a reused one when there is one.
-    pub(crate) fn buffer(&self) -> Vec<u8> {
+    fn buffer(&self) -> Vec<u8> {
         if self.n == CHUNK_SIZE {
             if let Some(buf) = self.buffers.take_idle() {
                 return buf;
@@ -91,8 +95,20 @@ impl Reserved {
         vec![0u8; self.n]
     }
 
+    /// Reads up to this room's length of `file` at `pos` on a blocking thread (less only at
+    /// the end of the file); the chunk stays counted until its last clone is dropped. The one
+    /// read of stored blobs and of download temp files.
+    pub(crate) fn read_at(self, file: Arc<File>, pos: u64) -> JoinHandle<io::Result<Bytes>> {
+        let mut buf = self.buffer();
+        tokio::task::spawn_blocking(move || {
+            let n = read_full_at(&file, &mut buf, pos)?;
+            buf.truncate(n);
+            Ok(self.into_bytes(buf))
+        })
+    }
+
     /// `buf` (read into this room) as `Bytes`, counted until its last clone is dropped.
-    pub(crate) fn into_bytes(mut self, buf: Vec<u8>) -> Bytes {
+    fn into_bytes(mut self, buf: Vec<u8>) -> Bytes {
         let b = self.buffers;
         b.alive.fetch_add(buf.len(), Ordering::Relaxed);
         b.alive

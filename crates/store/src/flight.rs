@@ -3,8 +3,8 @@
 //! [`BlobStore::fetch`] serves a blob from the store if it is there (checked: the size at
 //! open, the content hashed the first time this process serves it). Otherwise it joins the
 //! download of that digest in flight, or starts one: a task owned by the store (not by the
-//! request) that streams the source into a temp file, hashing every byte (both a batch behind
-//! the receive, see [`crate::spool`]). Readers take the bytes received last from memory and
+//! request) that streams the source into a temp file, hashing every byte (both behind the
+//! receive, see `spool.rs`). Readers take the bytes received last from memory and
 //! older ones from the temp file's open descriptor with positional reads, waiting on a
 //! `watch` channel for more: the first byte reaches every reader as soon as it has arrived,
 //! a late reader reads what is there and then follows the live download, a
@@ -38,9 +38,9 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::backend::{ChunkStream, OpenedBlob};
-use crate::recent::Recent;
+use crate::recent::TempBytes;
 use crate::spool::Spool;
-use crate::stream::{Reader, TempRead};
+use crate::stream::Reader;
 pub use crate::vocab::{ByteSource, FetchSettings, ReadOrigin, SourceError, SourceStream};
 use crate::vocab::{Progress, Status, CHUNK_SIZE};
 use crate::{blocking, BlobStore, ReadGuard, StoreError, StoreIndex};
@@ -56,10 +56,8 @@ pub struct BlobReader {
 
 /// A download in progress, as readers see it.
 pub(crate) struct Flight {
-    /// The temp file, open for reading and writing; readers use positional reads.
-    file: Arc<File>,
-    /// What was written last, for the readers right behind the download.
-    recent: Arc<Recent>,
+    /// The temp file and the bytes received last.
+    temp: TempBytes,
     size: u64,
     /// Bytes reserved in the index for it (its size under a limit, else 0); 0 once released.
     reserved: AtomicU64,
@@ -311,8 +309,10 @@ impl BlobStore {
                     status: Status::Running,
                 });
                 let flight = Arc::new(Flight {
-                    file: file.clone(),
-                    recent: Arc::default(),
+                    temp: TempBytes {
+                        file: file.clone(),
+                        recent: Arc::default(),
+                    },
                     size,
                     reserved: AtomicU64::new(reserved),
                     progress: rx,
@@ -383,13 +383,9 @@ impl BlobStore {
             }
             Ok(_) => {}
         }
-        let temp = TempRead {
-            file: flight.file.clone(),
-            recent: flight.recent.clone(),
-        };
         let reader = Reader::following(
             self.clone(),
-            temp,
+            flight.temp.clone(),
             digest.clone(),
             flight.size,
             offset,
@@ -500,7 +496,7 @@ impl Download {
     /// Downloads all bytes, resuming after transient failures, and checks the digest.
     async fn transfer(&mut self) -> Result<(), SourceError> {
         let settings = self.store.settings().fetch.clone();
-        let mut spool = Spool::new(self.file.clone(), self.flight.recent.clone(), &self.digest);
+        let mut spool = Spool::new(self.flight.temp.clone(), &self.digest);
         let mut written = 0u64;
         let mut failures = 0u32;
         let mut backoff = resume_backoff(&settings);

@@ -6,12 +6,22 @@
 //! bytes are read from the file.
 
 use std::collections::VecDeque;
+use std::fs::File;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use std::sync::Mutex;
 
 /// How many recently received bytes a download keeps in memory once they are on disk.
 pub(crate) const RECENT_BYTES: usize = 4 << 20;
+
+/// Where a download's bytes are: the temp file, and in memory the ones received last. The
+/// download writes both (through its spool), its readers read both.
+#[derive(Clone)]
+pub(crate) struct TempBytes {
+    /// The temp file, open for reading and writing; readers use positional reads.
+    pub file: Arc<File>,
+    pub recent: Arc<Recent>,
+}
 
 #[derive(Default)]
 pub(crate) struct Recent {

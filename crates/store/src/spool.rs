@@ -1,6 +1,6 @@
 //! What a download does with the bytes it received: write them to the temp file and hash
 //! them, on a thread of its own, while the download goes on receiving and its readers go on
-//! sending. Readers take the newest bytes from [`Recent`], which keeps every byte until the
+//! sending. Readers take the newest bytes from [`Recent`](crate::recent::Recent), which keeps every byte until the
 //! temp file has it, so neither the disk nor the hash sits between receiving a byte and
 //! sending it. The last byte is still released only after the hash of all of them matched
 //! (the download announces it once [`Spool::finish`] returned the digest).
@@ -14,7 +14,6 @@
 //! this (BENCHMARKS.md, issue 12): the thread is now the busiest of the facade's.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -23,7 +22,7 @@ use rf_oci::{Digest, DigestHasher};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::fsio::write_all_at;
-use crate::recent::Recent;
+use crate::recent::TempBytes;
 
 /// Batches received but not yet written and hashed, at most.
 const QUEUE: usize = 4;
@@ -35,8 +34,7 @@ pub(crate) struct Spool {
 }
 
 struct Shared {
-    file: Arc<File>,
-    recent: Arc<Recent>,
+    temp: TempBytes,
     state: Mutex<State>,
     /// Signalled when the worker stops (also after a failed write).
     stopped: Notify,
@@ -61,11 +59,11 @@ struct Batch {
 }
 
 impl Spool {
-    pub(crate) fn new(file: Arc<File>, recent: Arc<Recent>, digest: &Digest) -> Spool {
+    /// A spool into `temp` (the download's temp file and its bytes in memory).
+    pub(crate) fn new(temp: TempBytes, digest: &Digest) -> Spool {
         Spool {
             shared: Arc::new(Shared {
-                file,
-                recent,
+                temp,
                 state: Mutex::new(State {
                     queue: VecDeque::new(),
                     running: false,
@@ -80,7 +78,7 @@ impl Spool {
     }
 
     /// Hands `data`, received at offset `at` (right after the previous batch), to readers
-    /// (through [`Recent`]) and to the worker, waiting while [`QUEUE`] batches are ahead of
+    /// (through [`Recent`](crate::recent::Recent)) and to the worker, waiting while [`QUEUE`] batches are ahead of
     /// it. The caller announces the bytes to readers after this returns. An error is the
     /// worker's: the temp file could not be written.
     pub(crate) async fn push(&mut self, at: u64, data: Bytes) -> io::Result<()> {
@@ -95,7 +93,7 @@ impl Spool {
         if let Some(e) = &state.failed {
             return Err(copy(e));
         }
-        shared.recent.push(at, data.clone());
+        shared.temp.recent.push(at, data.clone());
         state.queue.push_back(Batch {
             at,
             data,
@@ -113,34 +111,26 @@ impl Spool {
     /// waits for this along with its source, so that a failing disk fails it at once even
     /// while the source sends nothing.
     pub(crate) async fn failed(&self) -> io::Error {
-        loop {
-            let stopped = self.shared.stopped.notified();
-            if let Some(e) = &self.shared.lock().failed {
-                return copy(e);
-            }
-            stopped.await;
-        }
+        self.shared
+            .wait(|state| state.failed.as_ref().map(copy))
+            .await
     }
 
     /// The digest of every byte pushed, once they are all in the temp file.
     pub(crate) async fn finish(self) -> io::Result<Digest> {
-        loop {
-            let stopped = self.shared.stopped.notified();
-            {
-                let mut state = self.shared.lock();
-                if let Some(e) = &state.failed {
-                    return Err(copy(e));
-                }
-                if !state.running {
+        self.shared
+            .wait(|state| match &state.failed {
+                Some(e) => Some(Err(copy(e))),
+                None if state.running => None,
+                None => {
                     let hasher = state
                         .hasher
                         .take()
                         .expect("the worker gives the hasher back");
-                    return Ok(hasher.finish());
+                    Some(Ok(hasher.finish()))
                 }
-            }
-            stopped.await;
-        }
+            })
+            .await
     }
 }
 
@@ -158,10 +148,7 @@ impl Shared {
                     Some(_) => None,
                 };
                 let Some(batch) = next else {
-                    state.queue.clear();
-                    state.running = false;
-                    drop(state);
-                    self.stopped.notify_one();
+                    self.stop(state);
                     return;
                 };
                 let hasher = state.hasher.take().expect("one worker at a time");
@@ -170,12 +157,12 @@ impl Shared {
             let written = self.write(&batch);
             if written.is_ok() {
                 hasher.update(&batch.data);
-                self.recent.on_disk(batch.at + batch.data.len() as u64);
+                self.temp.recent.on_disk(batch.at + batch.data.len() as u64);
             }
             let mut state = self.lock();
             state.hasher = Some(hasher);
             if let Err(e) = written {
-                state.failed = Some(e);
+                state.failed.get_or_insert(e);
             }
         }
     }
@@ -185,10 +172,30 @@ impl Shared {
         if self.fail_from.is_some_and(|from| end > from) {
             return Err(io::Error::other("injected write failure"));
         }
-        write_all_at(&self.file, &batch.data, batch.at)
+        write_all_at(&self.temp.file, &batch.data, batch.at)
     }
 
-    /// Ends the worker's turn with `failed` set (the queue is then dropped).
+    /// Ends the worker's turn: what is still queued is dropped (only after a failure is
+    /// anything left), and whoever waits is told.
+    fn stop(&self, mut state: MutexGuard<'_, State>) {
+        state.queue.clear();
+        state.running = false;
+        drop(state);
+        self.stopped.notify_one();
+    }
+
+    /// The first `Some` that `check` returns, checked now and whenever the worker stops.
+    async fn wait<T>(&self, mut check: impl FnMut(&mut State) -> Option<T>) -> T {
+        loop {
+            let stopped = self.stopped.notified();
+            if let Some(done) = check(&mut self.lock()) {
+                return done;
+            }
+            stopped.await;
+        }
+    }
+
+    /// Sets `failed` unless a failure is there already; the worker then drops the queue.
     fn fail(&self, e: io::Error) {
         self.lock().failed.get_or_insert(e);
     }
@@ -221,10 +228,7 @@ impl Drop for StopOnPanic<'_> {
             state
                 .failed
                 .get_or_insert_with(|| io::Error::other("the temp file's writer panicked"));
-            state.queue.clear();
-            state.running = false;
-            drop(state);
-            self.0.stopped.notify_one();
+            self.0.stop(state);
         }
     }
 }

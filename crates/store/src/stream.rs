@@ -5,9 +5,7 @@
 //! them can follow one download (each at its own position) and keep reading after the temp
 //! file was committed.
 
-use std::fs::File;
 use std::io;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
@@ -15,8 +13,7 @@ use rf_oci::{Digest, DigestHasher};
 use tokio::sync::watch;
 
 use crate::backend::{BlobVersion, ChunkStream, OpenedBlob};
-use crate::fsio::read_full_at;
-use crate::recent::{Held, Recent};
+use crate::recent::{Held, TempBytes};
 use crate::vocab::{Progress, SourceError, Status, StoreError, CHUNK_SIZE};
 use crate::{BlobStore, ReadGuard};
 
@@ -73,16 +70,9 @@ enum Mode {
     /// A download in progress: read what it has written to its temp file, wait for more. The
     /// download verifies the content; the last byte is held back until it has.
     Flight {
-        file: Arc<File>,
-        recent: Arc<Recent>,
+        temp: TempBytes,
         progress: watch::Receiver<Progress>,
     },
-}
-
-/// Where a reader of a download finds its bytes: the temp file, and the bytes written last.
-pub(crate) struct TempRead {
-    pub file: Arc<File>,
-    pub recent: Arc<Recent>,
 }
 
 pub(crate) struct Reader {
@@ -123,7 +113,7 @@ impl Reader {
 
     pub(crate) fn following(
         store: BlobStore,
-        temp: TempRead,
+        temp: TempBytes,
         digest: Digest,
         size: u64,
         offset: u64,
@@ -135,11 +125,7 @@ impl Reader {
             digest,
             size,
             pos: offset,
-            mode: Mode::Flight {
-                file: temp.file,
-                recent: temp.recent,
-                progress,
-            },
+            mode: Mode::Flight { temp, progress },
             done: false,
             _guard: guard,
         }
@@ -235,19 +221,14 @@ impl Reader {
     }
 
     async fn step_flight(&mut self) -> Result<Option<Bytes>, StoreError> {
-        let Mode::Flight {
-            file,
-            recent,
-            progress,
-        } = &mut self.mode
-        else {
+        let Mode::Flight { temp, progress } = &mut self.mode else {
             unreachable!("a flight reader");
         };
         let available = wait_available(progress, self.pos, self.size, &self.digest).await?;
         if self.pos >= available {
             return Ok(None);
         }
-        let until = match recent.get(self.pos, available, CHUNK_SIZE) {
+        let until = match temp.recent.get(self.pos, available, CHUNK_SIZE) {
             Held::Memory(chunk) => {
                 self.pos += chunk.len() as u64;
                 return Ok(Some(chunk));
@@ -262,24 +243,18 @@ impl Reader {
         }
         let room = crate::budget::reserve(until - self.pos);
         let want = room.len();
-        let (file, pos) = (file.clone(), self.pos);
-        let mut buf = room.buffer();
-        let buf = tokio::task::spawn_blocking(move || {
-            let n = read_full_at(&file, &mut buf, pos)?;
-            buf.truncate(n);
-            Ok::<_, io::Error>(buf)
-        })
-        .await
-        .map_err(io::Error::other)
-        .and_then(|r| r)?;
-        if buf.len() < want {
+        let chunk = room
+            .read_at(temp.file.clone(), self.pos)
+            .await
+            .map_err(io::Error::other)??;
+        if chunk.len() < want {
             return Err(StoreError::Io(io::Error::other(format!(
                 "temp file of {} is shorter than the bytes written to it",
                 self.digest
             ))));
         }
-        self.pos += buf.len() as u64;
-        Ok(Some(room.into_bytes(buf)))
+        self.pos += chunk.len() as u64;
+        Ok(Some(chunk))
     }
 
     /// Deletes the corrupt copy; the stream then ends with the returned error.

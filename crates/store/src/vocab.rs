@@ -149,8 +149,8 @@ pub enum ReadOrigin {
 #[derive(Debug, Clone)]
 pub(crate) struct Progress {
     /// Bytes received so far, which readers may take: the newest from the download's recent
-    /// bytes in memory (the temp file and the hash follow a batch behind), older ones from
-    /// the temp file.
+    /// bytes in memory (the temp file and the hash follow a few batches behind), older ones
+    /// from the temp file.
     pub written: u64,
     /// The source has been opened (first response received); readers wait for this (or a
     /// failure) so that a source refusing at once becomes an error before any byte is served.

@@ -208,7 +208,7 @@ fn chunks(file: Arc<File>, from: u64, end: u64) -> ChunkStream {
         }
         let chunk = match ahead {
             Some(read) => read,
-            None => read_chunk(file.clone(), pos, end),
+            None => read_chunk(&file, pos, end),
         }
         .await
         .map_err(io::Error::other)??;
@@ -216,22 +216,15 @@ fn chunks(file: Arc<File>, from: u64, end: u64) -> ChunkStream {
             return Ok(None);
         }
         let next = pos + chunk.len() as u64;
-        let ahead =
-            (next < end && chunk.len() == CHUNK_SIZE).then(|| read_chunk(file.clone(), next, end));
+        let ahead = (next < end && chunk.len() == CHUNK_SIZE).then(|| read_chunk(&file, next, end));
         Ok(Some((chunk, (file, next, ahead))))
     })
     .boxed()
 }
 
 /// Reads one chunk at `pos` (within the read budget) on a blocking thread.
-fn read_chunk(file: Arc<File>, pos: u64, end: u64) -> JoinHandle<io::Result<Bytes>> {
-    let room = crate::budget::reserve(end - pos);
-    let mut buf = room.buffer();
-    tokio::task::spawn_blocking(move || {
-        let n = fsio::read_full_at(&file, &mut buf, pos)?;
-        buf.truncate(n);
-        Ok(room.into_bytes(buf))
-    })
+fn read_chunk(file: &Arc<File>, pos: u64, end: u64) -> JoinHandle<io::Result<Bytes>> {
+    crate::budget::reserve(end - pos).read_at(file.clone(), pos)
 }
 
 #[cfg(unix)]

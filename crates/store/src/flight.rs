@@ -484,13 +484,15 @@ impl Download {
 
     fn fail(&mut self, error: SourceError) {
         self.finished = true;
-        retire(&mut self.store.index(), &self.digest, &self.flight);
-        self.tx.send_modify(|p| p.status = Status::Failed(error));
+        // The temp file goes first: once the flight is retired or its readers hear of the
+        // failure, nothing of it may be left (readers keep their open descriptor).
         if let Err(e) = std::fs::remove_file(&self.tmp) {
             if e.kind() != io::ErrorKind::NotFound {
                 warn!(path = %self.tmp.display(), error = %e, "failed to remove temp file");
             }
         }
+        retire(&mut self.store.index(), &self.digest, &self.flight);
+        self.tx.send_modify(|p| p.status = Status::Failed(error));
     }
 
     /// Downloads all bytes, resuming after transient failures, and checks the digest.

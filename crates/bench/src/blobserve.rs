@@ -13,7 +13,7 @@ use rf_testkit::{Compression, Entry, ImageBuilder, Layer, Registry};
 
 use crate::http;
 use crate::images::{pseudo_random, stored_gzip_layer};
-use crate::report::{Row, Target, Unit};
+use crate::report::{self, Row, Target};
 use crate::results::{rotated, sync_disks, Results};
 use crate::servers::{run_ok, wrk_rps, Blobserve, Nginx};
 
@@ -292,8 +292,7 @@ pub fn phase(reg: &Registry, o: &Opts, res: &mut Results) -> Result<()> {
 }
 
 pub fn rows(res: &Results, mib: u64) -> Vec<Row> {
-    let ratio = |a: f64, b: f64| a / b;
-    let r = |id: &str, what: &str, t: Option<Target>| Row::new(id, what, Unit::Ratio, t);
+    let (ratio, r) = (report::ratio, Row::ratio);
     let mut rows = Vec::new();
     rows.extend(res.paired(
         r(

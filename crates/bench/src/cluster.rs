@@ -11,7 +11,7 @@ use rf_testkit::Redis;
 use serde_json::json;
 
 use crate::http;
-use crate::report::{Row, Target, Unit};
+use crate::report::{self, Row, Target, Unit};
 use crate::results::{mbps, rotated, sync_disks, Results};
 use crate::servers::{vm_hwm, Facade};
 use crate::{compose, Args, Setup, MIB};
@@ -117,7 +117,7 @@ pub fn rows(res: &Results, args: &Args, size: u64) -> Vec<Row> {
         &metric(n),
         "facade, 3 nodes",
         "facade, 1 node",
-        |a, b| a / b,
+        report::ratio,
     ));
     rows.extend(res.single(
         Row::new(

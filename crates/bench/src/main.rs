@@ -668,12 +668,12 @@ fn phase_cold8(s: &Setup, args: &Args, res: &mut Results) -> Result<()> {
 
 fn rows(res: &Results, args: &Args, size: u64) -> Vec<Row> {
     let n = args.clients;
-    let ratio = |a: f64, b: f64| a / b;
+    let ratio = report::ratio;
     let inv = |a: f64, b: f64| b / a;
     let mut rows = Vec::new();
     let m1 = "cached blob, 1 client";
     let mn = format!("cached blob, {n} concurrent clients");
-    let r = |id: &str, what: &str, t: Option<Target>| Row::new(id, what, Unit::Ratio, t);
+    let r = Row::ratio;
     rows.extend(res.paired(
         r(
             "1a",

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
-use crate::report::{Row, Target, Unit};
+use crate::report::{self, Row, Target, Unit};
 use crate::results::{rotated, Results};
 use crate::servers::{vm_hwm, vm_rss, wrk_rps_with};
 use crate::{check_blob, compose, Args, Setup, MIB};
@@ -123,7 +123,7 @@ pub fn phase_slow(s: &Setup, args: &Args, res: &mut Results) -> Result<()> {
 }
 
 pub fn rows(res: &Results) -> Vec<Row> {
-    let r = |id: &str, what: &str, t: Option<Target>| Row::new(id, what, Unit::Ratio, t);
+    let r = Row::ratio;
     let mut rows = Vec::new();
     rows.extend(res.paired(
         r(
@@ -134,7 +134,7 @@ pub fn rows(res: &Results) -> Vec<Row> {
         ONE,
         "facade",
         "distribution",
-        |a, b| a / b,
+        report::ratio,
     ));
     rows.extend(res.paired(
         r(
@@ -145,7 +145,7 @@ pub fn rows(res: &Results) -> Vec<Row> {
         MANY,
         "facade",
         "distribution",
-        |a, b| a / b,
+        report::ratio,
     ));
     rows.extend(res.single(
         Row::new(

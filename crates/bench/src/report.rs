@@ -3,6 +3,11 @@
 use std::fmt::Write as _;
 
 /// Median (mean of the two middle values for an even count); NaN for no values.
+/// The first measurement over the second: how rows of ratios pair their two servers.
+pub fn ratio(a: f64, b: f64) -> f64 {
+    a / b
+}
+
 pub fn median(values: &[f64]) -> f64 {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
     if v.is_empty() {
@@ -107,6 +112,11 @@ impl Row {
             target,
             failed: 0,
         }
+    }
+
+    /// A row of ratios (server a / server b, or however the row pairs them).
+    pub fn ratio(id: &str, what: &str, target: Option<Target>) -> Row {
+        Row::new(id, what, Unit::Ratio, target)
     }
 
     /// "pass", "**miss**", "info" (no target) or "no data".
